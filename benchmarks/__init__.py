@@ -1,0 +1,1 @@
+"""mex-bench: latency, throughput and accuracy benchmarks. Results go to benchmarks/results/<machine>/."""

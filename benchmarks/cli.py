@@ -1,0 +1,39 @@
+"""mex-bench SUBCOMMAND: each benchmark is a module here with `add_arguments(parser)` and `run(args)`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module under benchmarks/ (imported only when chosen, so one missing extra breaks one benchmark)
+BENCHMARKS = {
+    "train": ("benchmarks.train_speed", "LOSO training speed: all folds batched vs one fold"),
+    "flow": ("benchmarks.flow", "optical-flow backends side by side: speed and parity"),
+    "engines": ("benchmarks.engines", "inference engines: batch-1 latency, batch-256 throughput"),
+    "spotting": ("benchmarks.spotting", "onset/apex spotting on generated clips: MEGC F1, false alarms"),
+    "latency": ("benchmarks.latency", "whole live pipeline on a generated clip: fps, per-stage latency"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mex-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    for name, (module, help_) in BENCHMARKS.items():
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(module=module)
+        p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<machine>)")
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            p.set_defaults(missing=f"benchmark {name!r} is not available in this build ({module} missing)")
+    args = parser.parse_args(argv)
+    if getattr(args, "missing", None):
+        print(args.missing, file=sys.stderr)
+        return 2
+    return int(importlib.import_module(args.module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""What every benchmark records: the machine and the versions, and where results go."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_name() -> str:
+    """A short stable name for the results folder: cpu<N>-<arch>, or the GPU's name when there is one."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0).lower().replace("nvidia ", "").replace(" ", "-")
+    except ImportError:
+        pass
+    return f"cpu{os.cpu_count()}-{platform.machine()}"
+
+
+def environment() -> dict:
+    versions = {}
+    for dist in ("torch", "numpy", "onnxruntime", "onnx", "opencv-contrib-python", "opencv-python-headless", "mediapipe"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    env = {
+        "machine": machine_name(),
+        "host": socket.gethostname(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+            env["cuda"] = torch.version.cuda
+    except ImportError:
+        pass
+    return env
+
+
+def results_dir(out: str | None) -> Path:
+    path = Path(out) if out else RESULTS / machine_name()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2) + "\n")
