@@ -1,0 +1,53 @@
+"""What flows between the live pipeline's stages. Each stage stamps its time on the packet.
+
+Source --Frame--> Tracker --FaceFrame--> Spotter --Candidate--> Recognizer --Event--> Sinks
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    index: int  # 0-based position in the source
+    t_capture: float  # time.monotonic() when the frame was read
+    t_video: float  # seconds into the stream (index / fps for files, capture clock for cameras)
+    image: np.ndarray  # BGR uint8 (H, W, 3)
+    stage_ms: dict[str, float] = field(default_factory=dict)  # stage name -> milliseconds spent
+
+
+@dataclass
+class FaceFrame:
+    frame: Frame
+    state: str  # "face" | "no_face" | "lost" | "reacquired"
+    box: tuple[int, int, int, int] | None = None  # x, y, w, h in the frame
+    landmarks: np.ndarray | None = None  # (K, 2) pixel coordinates in the frame
+    crop: np.ndarray | None = None  # aligned gray uint8 face crop (canonical size), None without a face
+
+
+@dataclass
+class Candidate:
+    onset: FaceFrame
+    apex: FaceFrame
+    offset_index: int | None  # frame index where motion returned to baseline, None if not seen yet
+    signal: np.ndarray  # motion signal over the window around onset..apex (for display)
+    t_apex_confirmed: float  # monotonic time when the spotter decided this apex
+
+
+@dataclass
+class Event:
+    onset_frame: int
+    apex_frame: int
+    offset_frame: int | None
+    onset_s: float
+    apex_s: float
+    offset_s: float | None
+    label: str
+    probs: dict[str, float]
+    latency_ms: float  # apex frame captured -> label emitted
+    confirm_ms: float  # apex confirmed by the spotter -> label emitted
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
