@@ -1,0 +1,329 @@
+"""mex-live: real-time micro-expression recognition from a camera, a video file, or the demo clip.
+
+  mex-live --demo --no-display                 generated clip with planted micro-expressions; summary
+  mex-live --video clip.mp4 --events ev.jsonl  as fast as possible, deterministic events
+  mex-live --camera 0 --window                 webcam with the OpenCV window overlay
+
+Exit status: 0 finished (or stopped by Ctrl-C / q), 1 failed while running, 2 bad input
+(unreadable file, bad camera index, missing or mismatched model, unwritable output).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_RUNTIME, EXIT_INPUT = 0, 1, 2
+
+
+class CliError(Exception):
+    """A user-facing error: the message names the flag or the file."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mex-live", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("source (exactly one)")
+    g = src.add_mutually_exclusive_group(required=True)
+    g.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index")
+    g.add_argument("--video", metavar="PATH", help="a video file (as fast as possible; --realtime for its own pace)")
+    g.add_argument("--demo", action="store_true", help="generated clip from the shipped face photo, micro-expressions planted at known frames")
+    src.add_argument("--width", type=int, help="camera capture width")
+    src.add_argument("--height", type=int, help="camera capture height")
+    src.add_argument("--fps", type=float, help="camera capture rate")
+    src.add_argument("--realtime", action="store_true", help="play a file (or the demo) at its own frame rate")
+    src.add_argument("--seed", type=int, default=0, help="demo clip seed (default 0)")
+    m = p.add_argument_group("recognition")
+    m.add_argument("--model", metavar="PATH", help="exported model (.onnx, or .engine for TensorRT); default: the shipped mex/assets/default.onnx")
+    m.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"], help="inference engine (default auto)")
+    m.add_argument("--flow", default="auto", choices=["auto", "cpu", "torch", "opencv-cuda"], help="optical-flow backend (default auto)")
+    m.add_argument("--tracker", default="auto", metavar="BACKEND", help="face tracker backend (default auto)")
+    o = p.add_argument_group("output")
+    o.add_argument("--record", metavar="OUT.mp4", help="write the annotated video")
+    o.add_argument("--events", metavar="OUT.jsonl", help="write one JSON object per detected micro-expression")
+    o.add_argument("--no-display", action="store_true", help="headless: no overlay; one line per event and a summary")
+    o.add_argument("--window", action="store_true", help="OpenCV window overlay (falls back to the terminal overlay without a display)")
+    o.add_argument("--queue-size", type=int, default=8, help="frames buffered between stages (default 8)")
+    o.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    return p
+
+
+# --------------------------------------------------------------------------------------- building
+def load_engine_for(args):
+    from mex.artifact import ArtifactError
+
+    from .engines import load_engine
+
+    if args.model is not None and not Path(args.model).is_file():
+        raise CliError(f"--model {args.model}: file does not exist")
+    try:
+        return load_engine(args.model, kind=args.engine)
+    except ArtifactError as e:
+        raise CliError(f"--model: {e}") from None
+    except FileNotFoundError as e:
+        what = args.model or "mex/assets/default.onnx"
+        raise CliError(f"--model {what}: model file not found ({e}); export one with mex-export or pass --model PATH") from None
+    except (ImportError, RuntimeError, ValueError, OSError) as e:
+        raise CliError(f"--engine {args.engine}: cannot load the model ({type(e).__name__}: {e})") from None
+
+
+def open_source(args):
+    from .sources import CameraSource, DemoSource, SourceError, VideoSource
+
+    try:
+        if args.demo:
+            return DemoSource(seed=args.seed, realtime=args.realtime)
+        if args.video is not None:
+            return VideoSource(args.video, realtime=args.realtime)
+        return CameraSource(args.camera, args.width, args.height, args.fps)
+    except SourceError as e:
+        raise CliError(str(e)) from None
+
+
+def warm_up(engine, flow: str, encode=None) -> None:
+    """One encode + inference on blank crops: validates --flow, and the first event is not slowed
+    by lazy initialisation."""
+    import numpy as np
+
+    from mex import features
+
+    encode = encode or features.encode
+    crop = np.full((features.CROP_SIZE, features.CROP_SIZE), 128, np.uint8)
+    try:
+        x = np.asarray(encode(crop, crop, flow=flow), np.float32)[None]
+    except (ValueError, RuntimeError, ImportError) as e:
+        raise CliError(f"--flow {flow}: {e}") from None
+    engine.probs(x)
+
+
+def make_pipeline(source, engine, flow="auto", tracker_backend="auto", event_sinks=(), frame_sinks=(),
+                  queue_size=8, want_display=False):
+    from mex import features
+
+    from .pipeline import Pipeline, Recognizer
+    from .spotting import Spotter
+    from .tracking import FaceTracker
+
+    tracker = FaceTracker(crop_size=features.CROP_SIZE, backend=tracker_backend)
+    spotter = Spotter(source.fps)
+    recognizer = Recognizer(engine, flow=flow, fps=source.fps)
+    return Pipeline(source, tracker, spotter, recognizer, event_sinks=event_sinks, frame_sinks=frame_sinks,
+                    queue_size=queue_size, want_display=want_display)
+
+
+class _MaxFrames:
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, pipeline):
+        if self.n is not None and pipeline.frames_read >= self.n:
+            pipeline.stop()
+
+
+# --------------------------------------------------------------------------------------- demo truth
+def planted_events(truth) -> list[dict]:
+    """The planted micro-expressions of a synth truth dict as [{onset, apex, offset, label}]."""
+    if not truth:
+        return []
+    items = truth.get("events", truth.get("expressions", [])) if isinstance(truth, dict) else list(truth)
+    out = []
+    for e in items:
+        if not isinstance(e, dict):
+            e = dict(vars(e))
+
+        def pick(*keys):
+            for k in keys:
+                if k in e and e[k] is not None:
+                    return e[k]
+            return None
+
+        on, ap, off = pick("onset_frame", "onset"), pick("apex_frame", "apex"), pick("offset_frame", "offset")
+        if on is None or ap is None:
+            continue
+        out.append({"onset": int(on), "apex": int(ap), "offset": None if off is None else int(off),
+                    "label": pick("label", "class", "emotion"), "kind": pick("kind", "region")})
+    return out
+
+
+def match_events(found, planted, iou_min: float = 0.5):
+    """MEGC-style matching: a found interval counts when its IoU with a planted one is >= 0.5
+    (greedy, one-to-one). Returns (true positives, list of (planted, found) pairs)."""
+    def interval(on, off, ap):
+        return on, (off if off is not None else ap + max(1, ap - on))
+
+    pairs, used = [], set()
+    for p in planted:
+        p0, p1 = interval(p["onset"], p["offset"], p["apex"])
+        best, best_iou = None, iou_min
+        for j, f in enumerate(found):
+            if j in used:
+                continue
+            f0, f1 = interval(f.onset_frame, f.offset_frame, f.apex_frame)
+            inter = max(0, min(p1, f1) - max(p0, f0) + 1)
+            union = max(p1, f1) - min(p0, f0) + 1
+            iou = inter / union if union > 0 else 0.0
+            if iou >= best_iou:
+                best, best_iou = j, iou
+        if best is not None:
+            used.add(best)
+            pairs.append((p, found[best]))
+    return len(pairs), pairs
+
+
+def print_summary(out, summary: dict, source, events, console_ok=True) -> None:
+    w = out.write
+    w("\n")
+    w(f"mex-live summary  {source.name}  ({source.width}x{source.height} @ {source.fps:g} fps)\n")
+    w(f"  frames      {summary['frames_processed']} processed / {summary['frames_read']} read, "
+      f"{summary['dropped_frames']} dropped, {summary['face_frames']} with a face\n")
+    w(f"  speed       {summary['fps']:.1f} fps over {summary['wall_s']:.2f} s (whole pipeline)\n")
+    st = summary["stages_ms"]
+    parts = [f"{k} {st[k]['p50']:.1f}/{st[k]['p95']:.1f}" for k in ("capture", "track", "spot", "encode", "infer") if k in st]
+    if parts:
+        w(f"  stages ms   p50/p95: {', '.join(parts)}\n")
+    if "confirm" in st:
+        w(f"  latency     apex confirmed -> label p95 {st['confirm']['p95']:.1f} ms; "
+          f"apex captured -> label p95 {st['latency']['p95']:.1f} ms\n")
+    w(f"  events      {summary['events']} found ({summary['candidates']} candidates)\n")
+    if source.truth is not None:
+        planted = planted_events(source.truth)
+        tp, pairs = match_events(list(events), planted)
+        labelled = [(p, f) for p, f in pairs if p["label"] is not None]
+        agree = f"; label agrees on {sum(str(p['label']) == f.label for p, f in labelled)} of {len(labelled)}" if labelled else ""
+        w(f"  demo        {tp} of {len(planted)} planted micro-expressions found (IoU >= 0.5), "
+          f"{len(events) - tp} other detections{agree}\n")
+        for p in planted:
+            hit = next((f for q, f in pairs if q is p), None)
+            got = f"found {hit.onset_frame}-{hit.apex_frame}-{hit.offset_frame} {hit.label}" if hit else "missed"
+            w(f"              planted {p['onset']}-{p['apex']}-{p['offset']} {p['label'] or p['kind'] or ''}: {got}\n")
+    if summary["reconnects"]:
+        w(f"  camera      {summary['reconnects']} reconnects, {summary['read_failures']} failed reads\n")
+    if summary["interrupted"]:
+        w("  stopped     by the user (events so far are written)\n")
+    out.flush()
+
+
+# --------------------------------------------------------------------------------------- main
+def _sigterm_to_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CliError as e:
+        print(f"mex-live: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("mex-live: interrupted before the pipeline started", file=sys.stderr)
+        return EXIT_OK
+
+
+def _run(args) -> int:
+    from .pipeline import Aborted  # noqa: F401  (imported early: fail fast on a broken install)
+    from .sinks import EventLog, ListSink, PrintSink, SinkError, VideoRecorder
+
+    if args.camera is not None and args.camera < 0:
+        raise CliError(f"--camera {args.camera}: a camera index is 0 or more")
+    if args.queue_size < 1:
+        raise CliError("--queue-size must be at least 1")
+    if args.video is not None and not Path(args.video).is_file():
+        raise CliError(f"--video {args.video}: file does not exist")
+    try:
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    except ValueError:  # not the main thread (tests calling main() from a thread)
+        pass
+
+    t0 = time.monotonic()
+    engine = load_engine_for(args)
+    warm_up(engine, args.flow)
+    source = open_source(args)
+
+    event_sinks, frame_sinks = [], []
+    keep = ListSink()
+    event_sinks.append(keep)
+    try:
+        if args.events:
+            event_sinks.append(EventLog(args.events))
+        if args.record:
+            frame_sinks.append(VideoRecorder(args.record, source.fps))
+    except SinkError as e:
+        source.close()
+        raise CliError(str(e)) from None
+
+    # display: window (when usable) and/or the rich terminal overlay; plain lines otherwise
+    window = terminal = None
+    notes = []
+    if not args.no_display:
+        if args.window:
+            from .overlay import WindowOverlay, display_usable
+
+            ok, why = display_usable()
+            if ok:
+                window = WindowOverlay(f"mex-live: {source.name}")
+            else:
+                notes.append(f"window overlay not available: {why}; using the terminal overlay")
+        if sys.stdout.isatty():
+            from .overlay import TerminalOverlay
+
+            terminal = TerminalOverlay(title=f"mex-live  {source.name}  engine {getattr(engine, 'name', '?')}")
+    for n in notes:
+        print(f"mex-live: {n}", file=sys.stderr)
+    if terminal is None:
+        event_sinks.append(PrintSink(sys.stdout))
+        print(f"mex-live: {source.describe()}, engine {getattr(engine, 'name', '?')}, flow {args.flow}, "
+              f"ready in {time.monotonic() - t0:.1f} s", flush=True)
+
+    try:
+        pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker, event_sinks=event_sinks,
+                             frame_sinks=frame_sinks, queue_size=args.queue_size,
+                             want_display=window is not None or terminal is not None)
+    except (ImportError, RuntimeError, ValueError) as e:
+        source.close()
+        raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None
+
+    limit = _MaxFrames(args.max_frames)
+
+    def tick(p):
+        limit(p)
+        if window is not None:
+            window.update(p)
+        if terminal is not None:
+            terminal.update(p)
+
+    try:
+        if terminal is not None:
+            terminal.__enter__()
+        summary = pipe.run(on_tick=tick)
+        if terminal is not None:
+            terminal.update(pipe, force=True)
+    finally:
+        if terminal is not None:
+            terminal.close()
+        if window is not None:
+            window.close()
+        source.close()
+        close = getattr(pipe.tracker, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
+
+    print_summary(sys.stdout, summary, source, keep.events)
+    if args.events:
+        print(f"  events log  {args.events}")
+    if args.record:
+        print(f"  recording   {args.record}")
+    if summary["error"]:
+        print(f"mex-live: error: {summary['error']}", file=sys.stderr)
+        if pipe.error is not None:
+            print(pipe.error[2], file=sys.stderr)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""Where frames come from: a camera, a video file, or the generated demo clip.
+
+Every source yields `Frame`s (index, capture time, video time, BGR image) from `frames()` and says
+how the pipeline must treat it when a later stage falls behind:
+
+- `live = True` (camera): the pipeline never blocks the capture thread; when the next queue is full
+  the oldest frame is dropped and counted.
+- `live = False` (file, demo): the capture thread blocks; nothing is dropped and the output is
+  deterministic.
+
+`state` is a short word the overlay shows: "starting", "ok", "reconnecting", "eof", "closed".
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .packets import Frame
+
+
+class SourceError(RuntimeError):
+    """A source cannot be opened or read; the message names the file or the camera index."""
+
+
+class Source:
+    live: bool = False
+    name: str = "source"
+    fps: float = 30.0
+    width: int = 0
+    height: int = 0
+    state: str = "starting"
+    total_frames: int | None = None  # known length (files, demo), None for cameras
+    truth: dict | None = None  # planted events (demo only)
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self.reconnects = 0
+        self.read_failures = 0
+
+    def frames(self) -> Iterator[Frame]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ask `frames()` to end soon (thread-safe); it returns after the frame being read."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        self.stop()
+        self.state = "closed"
+
+    def describe(self) -> str:
+        return f"{self.name} {self.width}x{self.height} @ {self.fps:g} fps"
+
+
+class _Pacer:
+    """Sleeps so that frame i is released no earlier than start + i / fps (the file's own pace)."""
+
+    def __init__(self, fps: float, stop: threading.Event):
+        self.period = 1.0 / fps if fps > 0 else 0.0
+        self.stop = stop
+        self.t0: float | None = None
+
+    def wait(self, i: int) -> None:
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+            return
+        delay = self.t0 + i * self.period - now
+        if delay > 0:
+            self.stop.wait(delay)
+
+
+class VideoSource(Source):
+    """A video file, decoded by OpenCV. As fast as possible by default; `realtime=True` paces it."""
+
+    live = False
+
+    def __init__(self, path: str | Path, realtime: bool = False, loop_frames: int | None = None):
+        super().__init__()
+        import cv2
+
+        self.path = Path(path)
+        self.realtime = realtime
+        self.loop_frames = loop_frames  # > file length: rewind and continue (memory-flatness runs)
+        self.name = f"video {self.path.name}"
+        if not self.path.is_file():
+            raise SourceError(f"--video {self.path}: file does not exist")
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"--video {self.path}: cannot open this file as a video (unknown or damaged format)")
+        ok, first = cap.read()
+        if not ok or first is None:
+            cap.release()
+            raise SourceError(f"--video {self.path}: opened but no frame could be decoded (empty or damaged file)")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and math.isfinite(fps) and 1 <= fps <= 1000 else 30.0
+        self.height, self.width = first.shape[:2]
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.total_frames = loop_frames if loop_frames else (n if n > 0 else None)
+        self._cap = cap
+        self._first = first
+
+    def frames(self) -> Iterator[Frame]:
+        import cv2
+
+        cap, first = self._cap, self._first
+        self._first = None
+        if cap is None:
+            cap = cv2.VideoCapture(str(self.path))
+            ok, first = cap.read()
+            if not ok:
+                raise SourceError(f"--video {self.path}: cannot be read again")
+        self.state = "ok"
+        pacer = _Pacer(self.fps, self._stop) if self.realtime else None
+        i = 0
+        img = first
+        t_read = 0.0
+        try:
+            while not self._stop.is_set():
+                if img is None:
+                    t0 = time.perf_counter()
+                    ok, img = cap.read()
+                    t_read = (time.perf_counter() - t0) * 1000.0
+                    if not ok or img is None:
+                        if self.loop_frames and i < self.loop_frames and i > 0:
+                            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                            ok, img = cap.read()
+                            if not ok:
+                                break
+                        else:
+                            break
+                if self.loop_frames and i >= self.loop_frames:
+                    break
+                if pacer is not None:
+                    pacer.wait(i)
+                yield Frame(i, time.monotonic(), i / self.fps, img, {"capture": t_read})
+                img = None
+                i += 1
+        finally:
+            cap.release()
+            self._cap = None
+            self.state = "eof" if not self._stop.is_set() else "closed"
+
+
+class ArraySource(Source):
+    """Frames from memory (an iterable of BGR images): the demo, tests and benchmarks.
+
+    `live=True` makes it behave like a camera towards the pipeline (drop oldest); `realtime=True`
+    paces it at `fps`.
+    """
+
+    def __init__(self, images: Iterable[np.ndarray], fps: float, live: bool = False, realtime: bool = False,
+                 name: str = "frames", total_frames: int | None = None):
+        super().__init__()
+        self._images = images
+        self.fps = float(fps)
+        self.live = live
+        self.realtime = realtime
+        self.name = name
+        self.total_frames = total_frames
+
+    def frames(self) -> Iterator[Frame]:
+        pacer = _Pacer(self.fps, self._stop) if self.realtime else None
+        self.state = "ok"
+        it = iter(self._images)
+        i = 0
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                img = next(it)
+            except StopIteration:
+                break
+            t_read = (time.perf_counter() - t0) * 1000.0
+            if i == 0:
+                self.height, self.width = img.shape[:2]
+            if pacer is not None:
+                pacer.wait(i)
+            t_cap = time.monotonic()
+            t_video = i / self.fps
+            yield Frame(i, t_cap, t_video, img, {"capture": t_read})
+            i += 1
+        self.state = "eof" if not self._stop.is_set() else "closed"
+
+
+class DemoSource(ArraySource):
+    """The demo: a clip generated now from the shipped face photo, with micro-expressions planted
+    at known frames (realtime/synth.py). No camera, no download.
+
+    By default frames are rendered straight into the pipeline (nothing written to disk). With
+    `via_file=True` the clip is first written to a temporary folder and decoded like any video,
+    which exercises the file path end to end.
+    """
+
+    def __init__(self, seed: int = 0, realtime: bool = False, via_file: bool = False, spec=None):
+        from . import synth
+
+        self.spec = spec if spec is not None else synth.demo_spec(seed=seed)
+        fps = float(getattr(self.spec, "fps", 30.0))
+        self._tmp = None
+        self._video: VideoSource | None = None
+        if via_file:
+            self._tmp = tempfile.TemporaryDirectory(prefix="mex-demo-")
+            path = Path(self._tmp.name) / "demo.mp4"
+            truth = synth.write_clip(path, self.spec)
+            self._video = VideoSource(path, realtime=realtime)
+            super().__init__([], self._video.fps, live=False, realtime=False, name="demo",
+                             total_frames=self._video.total_frames)
+            self.truth = truth
+        else:
+            n = _spec_frames(self.spec)
+            super().__init__(synth.render(self.spec), fps, live=False, realtime=realtime, name="demo", total_frames=n)
+            self.truth = _spec_truth(synth, self.spec)
+        size = getattr(self.spec, "size", None)
+        if size:
+            self.width, self.height = int(size[0]), int(size[1])
+
+    def frames(self) -> Iterator[Frame]:
+        if self._video is not None:
+            self._video._stop = self._stop
+            yield from self._video.frames()
+            self.state = self._video.state
+        else:
+            yield from super().frames()
+
+    def close(self) -> None:
+        super().close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _spec_frames(spec) -> int | None:
+    dur = getattr(spec, "seconds", None)
+    fps = getattr(spec, "fps", None)
+    if dur and fps:
+        return int(round(dur * fps))
+    return None
+
+
+def _spec_truth(synth, spec) -> dict | None:
+    """The planted events of a spec without writing the video (synth's own helper when it has one)."""
+    for fn in ("truth", "spec_truth", "truth_of"):
+        f = getattr(synth, fn, None)
+        if callable(f):
+            try:
+                return f(spec)
+            except TypeError:
+                pass
+    f = getattr(spec, "truth", None)
+    if callable(f):
+        return f()
+    events = getattr(spec, "events", None)
+    if events is not None:
+        import dataclasses
+
+        out = []
+        for e in events:
+            out.append(dataclasses.asdict(e) if dataclasses.is_dataclass(e) else dict(e) if isinstance(e, dict) else vars(e))
+        return {"fps": getattr(spec, "fps", None), "events": out}
+    return None
+
+
+CaptureFactory = Callable[[int], object]
+
+
+def _default_capture(index: int):
+    import cv2
+
+    return cv2.VideoCapture(index)
+
+
+class CameraSource(Source):
+    """An OpenCV camera. Never blocks the pipeline (live=True: the oldest frames are dropped when a
+    stage falls behind, and counted). A failing or unplugged camera is not fatal: `state` turns to
+    "reconnecting", the capture is reopened with exponential backoff (0.25 s doubling to 4 s), and
+    frames resume with increasing indices. A camera that cannot be opened at start is an error.
+    """
+
+    live = True
+
+    def __init__(self, index: int, width: int | None = None, height: int | None = None, fps: float | None = None,
+                 capture_factory: CaptureFactory | None = None, backoff_s: float = 0.25, backoff_max_s: float = 4.0,
+                 fail_after: int = 5, open_timeout_s: float = 5.0):
+        super().__init__()
+        self.index = int(index)
+        self.name = f"camera {self.index}"
+        self.req_width, self.req_height, self.req_fps = width, height, fps
+        self._factory = capture_factory or _default_capture
+        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
+        self.fail_after = fail_after  # consecutive failed reads that count as "camera gone"
+        self.open_timeout_s = open_timeout_s
+        self._cap = self._open()
+        if self._cap is None:
+            raise SourceError(
+                f"--camera {self.index}: cannot open this camera (no such device, busy, or no permission)"
+            )
+        self.state = "ok"
+
+    def _open(self):
+        import cv2
+
+        cap = self._factory(self.index)
+        if cap is None or not cap.isOpened():
+            if cap is not None:
+                cap.release()
+            return None
+        if self.req_width:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, int(self.req_width))
+        if self.req_height:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, int(self.req_height))
+        if self.req_fps:
+            cap.set(cv2.CAP_PROP_FPS, float(self.req_fps))
+        # first frame within the open timeout, or the camera is not usable
+        deadline = time.monotonic() + self.open_timeout_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            ok, img = cap.read()
+            if ok and img is not None:
+                self.height, self.width = img.shape[:2]
+                self._pending = img
+                fps = cap.get(cv2.CAP_PROP_FPS)
+                self.fps = float(fps) if fps and math.isfinite(fps) and 1 <= fps <= 1000 else float(self.req_fps or 30.0)
+                return cap
+            time.sleep(0.02)
+        cap.release()
+        return None
+
+    def frames(self) -> Iterator[Frame]:
+        i = 0
+        t_start = time.monotonic()
+        fails = 0
+        delay = self.backoff_s
+        img = getattr(self, "_pending", None)
+        self._pending = None
+        try:
+            while not self._stop.is_set():
+                if self._cap is None:  # reconnecting
+                    self.state = "reconnecting"
+                    if self._stop.wait(delay):
+                        break
+                    delay = min(delay * 2, self.backoff_max_s)
+                    self._cap = self._open()
+                    if self._cap is None:
+                        continue
+                    self.reconnects += 1
+                    self.state = "ok"
+                    delay = self.backoff_s
+                    img = self._pending
+                    self._pending = None
+                t_read = 0.0
+                if img is None:
+                    t0 = time.perf_counter()
+                    try:
+                        ok, img = self._cap.read()
+                    except Exception:  # a driver error is a failed read, not a crash
+                        ok, img = False, None
+                    t_read = (time.perf_counter() - t0) * 1000.0
+                    if not ok or img is None:
+                        img = None
+                        fails += 1
+                        self.read_failures += 1
+                        if fails >= self.fail_after:
+                            self._cap.release()
+                            self._cap = None
+                            fails = 0
+                        else:
+                            self._stop.wait(0.01)
+                        continue
+                fails = 0
+                self.state = "ok"
+                t_cap = time.monotonic()
+                yield Frame(i, t_cap, t_cap - t_start, img, {"capture": t_read})
+                img = None
+                i += 1
+        finally:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
+            self.state = "closed"

@@ -1,0 +1,377 @@
+"""The live pipeline's threads, queues, drop policy, shutdown and sinks, with stand-in stages
+(fast and deterministic); the real tracker/spotter/engine run end to end in test_cli.py."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from realtime.packets import Candidate, FaceFrame
+from realtime.pipeline import Aborted, Channel, DisplayState, Pipeline, Recognizer, RingStats
+from realtime.sinks import EventLog, ListSink, VideoRecorder, annotate
+from realtime.sources import ArraySource, CameraSource, SourceError, VideoSource
+
+CROP = 32
+
+
+class FakeTracker:
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+
+    def track(self, frame):
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        crop = np.full((CROP, CROP), frame.index % 256, np.uint8)
+        lm = np.array([[10.0, 10.0], [20.0, 20.0]])
+        return FaceFrame(frame, "face", (4, 4, 24, 24), lm, crop)
+
+
+class FakeSpotter:
+    """A candidate every `every` frames (onset 4 frames before the apex), held `lag` frames like a real
+    spotter that needs frames after the apex; `flush()` releases what is still held."""
+
+    def __init__(self, every: int = 10, lag: int = 3):
+        self.every, self.lag = every, lag
+        self.hist: list[FaceFrame] = []
+        self.pending: list[tuple[int, Candidate]] = []
+
+    def push(self, ff):
+        self.hist = (self.hist + [ff])[-16:]
+        i = ff.frame.index
+        if i % self.every == self.every - 1 and len(self.hist) >= 5:
+            onset = self.hist[-5]
+            self.pending.append((i + self.lag, (onset, ff)))
+        out = []
+        for due, (on, ap) in list(self.pending):
+            if i >= due:
+                self.pending.remove((due, (on, ap)))
+                out.append(Candidate(on, ap, ap.frame.index + 2, np.zeros(8), time.monotonic()))
+        return out
+
+    def flush(self):
+        out = [Candidate(on, ap, None, np.zeros(8), time.monotonic()) for _, (on, ap) in self.pending]
+        self.pending = []
+        return out
+
+    def signal_history(self):
+        return np.sin(np.arange(len(self.hist)))
+
+    def region_motion(self):
+        return {"brows": 0.1, "eyes": 0.2, "mouth": 0.3}
+
+
+class FakeEngine:
+    name = "fake"
+
+    def probs(self, x):
+        assert x.dtype == np.float32 and x.shape[1:] == (3, 28, 28)
+        m = x.reshape(len(x), -1).mean(1)
+        logits = np.stack([np.cos(m), np.sin(m), m / 255.0], 1)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def fake_encode(onset, apex, flow="auto"):
+    v = float(apex.mean()) - float(onset.mean())
+    return np.full((3, 28, 28), v, np.float32)
+
+
+def images(n, h=48, w=64):
+    for i in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[..., 1] = i % 256
+        yield img
+
+
+def make(source, tracker=None, spotter=None, **kw):
+    rec = Recognizer(FakeEngine(), encode=fake_encode, fps=source.fps)
+    return Pipeline(source, tracker or FakeTracker(), spotter or FakeSpotter(), rec, **kw)
+
+
+def strip(ev):
+    d = ev.to_json()
+    d.pop("latency_ms"), d.pop("confirm_ms")
+    return d
+
+
+# ---------------------------------------------------------------------------------------- queues
+def test_channel_drop_oldest_counts_and_keeps_newest():
+    ch = Channel("t", 3, drop_oldest=True, abort=threading.Event())
+    for i in range(10):
+        ch.put(i)
+    assert ch.dropped == 7 and [ch.get(0.1) for _ in range(3)] == [7, 8, 9]
+    ch.close()
+    assert ch.get(0.1) is not None  # the end marker is never dropped
+
+
+def test_channel_blocking_waits_for_room_and_aborts():
+    abort = threading.Event()
+    ch = Channel("t", 1, drop_oldest=False, abort=abort)
+    ch.put(1)
+    done = threading.Event()
+
+    def producer():
+        try:
+            ch.put(2)
+            done.set()
+        except Aborted:
+            pass
+
+    t = threading.Thread(target=producer)
+    t.start()
+    time.sleep(0.15)
+    assert not done.is_set()  # blocked: a file source is never dropped
+    assert ch.get(0.1) == 1
+    t.join(2)
+    assert done.is_set() and ch.get(0.1) == 2 and ch.dropped == 0
+    ch.put(3)
+    t = threading.Thread(target=producer)
+    t.start()
+    abort.set()
+    t.join(2)
+    assert not t.is_alive()
+
+
+def test_ring_stats_wraps_with_flat_memory():
+    st = RingStats(capacity=8)
+    for i in range(20):
+        st.add("x", float(i))
+    assert st.samples("x").size == 8 and sorted(st.samples("x")) == list(map(float, range(12, 20)))
+    assert list(st.recent("x", 3)) == [17.0, 18.0, 19.0]
+    s = st.summary()["x"]
+    assert s["n"] == 20 and 12 <= s["p50"] <= 19 and s["p99"] <= 19
+
+
+# ---------------------------------------------------------------------------------------- pipeline
+def test_file_source_processes_every_frame_deterministically(tmp_path):
+    runs = []
+    for k in range(2):
+        log = tmp_path / f"ev{k}.jsonl"
+        p = make(ArraySource(images(120), fps=30), event_sinks=[EventLog(log)], queue_size=2)
+        summary = p.run()
+        assert summary["frames_read"] == summary["frames_processed"] == 120
+        assert summary["dropped_frames"] == 0 and summary["error"] is None
+        lines = [json.loads(x) for x in log.read_text().splitlines()]
+        assert len(lines) == summary["events"] == 12  # 11 released on the way + 1 at flush
+        for d in lines:
+            assert set(d) >= {"onset_frame", "apex_frame", "offset_frame", "onset_s", "apex_s", "offset_s",
+                              "label", "probs", "latency_ms", "confirm_ms"}
+            assert abs(sum(d["probs"].values()) - 1) < 1e-4 and d["label"] == max(d["probs"], key=d["probs"].get)
+            assert d["apex_s"] == pytest.approx(d["apex_frame"] / 30, abs=1e-6) and d["latency_ms"] >= 0
+        assert lines[-1]["offset_frame"] is None and lines[-1]["offset_s"] is None
+        for stage in ("capture", "track", "spot", "frame", "encode", "infer", "latency", "confirm"):
+            assert stage in summary["stages_ms"], stage
+        runs.append([{k2: v for k2, v in d.items() if k2 not in ("latency_ms", "confirm_ms")} for d in lines])
+    assert runs[0] == runs[1]
+
+
+def test_live_source_drops_oldest_on_a_slow_consumer_and_counts():
+    # camera-like: 240 frames paced at 400 fps into a tracker that manages about 100 fps
+    src = ArraySource(images(240), fps=400, live=True, realtime=True)
+    p = make(src, tracker=FakeTracker(delay_s=0.01), queue_size=4)
+    t0 = time.monotonic()
+    s = p.run()
+    assert time.monotonic() - t0 < 2.5  # capture never waited on tracking
+    assert s["dropped_frames"] > 50
+    assert s["frames_read"] == 240 and s["frames_processed"] + s["dropped_frames"] == 240
+    assert s["error"] is None
+
+
+def test_stop_is_graceful_and_flushes_events(tmp_path):
+    log = tmp_path / "ev.jsonl"
+    src = ArraySource(images(10_000), fps=200, realtime=True)
+    p = make(src, event_sinks=[EventLog(log)])
+    p.start()
+    time.sleep(0.4)
+    p.stop()
+    assert p.join(5)
+    p.close_sinks()
+    s = p.summary()
+    assert 0 < s["frames_processed"] < 10_000 and s["frames_processed"] == s["frames_read"]
+    lines = log.read_text().splitlines()
+    assert len(lines) == s["events"] > 0  # everything queued reached the log, including the flush
+
+
+def test_keyboard_interrupt_in_run_stops_cleanly(tmp_path):
+    log = tmp_path / "ev.jsonl"
+    p = make(ArraySource(images(100_000), fps=300, realtime=True), event_sinks=[EventLog(log)])
+    calls = {"n": 0}
+
+    def tick(pipe):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    s = p.run(on_tick=tick, tick_s=0.05)
+    assert s["interrupted"] and not s["aborted"] and s["error"] is None
+    assert len(log.read_text().splitlines()) == s["events"]
+
+
+def test_a_failing_stage_aborts_everything_and_is_reported():
+    class Broken(FakeTracker):
+        def track(self, frame):
+            if frame.index == 30:
+                raise RuntimeError("boom")
+            return super().track(frame)
+
+    p = make(ArraySource(images(1000), fps=30), tracker=Broken(), queue_size=2)
+    s = p.run()
+    assert s["aborted"] and "tracking" in s["error"] and "boom" in s["error"]
+
+
+def test_recognizer_builds_events_from_the_candidate():
+    src = ArraySource([], fps=25)
+    ffs = []
+    for i in (10, 14):
+        f = next(ArraySource(images(1), fps=25).frames())
+        f.index, f.t_video = i, i / 25
+        ffs.append(FakeTracker().track(f))
+    cand = Candidate(ffs[0], ffs[1], 19, np.zeros(4), time.monotonic())
+    stats = RingStats(16)
+    (ev,) = Recognizer(FakeEngine(), encode=fake_encode, fps=src.fps)([cand], stats)
+    assert (ev.onset_frame, ev.apex_frame, ev.offset_frame) == (10, 14, 19)
+    assert ev.offset_s == pytest.approx(19 / 25) and ev.apex_s == pytest.approx(14 / 25)
+    assert set(ev.probs) == {"negative", "positive", "surprise"} and ev.label in ev.probs
+    assert ev.confirm_ms >= 0 and "encode" in stats.stages() and "infer" in stats.stages()
+
+
+# ---------------------------------------------------------------------------------------- sources
+class FakeCapture:
+    """A camera that delivers `good` frames, then fails every read (unplugged) until reopened."""
+
+    opens = 0
+
+    def __init__(self, index, good=40, refuse_reopen=2):
+        self.index, self.good = index, good
+        FakeCapture.opens += 1
+        self.ok = index == 0 and not (1 < FakeCapture.opens <= 1 + refuse_reopen)
+        self.n = 0
+
+    def isOpened(self):
+        return self.ok
+
+    def set(self, *a):
+        return True
+
+    def get(self, prop):
+        return 60.0
+
+    def read(self):
+        time.sleep(0.002)
+        self.n += 1
+        if self.n > self.good:
+            return False, None
+        return True, np.zeros((24, 32, 3), np.uint8)
+
+    def release(self):
+        self.ok = False
+
+
+def test_camera_reconnects_with_backoff_and_resumes():
+    FakeCapture.opens = 0
+    cam = CameraSource(0, capture_factory=lambda i: FakeCapture(i), backoff_s=0.01, backoff_max_s=0.04,
+                       fail_after=3, open_timeout_s=0.2)
+    assert cam.live and cam.fps == 60.0
+    states, got = set(), []
+    for f in cam.frames():
+        got.append(f.index)
+        states.add(cam.state)
+        if len(got) == 100:
+            cam.stop()
+    assert got == list(range(100))  # indices keep counting across the reconnects
+    assert cam.reconnects >= 2 and cam.read_failures >= 6
+    assert FakeCapture.opens >= 4  # two refused reopen attempts (backoff), then success
+
+
+def test_bad_camera_index_and_bad_file_are_clear_errors(tmp_path):
+    with pytest.raises(SourceError, match="--camera 7"):
+        CameraSource(7, capture_factory=lambda i: FakeCapture(i), open_timeout_s=0.1)
+    with pytest.raises(SourceError, match="does not exist"):
+        VideoSource(tmp_path / "nope.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 100)
+    with pytest.raises(SourceError, match="junk.mp4"):
+        VideoSource(junk)
+
+
+def test_video_source_realtime_paces_the_file(tmp_path):
+    import cv2
+
+    path = tmp_path / "c.avi"
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 50.0, (64, 48))
+    for img in images(20):
+        wr.write(img)
+    wr.release()
+    fast = VideoSource(path)
+    t0 = time.monotonic()
+    n = sum(1 for _ in fast.frames())
+    t_fast = time.monotonic() - t0
+    paced = VideoSource(path, realtime=True)
+    t0 = time.monotonic()
+    frames = list(paced.frames())
+    t_paced = time.monotonic() - t0
+    assert n == len(frames) == 20 and fast.fps == 50.0 and not fast.live
+    assert t_paced >= 19 / 50 * 0.95 and t_fast < t_paced
+    assert [f.t_video for f in frames[:3]] == [0.0, 0.02, 0.04]
+
+
+# ---------------------------------------------------------------------------------------- sinks
+def test_event_log_is_flushed_per_event(tmp_path):
+    p = make(ArraySource(images(40), fps=30))
+    p.run()
+    log = EventLog(tmp_path / "sub" / "e.jsonl")
+    log.on_event(p.events[0])
+    assert json.loads((tmp_path / "sub" / "e.jsonl").read_text())["apex_frame"] == p.events[0].apex_frame
+    log.close()
+
+
+def test_annotate_and_record(tmp_path):
+    import cv2
+
+    rec = VideoRecorder(tmp_path / "out.avi", fps=30)
+    lst = ListSink()
+    p = make(ArraySource(images(40, 240, 320), fps=30), event_sinks=[lst], frame_sinks=[rec])
+    s = p.run()
+    assert rec.frames == 40 and s["dropped_display"] == 0
+    cap = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 40
+    cap.release()
+    ff = FakeTracker().track(next(ArraySource(images(1, 240, 320), fps=30).frames()))
+    st = DisplayState(face=ff, signal=np.sin(np.arange(50)), regions={"brows": 1.0, "mouth": 0.5},
+                      events=tuple(lst.events), fps=30.0)
+    out = annotate(ff.frame.image, ff, st)
+    assert out.shape == ff.frame.image.shape and not np.array_equal(out, ff.frame.image)
+
+
+# ---------------------------------------------------------------------------------------- overlays
+def test_terminal_overlay_renders_state():
+    from rich.console import Console
+
+    from realtime.overlay import TerminalOverlay, sparkline
+
+    assert len(sparkline(np.arange(100.0), 40)) == 40
+    p = make(ArraySource(images(60), fps=30), want_display=True)
+    p.run()
+    buf = io.StringIO()
+    con = Console(file=buf, width=140, force_terminal=False)
+    ov = TerminalOverlay(console=con)
+    con.print(ov.render(p))
+    text = buf.getvalue()
+    for word in ("face", "fps", "track", "p95", "motion", "last events", "latency"):
+        assert word in text, word
+
+
+def test_no_display_is_reported_not_fatal(monkeypatch):
+    from realtime.overlay import display_usable
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    ok, why = display_usable()
+    assert not ok and "no display" in why
+    monkeypatch.setenv("DISPLAY", ":987")
+    ok, why = display_usable()
+    assert not ok and ":987" in why
