@@ -98,7 +98,7 @@ def warm_up(engine, flow: str, encode=None) -> None:
 
 
 def make_pipeline(source, engine, flow="auto", tracker_backend="auto", event_sinks=(), frame_sinks=(),
-                  queue_size=8, want_display=False):
+                  queue_size=8, want_display=False, max_frames=None):
     from mex import features
 
     from .pipeline import Pipeline, Recognizer
@@ -109,16 +109,7 @@ def make_pipeline(source, engine, flow="auto", tracker_backend="auto", event_sin
     spotter = Spotter(source.fps)
     recognizer = Recognizer(engine, flow=flow, fps=source.fps)
     return Pipeline(source, tracker, spotter, recognizer, event_sinks=event_sinks, frame_sinks=frame_sinks,
-                    queue_size=queue_size, want_display=want_display)
-
-
-class _MaxFrames:
-    def __init__(self, n):
-        self.n = n
-
-    def __call__(self, pipeline):
-        if self.n is not None and pipeline.frames_read >= self.n:
-            pipeline.stop()
+                    queue_size=queue_size, want_display=want_display, max_frames=max_frames)
 
 
 # --------------------------------------------------------------------------------------- demo truth
@@ -263,6 +254,7 @@ def _run(args) -> int:
             ok, why = display_usable()
             if ok:
                 window = WindowOverlay(f"mex-live: {source.name}")
+                print("mex-live: window overlay: on (q or Esc stops)", file=sys.stderr)
             else:
                 notes.append(f"window overlay not available: {why}; using the terminal overlay")
         if sys.stdout.isatty():
@@ -279,15 +271,12 @@ def _run(args) -> int:
     try:
         pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker, event_sinks=event_sinks,
                              frame_sinks=frame_sinks, queue_size=args.queue_size,
-                             want_display=window is not None or terminal is not None)
+                             want_display=window is not None or terminal is not None, max_frames=args.max_frames)
     except (ImportError, RuntimeError, ValueError) as e:
         source.close()
         raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None
 
-    limit = _MaxFrames(args.max_frames)
-
     def tick(p):
-        limit(p)
         if window is not None:
             window.update(p)
         if terminal is not None:

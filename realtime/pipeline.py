@@ -257,7 +257,8 @@ class Pipeline:
 
     def __init__(self, source, tracker, spotter, recognizer, event_sinks: Sequence[EventSink] = (),
                  frame_sinks: Sequence[FrameSink] = (), queue_size: int = 8, want_display: bool = False,
-                 batch_max: int = 16, stats_capacity: int = 65536, keep_events: int = 10000):
+                 batch_max: int = 16, stats_capacity: int = 65536, keep_events: int = 10000,
+                 max_frames: int | None = None):
         self.source = source
         self.tracker = tracker
         self.spotter = spotter
@@ -266,6 +267,7 @@ class Pipeline:
         self.frame_sinks = list(frame_sinks)
         self.want_display = want_display or bool(self.frame_sinks)
         self.batch_max = batch_max
+        self.max_frames = max_frames
         self.live = bool(getattr(source, "live", False))
         self._abort = threading.Event()
         self._stopping = threading.Event()
@@ -381,7 +383,7 @@ class Pipeline:
                     break
                 self.frames_read += 1
                 self.q_frames.put(frame)
-                if self._stopping.is_set():
+                if self._stopping.is_set() or (self.max_frames is not None and self.frames_read >= self.max_frames):
                     break
         finally:
             self.q_frames.close()

@@ -375,3 +375,12 @@ def test_no_display_is_reported_not_fatal(monkeypatch):
     monkeypatch.setenv("DISPLAY", ":987")
     ok, why = display_usable()
     assert not ok and ":987" in why
+
+
+def test_camera_source_through_the_pipeline_drops_and_counts():
+    FakeCapture.opens = 0
+    cam = CameraSource(0, capture_factory=lambda i: FakeCapture(i, good=10_000), open_timeout_s=0.2)
+    p = make(cam, tracker=FakeTracker(delay_s=0.02), queue_size=2, max_frames=150)
+    s = p.run()
+    assert s["live"] and s["frames_read"] == 150
+    assert s["dropped_frames"] > 30 and s["frames_processed"] + s["dropped_frames"] == 150
