@@ -1,0 +1,276 @@
+"""mex-bench latency: the whole live pipeline on a generated 640x480 30 fps clip.
+
+Measured in one run, on one machine:
+- decode-only time of the clip (OpenCV, the same VideoSource the pipeline reads with), before and
+  after the pipeline run (mean of the two);
+- whole-pipeline throughput in offline mode (file source: blocking queues, nothing dropped):
+  capture/decode -> tracking and alignment -> spotting -> features + engine;
+- per-stage p50/p95/p99 (ms) from the stamps each packet carries, and apex confirmed -> label emitted;
+- the events found against the planted ones (IoU >= 0.5).
+
+`--frames N` longer than the clip loops the file and samples the process RSS once a second
+(memory-flatness run; writes latency-memory.*).
+
+Targets (issue 5 §7, CPU, 2 cores): >= 200 fps, pipeline time <= 2x decode-only, confirm p95 <= 50 ms.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .common import environment, results_dir, write_json
+
+TARGET_FPS = 200.0
+TARGET_DECODE_RATIO = 2.0
+TARGET_CONFIRM_P95_CPU = 50.0
+TARGET_CONFIRM_P95_GPU = 5.0
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the generated clip (default 20 s = 600 frames)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames to push through (default: the clip once); more than the clip loops it and samples RSS")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="exported model (default: the shipped one)")
+    p.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    p.add_argument("--flow", default="auto", choices=["auto", "cpu", "torch", "opencv-cuda"])
+    p.add_argument("--tracker", default="auto")
+    p.add_argument("--queue-size", type=int, default=8)
+    p.add_argument("--clip", default=None, help="use this video instead of generating one")
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _decode_only(path: Path, frames: int | None) -> tuple[float, int]:
+    from realtime.sources import VideoSource
+
+    src = VideoSource(path, loop_frames=frames)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in src.frames():
+        n += 1
+    return time.perf_counter() - t0, n
+
+
+def _make_clip(tmp: Path, seconds: float, seed: int) -> tuple[Path, dict]:
+    from realtime import synth
+
+    spec = synth.ClipSpec(photo="astronaut.jpg", fps=30.0, seconds=seconds, size=(640, 480),
+                          events=max(1, int(seconds / 3.5)), duration_s=(0.2, 1 / 3), amplitude_px=(2.0, 3.0),
+                          blinks=max(0, int(seconds / 8)), head_motion=0.5, head_moves=max(0, int(seconds / 15)),
+                          seed=seed)
+    path = tmp / "latency.mp4"
+    truth = synth.write_clip(path, spec)
+    return path, truth
+
+
+def _plot(path: Path, summary: dict, rss: list[tuple[float, int, float]] | None, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in ("capture", "wait", "track", "spot", "frame", "encode", "infer", "confirm", "latency")
+              if s in summary["stages_ms"]]
+    ncols = 2 if rss else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4.2), squeeze=False)
+    ax = axes[0, 0]
+    xs = range(len(stages))
+    for key, off, color in (("p50", -0.25, "#4c72b0"), ("p95", 0.0, "#dd8452"), ("p99", 0.25, "#c44e52")):
+        ax.bar([x + off for x in xs], [summary["stages_ms"][s][key] for s in stages], width=0.25, label=key, color=color)
+    ax.set_xticks(list(xs), stages, rotation=30)
+    ax.set_ylabel("ms")
+    ax.set_yscale("log")
+    ax.axhline(TARGET_CONFIRM_P95_CPU, color="gray", ls="--", lw=0.8)
+    ax.text(len(stages) - 0.5, TARGET_CONFIRM_P95_CPU * 1.08, "50 ms", ha="right", fontsize=8, color="gray")
+    ax.legend()
+    ax.set_title("per-stage latency (ms)")
+    if rss:
+        ax = axes[0, 1]
+        ax.plot([r[1] for r in rss], [r[2] for r in rss])
+        ax.set_xlabel("frames processed")
+        ax.set_ylabel("RSS (MiB)")
+        ax.set_title("memory over the run")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from realtime.cli import make_pipeline, match_events, planted_events, warm_up
+    from realtime.engines import load_engine
+    from realtime.sinks import ListSink
+    from realtime.sources import VideoSource
+
+    env = environment()
+    out = results_dir(args.out)
+    with tempfile.TemporaryDirectory(prefix="mex-bench-latency-") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        if args.clip:
+            clip, truth = Path(args.clip), None
+        else:
+            clip, truth = _make_clip(tmp, args.seconds, args.seed)
+        t_gen = time.perf_counter() - t0
+        probe = VideoSource(clip)
+        clip_frames, fps, size = probe.total_frames, probe.fps, (probe.width, probe.height)
+        probe.close()
+        frames = args.frames if args.frames and args.frames > (clip_frames or 0) else None
+        memory_mode = frames is not None
+        print(f"clip {clip.name}: {clip_frames} frames {size[0]}x{size[1]} @ {fps:g} fps (made in {t_gen:.1f} s)"
+              + (f"; looping to {frames} frames" if frames else ""), flush=True)
+
+        engine = load_engine(args.model, kind=args.engine)
+        warm_up(engine, args.flow)
+        dec_before, n_dec = _decode_only(clip, frames)
+        print(f"decode only: {n_dec} frames in {dec_before:.2f} s ({n_dec / dec_before:.0f} fps)", flush=True)
+
+        source = VideoSource(clip, loop_frames=frames)
+        keep = ListSink()
+        pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker, event_sinks=[keep],
+                             queue_size=args.queue_size)
+        rss: list[tuple[float, int, float]] = []
+        stop = threading.Event()
+
+        def sample():
+            t_start = time.monotonic()
+            while not stop.is_set():
+                rss.append((time.monotonic() - t_start, pipe.frames_processed, _rss_mb()))
+                stop.wait(1.0)
+
+        sampler = threading.Thread(target=sample, daemon=True) if memory_mode else None
+        if sampler:
+            sampler.start()
+        last = [time.monotonic()]
+
+        def tick(p):
+            if memory_mode and time.monotonic() - last[0] > 10:
+                last[0] = time.monotonic()
+                print(f"  {p.frames_processed} frames, {p.fps():.0f} fps, RSS {_rss_mb():.0f} MiB", flush=True)
+
+        summary = pipe.run(on_tick=tick)
+        stop.set()
+        if sampler:
+            sampler.join()
+            rss.append((rss[-1][0] if rss else 0.0, pipe.frames_processed, _rss_mb()))
+        close = getattr(pipe.tracker, "close", None)
+        if close:
+            close()
+        dec_after, _ = _decode_only(clip, frames)
+    if summary["error"]:
+        print(f"pipeline failed: {summary['error']}")
+        return 1
+
+    decode_s = (dec_before + dec_after) / 2
+    n = summary["frames_processed"]
+    st = summary["stages_ms"]
+    gpu = "gpu" in env
+    confirm_p95 = st.get("confirm", {}).get("p95")
+    result = {
+        "benchmark": "latency",
+        "environment": env,
+        "clip": {"frames": clip_frames, "fps": fps, "width": size[0], "height": size[1], "generated": truth is not None},
+        "engine": getattr(engine, "name", "?"),
+        "engine_info": getattr(engine, "info", None) if isinstance(getattr(engine, "info", None), (dict, str)) else None,
+        "flow": args.flow,
+        "tracker": args.tracker,
+        "frames": n,
+        "dropped_frames": summary["dropped_frames"],
+        "decode_only_s": round(decode_s, 4),
+        "decode_only_fps": round(n / decode_s, 1) if decode_s else None,
+        "decode_only_runs_s": [round(dec_before, 4), round(dec_after, 4)],
+        "pipeline_s": round(summary["wall_s"], 4),
+        "pipeline_fps": round(summary["fps"], 1),
+        "pipeline_over_decode": round(summary["wall_s"] / decode_s, 3) if decode_s else None,
+        "stages_ms": {k: {m: round(v, 4) if isinstance(v, float) else v for m, v in d.items()} for k, d in st.items()},
+        "confirm_to_label_p95_ms": None if confirm_p95 is None else round(confirm_p95, 3),
+        "events": summary["events"],
+        "candidates": summary["candidates"],
+    }
+    if truth is not None:
+        planted = planted_events(truth)
+        tp, _ = match_events(keep.events, planted)
+        result["spotting"] = {"planted": len(planted), "found": len(keep.events), "true_positives": tp}
+    limit_confirm = TARGET_CONFIRM_P95_GPU if gpu else TARGET_CONFIRM_P95_CPU
+    result["targets"] = {
+        "fps>=200": result["pipeline_fps"] >= TARGET_FPS,
+        "pipeline<=2x_decode": (result["pipeline_over_decode"] or 99) <= TARGET_DECODE_RATIO,
+        f"confirm_p95<={limit_confirm:g}ms": confirm_p95 is not None and confirm_p95 <= limit_confirm,
+    }
+    if memory_mode:
+        warm = [r for r in rss if r[1] >= 0.1 * n] or rss
+        result["memory"] = {
+            "samples": [[round(t, 2), f, round(m, 1)] for t, f, m in rss],
+            "rss_start_mb": round(warm[0][2], 1),
+            "rss_end_mb": round(rss[-1][2], 1),
+            "rss_max_mb": round(max(r[2] for r in rss), 1),
+            "growth_mb_after_10pct": round(rss[-1][2] - warm[0][2], 1),
+        }
+    stem = "latency-memory" if memory_mode else "latency"
+    write_json(out / f"{stem}.json", result)
+    title = (f"mex-bench latency, {env['machine']} ({env['cpu_count']} cpu), {result['engine']}, "
+             f"{n} frames: {result['pipeline_fps']:.0f} fps")
+    _plot(out / f"{stem}.png", summary, rss if memory_mode else None, title)
+    md = _markdown(result)
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"results in {out}/{stem}.json (.md, .png)")
+    return 0
+
+
+def _markdown(r: dict) -> str:
+    env = r["environment"]
+    lines = [
+        f"# mex-bench latency ({env['machine']})",
+        "",
+        f"{env['when']} on {env['host']}: {env['cpu']} x{env['cpu_count']}"
+        + (f", GPU {env['gpu']}" if "gpu" in env else "") + f"; python {env['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        "",
+        f"Clip: {r['clip']['frames']} frames {r['clip']['width']}x{r['clip']['height']} @ {r['clip']['fps']:g} fps "
+        f"({'generated' if r['clip']['generated'] else 'given'}); engine {r['engine']}, flow {r['flow']}, tracker {r['tracker']}; "
+        f"offline mode (file source, nothing dropped: {r['dropped_frames']} dropped).",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| whole pipeline | {r['pipeline_fps']:.1f} fps ({r['frames']} frames in {r['pipeline_s']:.2f} s) | >= 200 fps |",
+        f"| decode only (same run) | {r['decode_only_fps']:.1f} fps ({r['decode_only_s']:.2f} s) | |",
+        f"| pipeline / decode-only time | {r['pipeline_over_decode']:.2f}x | <= 2x |",
+        f"| apex confirmed -> label, p95 | {r['confirm_to_label_p95_ms']} ms | <= 50 ms CPU, <= 5 ms GPU flow |",
+        "",
+        "Targets met: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in r["targets"].items()),
+        "",
+        "| stage (ms) | n | p50 | p95 | p99 | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, d in r["stages_ms"].items():
+        lines.append(f"| {k} | {d['n']} | {d['p50']:.2f} | {d['p95']:.2f} | {d['p99']:.2f} | {d['max']:.2f} |")
+    lines += [
+        "",
+        "Stages: capture = decode of one frame; wait = captured -> tracking starts (queueing); track = face "
+        "tracking and alignment; spot = spotter push; frame = captured -> spotted; encode = features "
+        "(mex.features.encode, per candidate); infer = engine per candidate; confirm = apex confirmed -> label "
+        "emitted; latency = apex frame captured -> label emitted (includes the frames the spotter must wait for "
+        "after the apex; in offline mode those arrive faster than real time).",
+    ]
+    if "spotting" in r:
+        s = r["spotting"]
+        lines += ["", f"Spotting on this clip: {s['true_positives']} of {s['planted']} planted found (IoU >= 0.5), "
+                      f"{s['found']} events in all."]
+    if "memory" in r:
+        m = r["memory"]
+        lines += ["", f"Memory: RSS {m['rss_start_mb']} MiB after 10 % of the frames, {m['rss_end_mb']} MiB at the end "
+                      f"(max {m['rss_max_mb']}, growth {m['growth_mb_after_10pct']} MiB)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,209 @@
+"""mex-live end to end on short generated clips: deterministic events from a file, clear errors,
+Ctrl-C, the demo, and the window overlay under a private Xvfb."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+for mod in ("realtime.synth", "realtime.tracking", "realtime.spotting", "realtime.engines", "mex.features"):
+    pytest.importorskip(mod, reason=f"{mod} has not landed yet")
+
+from realtime import cli, synth  # noqa: E402
+
+
+def _export_random_model(path: Path) -> Path:
+    """A random-init DA-CrossViT as an ONNX artifact with valid metadata (the shipped model may not exist yet)."""
+    import onnx
+    import torch
+
+    from mex.artifact import INPUT_NAME, OUTPUT_NAME, artifact_metadata
+    from mex.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("dacrossvit").eval()
+    x = torch.rand(1, 3, 28, 28)
+    torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, dynamo=False)
+    m = onnx.load(str(path))
+    for k, v in artifact_metadata("dacrossvit", model.cfg.to_dict(), {"note": "random init, tests only"}).items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    model = _export_random_model(d / "model.onnx")
+    spec = synth.ClipSpec(fps=30.0, seconds=4.0, size=(320, 240), events=2, duration_s=(0.2, 0.3),
+                          amplitude_px=(2.0, 3.0), face_px=90.0, seed=3)
+    clip = d / "clip.mp4"
+    truth = synth.write_clip(clip, spec)
+    return {"dir": d, "model": model, "clip": clip, "truth": truth}
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def _live(args, timeout=120, **env):
+    return subprocess.run([PY, "-m", "realtime.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=_env(**env))
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _untimed(events):
+    return [{k: v for k, v in e.items() if k not in ("latency_ms", "confirm_ms")} for e in events]
+
+
+def test_video_gives_the_same_events_twice(work, capsys):
+    d = work["dir"]
+    runs = []
+    for k in range(2):
+        out = d / f"events{k}.jsonl"
+        rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--events", str(out), "--no-display"])
+        text = capsys.readouterr().out
+        assert rc == 0, text
+        assert "120 processed / 120 read, 0 dropped" in text
+        runs.append(_events(out))
+    assert _untimed(runs[0]) == _untimed(runs[1])
+    for e in runs[0]:
+        assert set(e) == {"onset_frame", "apex_frame", "offset_frame", "onset_s", "apex_s", "offset_s", "label",
+                          "probs", "latency_ms", "confirm_ms"}
+        assert e["onset_frame"] <= e["apex_frame"] and e["apex_s"] == pytest.approx(e["apex_frame"] / 30, abs=1e-5)
+        assert e["label"] in e["probs"] and e["latency_ms"] >= 0
+
+
+def test_record_writes_the_annotated_video(work, capsys):
+    import cv2
+
+    out = work["dir"] / "rec.mp4"
+    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--record", str(out), "--no-display",
+                   "--max-frames", "40"])
+    capsys.readouterr()
+    assert rc == 0
+    cap = cv2.VideoCapture(str(out))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, img = cap.read()
+    cap.release()
+    assert ok and img.shape == (240, 320, 3) and n == 40
+
+
+def test_bad_inputs_exit_non_zero_with_a_message(work, tmp_path, capsys):
+    model = str(work["model"])
+    cases = [
+        (["--video", str(tmp_path / "missing.mp4"), "--model", model], "--video"),
+        (["--camera", "97", "--model", model], "--camera 97"),
+        (["--video", str(work["clip"]), "--model", str(tmp_path / "none.onnx")], "--model"),
+        (["--video", str(work["clip"]), "--model", model, "--events", "/proc/forbidden/e.jsonl"], "--events"),
+    ]
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00garbage" * 500)
+    cases.append((["--video", str(junk), "--model", model], "junk.mp4"))
+    bad_model = tmp_path / "bad.onnx"
+    bad_model.write_bytes(b"not an onnx file")
+    cases.append((["--video", str(work["clip"]), "--model", str(bad_model)], "bad.onnx"))
+    for argv, needle in cases:
+        rc = cli.main([*argv, "--no-display"])
+        err = capsys.readouterr().err
+        assert rc == 2, (argv, err)
+        assert err.startswith("mex-live: error:") and needle in err, (argv, err)
+
+
+def test_console_script_exit_status_and_message(work, tmp_path):
+    r = _live(["--video", str(tmp_path / "nope.avi"), "--model", str(work["model"]), "--no-display"], timeout=60)
+    assert r.returncode == 2 and "--video" in r.stderr and "nope.avi" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigint_is_a_clean_stop_with_the_event_log_flushed(work):
+    out = work["dir"] / "sigint.jsonl"
+    proc = subprocess.Popen([PY, "-m", "realtime.cli", "--video", str(work["clip"]), "--realtime", "--model",
+                             str(work["model"]), "--events", str(out), "--no-display"], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "ready in" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert "ready in" in line, proc.stderr.read() if proc.poll() is not None else "no ready line"
+        time.sleep(2.0)  # half of the 4 s clip, played at its own pace
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "stopped     by the user" in stdout and "Traceback" not in stderr
+    events = _events(out)  # every line complete JSON
+    found = int(stdout.split("events      ")[1].split()[0])
+    assert len(events) == found
+    processed = int(stdout.split("frames      ")[1].split()[0])
+    assert 20 < processed < 120  # stopped partway, not at the end of the clip
+
+
+def test_demo_runs_end_to_end_and_reports_planted_events():
+    t0 = time.monotonic()
+    r = _live(["--demo", "--no-display"], timeout=120)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "planted micro-expressions found" in r.stdout and "fps over" in r.stdout
+    assert took < 60, f"demo took {took:.0f} s"
+
+
+# ------------------------------------------------------------------------------------------ window
+@pytest.fixture(scope="module")
+def xvfb():
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb): window overlay not tested")
+    for num in range(71, 99):
+        if not Path(f"/tmp/.X11-unix/X{num}").exists() and not Path(f"/tmp/.X{num}-lock").exists():
+            break
+    proc = subprocess.Popen([exe, f":{num}", "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if Path(f"/tmp/.X11-unix/X{num}").exists():
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.skip("Xvfb did not start")
+    yield f":{num}"
+    proc.terminate()
+    proc.wait(5)
+
+
+def test_window_overlay_under_xvfb(work, xvfb):
+    r = _live(["--video", str(work["clip"]), "--model", str(work["model"]), "--window", "--max-frames", "60"],
+              timeout=120, DISPLAY=xvfb, QT_QPA_PLATFORM="xcb")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "window overlay: on" in r.stderr and "not available" not in r.stderr
+
+
+def test_window_without_a_display_falls_back_and_does_not_crash(work):
+    r = _live(["--video", str(work["clip"]), "--model", str(work["model"]), "--window", "--max-frames", "20"],
+              timeout=60, DISPLAY=":93")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "window overlay not available" in r.stderr and ":93" in r.stderr
