@@ -1,0 +1,185 @@
+"""Flow backends behind one interface: `backend.flow(onset, apex) -> (u, v)`.
+
+Every backend takes two (B, H, W) float32 arrays of grey levels in 0..255 and returns the TV-L1 flow
+(u horizontal, v vertical, in px, apex(x + flow) ~ onset(x)) as two float32 (B, H, W) arrays, with the
+same parameters (`TVL1Params`, OpenCV's defaults). Choose one by name with `get_backend`:
+
+- "cpu": OpenCV contrib `cv2.optflow.DualTVL1OpticalFlow`, one pair at a time; the reference.
+- "opencv-cuda": `cv2.cuda_OpticalFlowDual_TVL1`, only where OpenCV was built with CUDA (PyPI wheels
+  never are). Its CUDA implementation has no median filtering and a single iteration count
+  (inner x outer), so it is the same algorithm but not bit-for-bit the CPU one.
+- "torch": `tvl1_torch.TVL1`, batched, on CUDA when there is one, else on the CPU (slow; for tests).
+- "auto": opencv-cuda, else torch on CUDA, else cpu.
+
+cv2 is imported lazily: the GPU image has torch + numpy and may have OpenCV without contrib.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+
+from .tvl1_torch import TVL1, TVL1Params
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("cpu", "opencv-cuda", "torch")
+DEFAULT_PARAMS = TVL1Params()
+
+
+class BackendUnavailable(RuntimeError):
+    """The named backend cannot run on this machine; the message says why."""
+
+
+class FlowBackend:
+    """Base class: `name`, `device`, and `flow(onset, apex) -> (u, v)` on (B, H, W) float32 in 0..255."""
+
+    name = ""
+    device = "cpu"
+
+    def flow(self, onset: np.ndarray, apex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, device={self.device!r})"
+
+
+def _opencv_optflow():
+    try:
+        import cv2
+    except ImportError:
+        raise BackendUnavailable("flow backend 'cpu' needs OpenCV (opencv-contrib-python)") from None
+    if not hasattr(cv2, "optflow"):
+        raise BackendUnavailable(
+            f"flow backend 'cpu' needs OpenCV's contrib module cv2.optflow; the installed cv2 {cv2.__version__} "
+            "has none (install opencv-contrib-python)")
+    return cv2
+
+
+class OpenCVFlow(FlowBackend):
+    name = "cpu"
+
+    def __init__(self, params: TVL1Params = DEFAULT_PARAMS):
+        cv2 = _opencv_optflow()
+        # Positional: the keyword for inner iterations is misspelt ("innnerIterations") in cv2 4.x.
+        self._algo = cv2.optflow.DualTVL1OpticalFlow_create(
+            params.tau, params.lam, params.theta, params.nscales, params.warps, params.epsilon,
+            params.inner_iterations, params.outer_iterations, params.scale_step, 0.0,
+            params.median_filtering, False)
+
+    def flow(self, onset, apex):
+        u = np.empty_like(onset)
+        v = np.empty_like(onset)
+        for k in range(len(onset)):
+            # OpenCV reads float input as 0..1 and multiplies it by 255 itself.
+            f = self._algo.calc(onset[k] / np.float32(255), apex[k] / np.float32(255), None)
+            u[k], v[k] = f[..., 0], f[..., 1]
+        return u, v
+
+
+def _opencv_cuda_reason() -> str | None:
+    """None when OpenCV's CUDA TV-L1 can run here, else why not."""
+    try:
+        import cv2
+    except ImportError:
+        return "OpenCV is not installed"
+    if not hasattr(cv2, "cuda_OpticalFlowDual_TVL1"):
+        return f"the installed cv2 {cv2.__version__} has no cuda_OpticalFlowDual_TVL1 (built without CUDA)"
+    if cv2.cuda.getCudaEnabledDeviceCount() < 1:
+        return f"the installed cv2 {cv2.__version__} sees no CUDA device"
+    return None
+
+
+class OpenCVCudaFlow(FlowBackend):
+    """Not run by us yet: no CUDA build of OpenCV was available (see docs/features.md)."""
+
+    name = "opencv-cuda"
+    device = "cuda"
+
+    def __init__(self, params: TVL1Params = DEFAULT_PARAMS):
+        reason = _opencv_cuda_reason()
+        if reason:
+            raise BackendUnavailable(f"flow backend 'opencv-cuda' is unavailable: {reason}")
+        import cv2
+
+        self._cv2 = cv2
+        self._algo = cv2.cuda_OpticalFlowDual_TVL1.create(
+            params.tau, params.lam, params.theta, params.nscales, params.warps, params.epsilon,
+            params.inner_iterations * params.outer_iterations, params.scale_step, 0.0, False)
+
+    def flow(self, onset, apex):
+        u = np.empty_like(onset)
+        v = np.empty_like(onset)
+        i0, i1 = self._cv2.cuda_GpuMat(), self._cv2.cuda_GpuMat()
+        for k in range(len(onset)):
+            i0.upload(np.ascontiguousarray(onset[k] / np.float32(255)))
+            i1.upload(np.ascontiguousarray(apex[k] / np.float32(255)))
+            f = self._algo.calc(i0, i1, None).download()
+            u[k], v[k] = f[..., 0], f[..., 1]
+        return u, v
+
+
+class TorchFlow(FlowBackend):
+    name = "torch"
+
+    def __init__(self, device: str | None = None, params: TVL1Params = DEFAULT_PARAMS):
+        import torch
+
+        self._torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable("flow backend 'torch' on cuda: torch sees no CUDA device")
+        self.solver = TVL1(params)
+
+    def flow(self, onset, apex):
+        torch = self._torch
+        u, v = self.solver(torch.from_numpy(onset).to(self.device), torch.from_numpy(apex).to(self.device))
+        return u.cpu().numpy(), v.cpu().numpy()
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def available_backends() -> list[str]:
+    """Backends that can run here, in `auto`'s order of preference."""
+    names = []
+    if _opencv_cuda_reason() is None:
+        names.append("opencv-cuda")
+    if _torch_cuda():
+        names.append("torch")
+    try:
+        _opencv_optflow()
+        names.append("cpu")
+    except BackendUnavailable:
+        pass
+    if "torch" not in names:
+        names.append("torch")  # on the CPU: always possible, slow
+    return names
+
+
+def resolve(name: str) -> str:
+    """The concrete backend `name` stands for ("auto" -> the first of available_backends())."""
+    if name == "auto":
+        return available_backends()[0]
+    if name not in BACKENDS:
+        raise ValueError(f"unknown flow backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def get_backend(name: str = "auto") -> FlowBackend:
+    """The backend for `name` ("auto", "cpu", "opencv-cuda", "torch"); built and logged once per name."""
+    concrete = resolve(name)
+    backend = {"cpu": OpenCVFlow, "opencv-cuda": OpenCVCudaFlow, "torch": TorchFlow}[concrete]()
+    if name == "auto":
+        log.info("flow backend: auto -> %s on %s (available here: %s)", backend.name, backend.device,
+                 ", ".join(available_backends()))
+    else:
+        log.info("flow backend: %s on %s", backend.name, backend.device)
+    return backend

@@ -1,0 +1,236 @@
+"""Dual TV-L1 optical flow in PyTorch: OpenCV's `cv::optflow::DualTVL1OpticalFlow`, batched.
+
+The algorithm is Zach, Pock, Bischof (DAGM 2007) as described by Sánchez, Meinhardt-Llopis, Facciolo
+(IPOL 2013) and implemented in opencv_contrib `modules/optflow/src/tvl1flow.cpp`. This file follows
+that implementation step by step so the two agree up to float rounding:
+
+- images in 0..255 (OpenCV multiplies float input in [0, 1] by 255); lambda is tuned for that range;
+- a pyramid made by repeated INTER_LINEAR resizes by `scale_step`, stopping before a side < 16 px;
+- per level: p = 0; per warp: bicubic remap of I1 and its centred gradient with zero outside the image,
+  then outer iterations (5x5 median of the flow, then inner iterations of the primal-dual update);
+- the stopping rule sum((u - u_prev)^2) <= epsilon^2 * H * W, checked after every inner iteration, and
+  (as in OpenCV) a converged inner loop also ends the outer loop of that warp;
+- the flow goes up a level by INTER_LINEAR resize and division by `scale_step`.
+
+Batching: every pair keeps its own stopping state. A pair that has converged is frozen by a mask
+(torch.where) instead of a Python branch, so with `early_exit=False` the solve has no host
+synchronisation and fixed iteration counts: it can be captured whole in a CUDA graph. With
+`early_exit=True` (the default) the loop ends as soon as every pair has converged, which is what
+makes it usable on a CPU.
+
+Only the default gamma = 0 (no illumination term) and useInitialFlow = false are implemented.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FLOAT_EPS = float(np.finfo(np.float32).eps)  # OpenCV's "grad > numeric_limits<float>::epsilon()"
+MIN_LEVEL_SIDE = 16  # OpenCV stops building the pyramid before a level gets a side below this
+
+
+@dataclass(frozen=True)
+class TVL1Params:
+    """OpenCV's DualTVL1OpticalFlow defaults (checked against cv2.optflow 4.11 getters)."""
+
+    tau: float = 0.25  # primal-dual time step; < 1/8 for stability of the dual update
+    lam: float = 0.15  # data-term weight (for intensities in 0..255); lower = smoother flow
+    theta: float = 0.3  # coupling between u and the auxiliary v
+    nscales: int = 5
+    warps: int = 5
+    epsilon: float = 0.01
+    inner_iterations: int = 30
+    outer_iterations: int = 10
+    scale_step: float = 0.8  # the brief said 0.5; OpenCV's default (and the composite set's) is 0.8
+    median_filtering: int = 5
+
+
+def pyramid_sizes(height: int, width: int, params: TVL1Params) -> list[tuple[int, int]]:
+    """Level sizes, finest first, as OpenCV computes them (round(side * scale_step), chained)."""
+    sizes = [(height, width)]
+    for _ in range(1, params.nscales):
+        h, w = sizes[-1]
+        # cv::resize with fx=fy=scale_step: dsize = saturate_cast<int>(side * scale) (round half even)
+        nh, nw = round(h * params.scale_step), round(w * params.scale_step)
+        if nh < MIN_LEVEL_SIDE or nw < MIN_LEVEL_SIDE:
+            break
+        sizes.append((nh, nw))
+    return sizes
+
+
+def linear_resize_matrix(n_src: int, n_dst: int, inv_scale: float) -> np.ndarray:
+    """(n_dst, n_src) weights of cv::resize INTER_LINEAR along one axis (float images).
+
+    Source coordinate of destination i: (i + 0.5) * inv_scale - 0.5; below 0 it clamps to pixel 0,
+    past the end it replicates the last pixel. inv_scale is 1/fx when resizing by a factor (the
+    pyramid) and n_src/n_dst when resizing to a size (the flow going up a level), as in OpenCV.
+    """
+    weights = np.zeros((n_dst, n_src), dtype=np.float64)
+    for i in range(n_dst):
+        f = (i + 0.5) * inv_scale - 0.5
+        s = math.floor(f)
+        a = f - s
+        if s < 0:
+            s, a = 0, 0.0
+        if s >= n_src - 1:
+            s, a = n_src - 1, 0.0
+        weights[i, s] += 1.0 - a
+        weights[i, min(s + 1, n_src - 1)] += a
+    return weights
+
+
+def _resize(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Separable resize of (B, H, W) by row and column weight matrices: rows @ image @ cols^T."""
+    return rows @ images @ cols.T
+
+
+def centred_gradient(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's centeredGradient: (I[x+1] - I[x-1]) / 2, one-sided halves at the borders."""
+    padded = F.pad(image[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    dx = 0.5 * (padded[:, 1:-1, 2:] - padded[:, 1:-1, :-2])
+    dy = 0.5 * (padded[:, 2:, 1:-1] - padded[:, :-2, 1:-1])
+    return dx, dy
+
+
+def forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's forwardGradient: u[x+1] - u[x], zero on the last column / row."""
+    dx = F.pad(u[:, :, 1:] - u[:, :, :-1], (0, 1))
+    dy = F.pad(u[:, 1:, :] - u[:, :-1, :], (0, 0, 0, 1))
+    return dx, dy
+
+
+def divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """OpenCV's divergence: backward differences with p = 0 before the first column / row."""
+    return p1 - F.pad(p1[:, :, :-1], (1, 0)) + p2 - F.pad(p2[:, :-1, :], (0, 0, 1, 0))
+
+
+def median5(u: torch.Tensor, size: int) -> torch.Tensor:
+    """cv::medianBlur(u, size) on float images: replicated borders."""
+    r = size // 2
+    padded = F.pad(u[:, None], (r, r, r, r), mode="replicate")[:, 0]
+    windows = padded.unfold(1, size, 1).unfold(2, size, 1)  # (B, H, W, size, size)
+    return windows.reshape(*u.shape, size * size).median(dim=-1).values
+
+
+def warp_bicubic(stack: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """cv::remap(INTER_CUBIC, BORDER_CONSTANT 0) of (B, C, H, W) at (x + u1, y + u2).
+
+    grid_sample's bicubic uses the same a = -0.75 kernel. OpenCV quantises map coordinates to 1/32
+    px; this does not, which is one source of the small float-level differences.
+    """
+    _, _, h, w = stack.shape
+    ys = torch.arange(h, device=stack.device, dtype=stack.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=stack.device, dtype=stack.dtype).view(1, 1, w)
+    grid = torch.stack((2.0 * (xs + u1) / (w - 1) - 1.0, 2.0 * (ys + u2) / (h - 1) - 1.0), dim=-1)
+    return F.grid_sample(stack, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
+
+
+class TVL1:
+    """Batched TV-L1 flow: `TVL1()(i0, i1)` with (B, H, W) float tensors in 0..255 -> (u1, u2).
+
+    u1 is horizontal, u2 vertical, such that i1(x + u) ~ i0(x). Resize matrices are built once per
+    image size and kept on the device, so a CUDA-graph capture sees no host-to-device copies.
+    """
+
+    def __init__(self, params: TVL1Params = TVL1Params(), early_exit: bool = True):
+        self.params = params
+        self.early_exit = early_exit
+        self._plans: dict[tuple, list] = {}
+        self.inner_iterations_run = 0  # inner iterations executed in the last call (all levels)
+
+    def _plan(self, height: int, width: int, device: torch.device) -> list:
+        """Per level: (size, down-resize rows/cols from the finer level, up-resize to the finer level)."""
+        key = (height, width, str(device))
+        if key not in self._plans:
+            sizes = pyramid_sizes(height, width, self.params)
+            plan = []
+
+            def matrix(n_src, n_dst, inv_scale):
+                return torch.from_numpy(linear_resize_matrix(n_src, n_dst, inv_scale)).float().to(device)
+
+            for level, (h, w) in enumerate(sizes):
+                down = up = None
+                if level > 0:
+                    fh, fw = sizes[level - 1]
+                    inv = 1.0 / self.params.scale_step
+                    down = (matrix(fh, h, inv), matrix(fw, w, inv))
+                    up = (matrix(h, fh, h / fh), matrix(w, fw, w / fw))
+                plan.append(((h, w), down, up))
+            self._plans[key] = plan
+        return self._plans[key]
+
+    @torch.no_grad()
+    def __call__(self, i0: torch.Tensor, i1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if i0.shape != i1.shape or i0.ndim != 3:
+            raise ValueError(f"expected two (B, H, W) tensors of one shape, got {tuple(i0.shape)} and {tuple(i1.shape)}")
+        b, h, w = i0.shape
+        plan = self._plan(h, w, i0.device)
+        pyramid = [(i0.float(), i1.float())]
+        for _, down, _ in plan[1:]:
+            rows, cols = down
+            pyramid.append((_resize(pyramid[-1][0], rows, cols), _resize(pyramid[-1][1], rows, cols)))
+
+        self.inner_iterations_run = 0
+        (ch, cw), _, _ = plan[-1]
+        u1 = i0.new_zeros(b, ch, cw)
+        u2 = i0.new_zeros(b, ch, cw)
+        for level in range(len(plan) - 1, -1, -1):
+            u1, u2 = self._solve_level(*pyramid[level], u1, u2)
+            if level > 0:
+                rows, cols = plan[level][2]
+                u1 = _resize(u1, rows, cols) / self.params.scale_step
+                u2 = _resize(u2, rows, cols) / self.params.scale_step
+        return u1, u2
+
+    def _solve_level(self, i0, i1, u1, u2):
+        p = self.params
+        b, h, w = i0.shape
+        scaled_epsilon = p.epsilon * p.epsilon * h * w
+        l_t = p.lam * p.theta
+        taut = p.tau / p.theta
+        i1x, i1y = centred_gradient(i1)
+        source = torch.stack((i1, i1x, i1y), dim=1)
+        p11, p12, p21, p22 = (torch.zeros_like(i0) for _ in range(4))
+
+        for _ in range(p.warps):
+            i1w, i1wx, i1wy = warp_bicubic(source, u1, u2).unbind(dim=1)
+            grad = i1wx * i1wx + i1wy * i1wy
+            rho_c = i1w - i1wx * u1 - i1wy * u2 - i0
+            # Per-pair squared update of the last inner iteration; +inf = "not converged yet".
+            error = torch.full((b, 1, 1), math.inf, device=i0.device)
+            for _ in range(p.outer_iterations):
+                active = error > scaled_epsilon
+                if self.early_exit and not bool(active.any()):
+                    break
+                if p.median_filtering > 1:
+                    u1 = torch.where(active, median5(u1, p.median_filtering), u1)
+                    u2 = torch.where(active, median5(u2, p.median_filtering), u2)
+                for _ in range(p.inner_iterations):
+                    active = error > scaled_epsilon
+                    if self.early_exit and not bool(active.any()):
+                        break
+                    self.inner_iterations_run += 1
+                    # Thresholding step (OpenCV estimateV). clamp(-rho/grad, -l_t, l_t) is its three
+                    # cases in one; it differs only where grad <= float eps, by < 2e-5 px.
+                    rho = rho_c + i1wx * u1 + i1wy * u2
+                    step = (-rho / grad.clamp_min(FLOAT_EPS)).clamp(-l_t, l_t)
+                    new_u1 = u1 + step * i1wx + p.theta * divergence(p11, p12)
+                    new_u2 = u2 + step * i1wy + p.theta * divergence(p21, p22)
+                    new_error = ((new_u1 - u1) ** 2 + (new_u2 - u2) ** 2).sum(dim=(1, 2), keepdim=True)
+                    u1 = torch.where(active, new_u1, u1)
+                    u2 = torch.where(active, new_u2, u2)
+                    error = torch.where(active, new_error, error)
+                    # Dual update (OpenCV estimateDualVariables) on the new u.
+                    u1x, u1y = forward_gradient(u1)
+                    u2x, u2y = forward_gradient(u2)
+                    n1 = 1.0 + taut * torch.hypot(u1x, u1y)
+                    n2 = 1.0 + taut * torch.hypot(u2x, u2y)
+                    p11 = torch.where(active, (p11 + taut * u1x) / n1, p11)
+                    p12 = torch.where(active, (p12 + taut * u1y) / n1, p12)
+                    p21 = torch.where(active, (p21 + taut * u2x) / n2, p21)
+                    p22 = torch.where(active, (p22 + taut * u2y) / n2, p22)
+        return u1, u2
