@@ -34,6 +34,7 @@ class Candidate:
     offset_index: int | None  # frame index where motion returned to baseline, None if not seen yet
     signal: np.ndarray  # motion signal over the window around onset..apex (for display)
     t_apex_confirmed: float  # monotonic time when the spotter decided this apex
+    region: str | None = None  # face region that moved most at the apex: "brows" | "eyes" | "mouth"
 
 
 @dataclass

@@ -1,0 +1,230 @@
+"""Online onset/apex spotting on aligned face crops.
+
+Per frame (well under a millisecond):
+1. The crop is reduced to `work_px` (noise averages out; sub-pixel motion survives as intensity change).
+2. It is compared with a reference crop from `ref_lag_s` earlier, after registering the two by phase
+   correlation: what the tracker's alignment leaves of head motion is a global shift, and a global
+   shift must not count as a micro-expression.
+3. Per face sub-region (left/right brow, eye, mouth corner, plus control regions on nose and cheeks)
+   the mean absolute difference is turned into a z-score against that region's own running noise
+   level; the median z over all regions is subtracted, so what moves the whole face (residual
+   rotation/scale of the alignment, lighting) cancels and only local motion remains.
+4. The motion signal is the largest regional z. It crossing `z_on` opens an interval; the onset is
+   the last frame before it at or below `z_floor`, the offset the first frame after the peak back at
+   the floor, the apex the peak between them.
+The reference is frozen from the trigger until the interval has slid out of the lag window, so the
+reference never shows the movement itself (no echo `ref_lag_s` later).
+
+Rejected intervals: longer than `max_event_s` (an expression or a pose change, not a micro one), and
+blinks: both eye regions changing by more than `blink_gray` gray levels (a closing lid covers the iris,
+far more change than any eyelid micro-movement), or the eye regions carrying the interval while both
+eyes move together far above the brows.
+
+Delay: a candidate is emitted when its offset is seen, at most `max_event_s + quiet_s` after its
+onset (0.53 s with the defaults), whatever the fps.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from realtime.packets import Candidate, FaceFrame
+
+# sub-regions of the canonical crop as (x0, y0, x1, y1) fractions (eyes at (0.3, 0.36), (0.7, 0.36))
+REGIONS = {
+    "brows_l": (0.10, 0.10, 0.48, 0.29),
+    "brows_r": (0.52, 0.10, 0.90, 0.29),
+    "eyes_l": (0.14, 0.29, 0.46, 0.44),
+    "eyes_r": (0.54, 0.29, 0.86, 0.44),
+    "mouth_l": (0.20, 0.60, 0.50, 0.88),
+    "mouth_r": (0.50, 0.60, 0.80, 0.88),
+    "nose": (0.40, 0.42, 0.60, 0.62),  # control: does not move in brow/eye/mouth actions
+    "cheek_l": (0.14, 0.46, 0.36, 0.60),  # control
+    "cheek_r": (0.64, 0.46, 0.86, 0.60),  # control
+}
+FACE_REGIONS = ("brows", "eyes", "mouth")
+
+
+@dataclass
+class SpotterConfig:
+    ref_lag_s: float = 0.3  # reference crop this long before; must exceed the longest onset -> apex
+    max_event_s: float = 0.5  # longer movements are not micro-expressions
+    quiet_s: float = 0.02  # the signal stays at the floor this long (at least one frame) to end an interval
+    stats_s: float = 3.0  # time constant of each region's running noise level
+    warmup_s: float = 0.5  # noise statistics are learnt this long before anything is spotted
+    z_on: float = 6.0  # regional z that opens an interval
+    z_floor: float = 2.0  # regional z taken as "no motion" (onset / offset boundaries)
+    blink_gray: float = 6.0  # both eye regions changing this much (mean gray levels) = a blink
+    history_s: float = 6.0  # how much signal `signal_history()` keeps
+    work_px: int = 64  # working size of the crop
+
+
+class Spotter:
+    def __init__(self, fps: float, config: SpotterConfig | None = None):
+        self.fps = float(fps)
+        self.cfg = c = config or SpotterConfig()
+        frames = lambda s: max(1, int(round(s * self.fps)))  # noqa: E731 - seconds -> frames at this fps
+        self.lag, self.max_len, self.quiet = frames(c.ref_lag_s), frames(c.max_event_s), frames(c.quiet_s)
+        self.warmup, self.alpha = frames(c.warmup_s), 1.0 / frames(c.stats_s)
+        n = c.work_px
+        self.boxes = {k: (int(x0 * n), int(y0 * n), int(x1 * n), int(y1 * n)) for k, (x0, y0, x1, y1) in REGIONS.items()}
+        self.names = list(REGIONS)
+        self.window = cv2.createHanningWindow((n, n), cv2.CV_32F)
+        # ring buffers over the span an interval can need: lag before it, the interval, and the quiet tail
+        keep = self.lag + self.max_len + self.quiet + 2
+        self.crops: deque[tuple[int, np.ndarray]] = deque(maxlen=keep)  # (index, work crop)
+        self.faces: deque[FaceFrame] = deque(maxlen=keep)
+        self.signal: deque[tuple[int, float, int]] = deque(maxlen=keep)  # (index, z, argmax region)
+        self.eye_gray: deque[float] = deque(maxlen=keep)  # min over both eyes of the raw change
+        self.history: deque[float] = deque(maxlen=max(2, int(c.history_s * self.fps)))
+        self.mu = np.zeros(len(REGIONS), np.float32)
+        self.var = np.zeros(len(REGIONS), np.float32)
+        self.seen = 0  # frames with a face since the last reset
+        self.frozen: tuple[int, np.ndarray] | None = None  # reference held over an interval
+        self.hold_until = -1  # frame index the frozen reference is kept past
+        self.open: int | None = None  # frame index where the current interval was triggered
+        self.block_until = -1  # no interval opens up to this frame (after a too-long movement)
+        self.last_z = np.zeros(len(REGIONS), np.float32)
+
+    # -- per frame -------------------------------------------------------------------------------
+    def push(self, ff: FaceFrame) -> list[Candidate]:
+        t0 = time.perf_counter()
+        out = self._push(ff)
+        ff.frame.stage_ms["spot"] = (time.perf_counter() - t0) * 1e3
+        return out
+
+    def _push(self, ff: FaceFrame) -> list[Candidate]:
+        if ff.crop is None:  # no face: whatever was open cannot be finished, start over when it is back
+            self.history.append(0.0)
+            self.last_z[:] = 0
+            self._reset()
+            return []
+        n = self.cfg.work_px
+        crop = ff.crop
+        if crop.shape[0] != 2 * n:
+            crop = cv2.resize(crop, (2 * n, 2 * n), interpolation=cv2.INTER_AREA)
+        work = cv2.pyrDown(crop).astype(np.float32)
+        i = ff.frame.index
+        self.crops.append((i, work))
+        self.faces.append(ff)
+        self.seen += 1
+        ref = self._reference(i)
+        if ref is None:
+            self.history.append(0.0)
+            return []
+        diff, eye_gray = self._difference(ref[1], work)
+        d = np.array([diff[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in self.boxes.values()], np.float32)
+        if self.seen <= self.lag + self.warmup:  # learn the noise level first
+            self._learn(d, first=self.seen == self.lag + 1)
+            self.history.append(0.0)
+            return []
+        z = (d - self.mu) / np.sqrt(self.var + 1e-4)
+        z -= np.median(z)  # whole-face change is not local motion
+        self.last_z = z
+        k = int(np.argmax(z[:6]))
+        s = float(z[k])
+        self.signal.append((i, s, k))
+        self.eye_gray.append(eye_gray)
+        self.history.append(s)
+        if self.open is None:
+            if s >= self.cfg.z_on and i > self.block_until:
+                self.open = i
+                self.frozen = ref
+            elif self.frozen is None or i > self.hold_until:
+                self._learn(d)
+            return []
+        return self._follow(i)
+
+    def _reference(self, i: int) -> tuple[int, np.ndarray] | None:
+        if self.frozen is not None and (self.open is not None or i - self.lag <= self.hold_until):
+            return self.frozen
+        self.frozen = None
+        if len(self.crops) <= self.lag or self.crops[-1 - self.lag][0] != i - self.lag:
+            return None  # not enough consecutive frames yet
+        return self.crops[-1 - self.lag]
+
+    def _difference(self, ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, float]:
+        # windowed copies: cv2.phaseCorrelate multiplies its inputs by the window in place
+        (dx, dy), _ = cv2.phaseCorrelate(ref * self.window, cur * self.window)
+        m = np.float32([[1, 0, -dx], [0, 1, -dy]])
+        aligned = cv2.warpAffine(cur, m, cur.shape[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        diff = cv2.absdiff(aligned, ref)
+        el, er = (diff[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in (self.boxes["eyes_l"], self.boxes["eyes_r"]))
+        return diff, float(min(el, er))
+
+    def _learn(self, d: np.ndarray, first: bool = False) -> None:
+        if first:
+            self.mu[:], self.var[:] = d, (0.2 * d) ** 2
+            return
+        a = self.alpha if self.seen > self.lag + self.warmup else 2.0 / (self.seen - self.lag + 1)
+        delta = d - self.mu
+        self.mu += a * delta
+        self.var = (1 - a) * (self.var + a * delta * delta)
+
+    # -- intervals -------------------------------------------------------------------------------
+    def _follow(self, i: int) -> list[Candidate]:
+        """An interval is open: close it when the signal has been at the floor for `quiet` frames."""
+        sig = [(j, s, k) for j, s, k in self.signal if j >= self.open]
+        peak = max(range(len(sig)), key=lambda q: sig[q][1])
+        tail = sig[peak + 1:]
+        quiet = 0
+        for _, s, _ in reversed(tail):
+            if s > self.cfg.z_floor:
+                break
+            quiet += 1
+        if quiet < self.quiet:
+            if i - self.open >= self.max_len:  # too long for a micro-expression: drop it, start afresh
+                self.open, self.frozen, self.block_until = None, None, i + self.lag
+            return []
+        offset = tail[len(tail) - quiet][0]
+        return self._close(i, offset)
+
+    def _close(self, i: int, offset: int) -> list[Candidate]:
+        trigger = self.open
+        self.open = None
+        self.hold_until = i  # keep the pre-interval reference until the interval leaves the lag window
+        history = list(self.signal)
+        onset = trigger
+        for j, s, _ in reversed([h for h in history if h[0] < trigger]):
+            onset = j
+            if s <= self.cfg.z_floor:
+                break
+        span = [h for h in history if onset <= h[0] <= offset]
+        apex, _, region = max(span, key=lambda h: h[1])
+        eyes = [g for (j, _, _), g in zip(history, self.eye_gray) if onset <= j <= offset]
+        if max(eyes, default=0.0) > self.cfg.blink_gray:
+            return []  # a blink: both eyes changed far more than an eyelid micro-movement can
+        faces = {f.frame.index: f for f in self.faces}
+        if onset not in faces or apex not in faces:
+            return []
+        lo = onset - self.lag
+        signal = np.array([s for j, s, _ in history if lo <= j <= offset + self.quiet], np.float32)
+        return [Candidate(onset=faces[onset], apex=faces[apex], offset_index=offset, signal=signal,
+                          t_apex_confirmed=time.monotonic(), region=self.names[region].split("_")[0])]
+
+    def _reset(self) -> None:
+        self.crops.clear()
+        self.faces.clear()
+        self.signal.clear()
+        self.eye_gray.clear()
+        self.seen, self.frozen, self.hold_until, self.open, self.block_until = 0, None, -1, None, -1
+
+    # -- end of stream and display ---------------------------------------------------------------
+    def flush(self) -> list[Candidate]:
+        """End of stream: an interval still open ends at the last frame."""
+        if self.open is None or not self.signal:
+            return []
+        return self._close(self.signal[-1][0], self.signal[-1][0])
+
+    def signal_history(self) -> np.ndarray:
+        """The motion signal (largest regional z, after removing whole-face change), oldest first."""
+        return np.array(self.history, np.float32)
+
+    def region_motion(self) -> dict[str, float]:
+        """The latest frame's motion z per face region (brows, eyes, mouth), for the overlay."""
+        z = dict(zip(self.names, self.last_z.tolist()))
+        return {r: max(0.0, z[f"{r}_l"], z[f"{r}_r"]) for r in FACE_REGIONS}

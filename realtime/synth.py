@@ -1,0 +1,381 @@
+"""Clips with known micro-expressions, made from a still face photo.
+
+A clip is one photo seen through a moving "camera": every frame the photo is first warped locally
+(smooth displacement bumps placed at face landmarks: brows, eyelids, lip corners) and then moved
+globally (a similarity transform: head drift, quick nods). Sensor noise and JPEG compression come
+last. Everything is timed in seconds and sampled at the clip's fps, so the same spec renders the same
+motion at 30 or 200 fps. The ground truth (planted events in frames, plus the blinks and head moves
+that must NOT be spotted) is written beside the clip as `<clip>.truth.json`.
+
+    spec = ClipSpec(fps=100, seconds=8, events=4, blinks=2, head_motion=1.0, seed=3)
+    truth = write_clip("clip.mp4", spec)        # clip.mp4 + clip.mp4.truth.json
+    for bgr in render(spec): ...                # or frames in memory
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+FACES = Path(__file__).resolve().parent.parent / "mex" / "assets" / "faces"
+PHOTOS = ("astronaut.jpg", "camera.png")
+
+# Face-mesh landmark indices of the points the warps are placed at (subject's left = image right).
+KEYPOINTS = {
+    "eye_l_out": 33, "eye_l_in": 133, "eye_r_in": 362, "eye_r_out": 263,
+    "lid_l_up": 159, "lid_l_lo": 145, "lid_r_up": 386, "lid_r_lo": 374,
+    "brow_l": 105, "brow_l_in": 107, "brow_r": 334, "brow_r_in": 336,
+    "mouth_l": 61, "mouth_r": 291, "lip_up": 13, "lip_lo": 14, "nose": 1,
+}
+# The same points found by mediapipe 0.10.21 on the shipped photos, for machines without mediapipe.
+_SHIPPED_KEYPOINTS = {
+    "astronaut.jpg": {"eye_l_out": (194.6, 100.8), "eye_l_in": (213.8, 103.6), "eye_r_in": (237.3, 104.8), "eye_r_out": (256.5, 104.3), "lid_l_up": (202.8, 97.7), "lid_l_lo": (204.4, 104.1), "lid_r_up": (248.7, 100.3), "lid_r_lo": (246.6, 106.3), "brow_l": (198.1, 86.5), "brow_l_in": (216.2, 89.1), "brow_r": (254.9, 89.8), "brow_r_in": (236.8, 90.3), "mouth_l": (201.7, 139.4), "mouth_r": (246.1, 142.2), "lip_up": (223.5, 142.8), "lip_lo": (223.1, 149.8), "nose": (224.0, 131.1)},  # noqa: E501
+    "camera.png": {"eye_l_out": (227.2, 145.8), "eye_l_in": (239.8, 148.6), "eye_r_in": (251.7, 149.4), "eye_r_out": (255.9, 148.6), "lid_l_up": (233.9, 146.5), "lid_l_lo": (234.8, 149.2), "lid_r_up": (255.2, 148.6), "lid_r_lo": (253.9, 150.3), "brow_l": (235.6, 135.4), "brow_l_in": (248.7, 139.9), "brow_r": (262.1, 140.3), "brow_r_in": (258.4, 141.8), "mouth_l": (227.1, 181.3), "mouth_r": (244.4, 182.3), "lip_up": (242.5, 181.6), "lip_lo": (241.9, 185.2), "nose": (255.3, 171.7)},  # noqa: E501
+}
+
+# kind -> face region it moves (the spotter reports regions with the same names)
+KINDS = {
+    "brow_raise": "brows",  # AU1+2
+    "brow_lower": "brows",  # AU4
+    "eyelid_tighten": "eyes",  # AU7
+    "lip_corner_pull": "mouth",  # AU12
+    "lip_corner_depress": "mouth",  # AU15
+}
+
+
+@dataclass
+class PlantedEvent:
+    kind: str  # a key of KINDS
+    onset_s: float
+    duration_s: float  # onset -> offset
+    amplitude_px: float  # peak displacement in output-frame pixels
+    apex_frac: float = 0.5  # where the apex sits between onset and offset
+    side: str = "both"  # "both" | "left" | "right"
+
+
+@dataclass
+class ClipSpec:
+    photo: str = "astronaut.jpg"  # a path, or the name of a photo in mex/assets/faces
+    fps: float = 30.0
+    seconds: float = 10.0
+    size: tuple[int, int] = (640, 480)  # width, height
+    events: list[PlantedEvent] | int = 4  # explicit events, or how many to draw with `seed`
+    kinds: tuple[str, ...] = tuple(KINDS)
+    duration_s: tuple[float, float] = (1 / 25, 1 / 3)  # range drawn from, onset -> offset
+    amplitude_px: tuple[float, float] = (1.0, 3.0)
+    blinks: int = 0  # eyelid closures of 0.1-0.3 s
+    head_motion: float = 0.0  # 0 still; 1 gentle drift of about +-8 px, +-2 deg, +-2 % scale
+    head_moves: int = 0  # quick nods / shifts of 0.3-0.8 s (distractors)
+    noise: float = 1.5  # sensor noise, gray-level sigma
+    jpeg_quality: int | None = None  # per-frame JPEG round trip (None: off)
+    face_px: float = 120.0  # brow-to-lower-lip height of the face in the frame
+    second_face: str | None = None  # photo of a smaller, still face pasted in a corner (largest-face tests)
+    seed: int = 0
+
+
+def photo_path(photo: str | Path) -> Path:
+    path = Path(photo)
+    return path if path.exists() else FACES / str(photo)
+
+
+@functools.lru_cache(maxsize=8)
+def keypoints(photo: str) -> dict[str, np.ndarray]:
+    """The named landmarks of a still photo (mediapipe once per photo, cached; a table for the shipped ones)."""
+    path = photo_path(photo)
+    try:
+        import mediapipe as mp
+    except ImportError:
+        if path.name not in _SHIPPED_KEYPOINTS:
+            raise RuntimeError(f"mediapipe is needed to find the face in {path}") from None
+        return {k: np.array(v, np.float32) for k, v in _SHIPPED_KEYPOINTS[path.name].items()}
+    img = cv2.imread(str(path))
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
+        found = mesh.process(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).multi_face_landmarks
+    if not found:
+        raise RuntimeError(f"no face found in {path}")
+    lm = found[0].landmark
+    h, w = img.shape[:2]
+    return {k: np.array([lm[i].x * w, lm[i].y * h], np.float32) for k, i in KEYPOINTS.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _photo(photo: str) -> np.ndarray:
+    img = cv2.imread(str(photo_path(photo)), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(photo_path(photo))
+    return img
+
+
+class _Bump:
+    """A smooth local displacement: amplitude * direction * anisotropic Gaussian, in photo pixels."""
+
+    def __init__(self, center, direction, sigma_along, sigma_across, axis, shape):
+        h, w = shape
+        r = 3 * max(sigma_along, sigma_across)
+        x0, y0 = max(0, int(center[0] - r)), max(0, int(center[1] - r))
+        x1, y1 = min(w, int(center[0] + r) + 1), min(h, int(center[1] + r) + 1)
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dx, dy = xs - center[0], ys - center[1]
+        a = dx * axis[0] + dy * axis[1]  # along the eye line
+        b = -dx * axis[1] + dy * axis[0]  # across it
+        g = np.exp(-0.5 * ((a / sigma_along) ** 2 + (b / sigma_across) ** 2)).astype(np.float32)
+        self.box = (x0, y0, x1, y1)
+        self.fx, self.fy = g * direction[0], g * direction[1]
+
+
+class _Warp:
+    """One planted movement: bumps scaled over time by an onset -> apex -> offset raised-cosine profile."""
+
+    def __init__(self, bumps, onset, apex, offset, peak):
+        self.bumps, self.onset, self.apex, self.offset, self.peak = bumps, onset, apex, offset, peak
+
+    def amplitude(self, i: int) -> float:
+        if i <= self.onset or i >= self.offset:
+            return 0.0
+        if i <= self.apex:
+            return self.peak * 0.5 * (1 - math.cos(math.pi * (i - self.onset) / (self.apex - self.onset)))
+        return self.peak * 0.5 * (1 + math.cos(math.pi * (i - self.apex) / (self.offset - self.apex)))
+
+
+class _Face:
+    """Geometry of the photo's face: eye axis, up vector, inter-ocular distance, centre."""
+
+    def __init__(self, kp: dict[str, np.ndarray]):
+        self.kp = kp
+        left = (kp["eye_l_out"] + kp["eye_l_in"]) / 2
+        right = (kp["eye_r_out"] + kp["eye_r_in"]) / 2
+        self.iod = float(np.linalg.norm(right - left))
+        self.axis = (right - left) / self.iod  # image-left eye -> image-right eye
+        self.up = np.array([self.axis[1], -self.axis[0]], np.float32)
+        self.center = (left + right + kp["lip_lo"]) / 3
+        brow = (kp["brow_l"] + kp["brow_r"]) / 2
+        self.height = float(np.dot(kp["lip_lo"] - brow, -self.up))  # brow -> lower lip
+
+
+def _event_bumps(face: _Face, kind: str, side: str, shape) -> list[_Bump]:
+    kp, up, ax, iod = face.kp, face.up, face.axis, face.iod
+    sides = {"both": ("l", "r"), "left": ("l",), "right": ("r",)}[side]
+    outward = {"l": -ax, "r": ax}
+    bumps = []
+    for s in sides:
+        if kind == "brow_raise":
+            for name in (f"brow_{s}", f"brow_{s}_in"):
+                bumps.append(_Bump(kp[name], up, 0.22 * iod, 0.14 * iod, ax, shape))
+        elif kind == "brow_lower":
+            d = -up * 0.8 - outward[s] * 0.6
+            bumps.append(_Bump(kp[f"brow_{s}_in"], d / np.linalg.norm(d), 0.2 * iod, 0.14 * iod, ax, shape))
+        elif kind == "eyelid_tighten":
+            bumps.append(_Bump(kp[f"lid_{s}_lo"], up, 0.14 * iod, 0.06 * iod, ax, shape))
+        elif kind in ("lip_corner_pull", "lip_corner_depress"):
+            d = outward[s] * 0.7 + up * (0.7 if kind == "lip_corner_pull" else -0.7)
+            bumps.append(_Bump(kp[f"mouth_{s}"], d / np.linalg.norm(d), 0.15 * iod, 0.12 * iod, ax, shape))
+        else:
+            raise ValueError(f"unknown micro-expression kind {kind!r}; known: {sorted(KINDS)}")
+    return bumps
+
+
+def _blink_bumps(face: _Face, shape) -> list[_Bump]:
+    """Upper lids slide down over the eye: amplitude 1 = fully closed (the lid travels the eye's height)."""
+    kp, bumps = face.kp, []
+    for s in ("l", "r"):
+        opening = float(np.linalg.norm(kp[f"lid_{s}_lo"] - kp[f"lid_{s}_up"]))
+        width = float(np.linalg.norm(kp[f"eye_{s}_out"] - kp[f"eye_{s}_in"]))
+        center = (kp[f"lid_{s}_up"] + kp[f"lid_{s}_lo"]) / 2
+        b = _Bump(center, -face.up * opening * 1.3, 0.55 * width, 0.9 * opening, face.axis, shape)
+        bumps.append(b)
+    return bumps
+
+
+def _frames(seconds_or_s, fps) -> int:
+    return int(round(seconds_or_s * fps))
+
+
+class _Plan:
+    """Everything a spec decides before the first frame: warps, head path, ground truth."""
+
+    def __init__(self, spec: ClipSpec):
+        self.spec = spec
+        rng = np.random.default_rng(spec.seed)
+        fps, n = spec.fps, _frames(spec.seconds, spec.fps)
+        self.n = n
+        self.photo = _photo(str(spec.photo))
+        self.face = _Face(keypoints(str(spec.photo)))
+        shape = self.photo.shape[:2]
+        self.scale = spec.face_px / self.face.height  # photo px -> frame px
+        busy: list[tuple[float, float]] = []  # seconds already taken by something planted
+
+        def free_slot(length: float, margin: float) -> float | None:
+            if spec.seconds - length - 1.2 <= 0:
+                return None
+            for _ in range(200):
+                t0 = rng.uniform(0.6, spec.seconds - length - 0.6)
+                if all(t0 + length + margin < a or t0 > b + margin for a, b in busy):
+                    busy.append((t0, t0 + length))
+                    return t0
+            return None
+
+        self.distractors: list[dict] = []
+        self.head_moves = []  # (start frame, end frame, dx px, dy px, rotation deg)
+        for _ in range(spec.head_moves):
+            length = rng.uniform(0.3, 0.8)
+            t0 = free_slot(length, 0.5)
+            if t0 is None:
+                break
+            a, b = _frames(t0, fps), _frames(t0 + length, fps)
+            ang = rng.uniform(0, 2 * math.pi)
+            mag = rng.uniform(6, 15)
+            self.head_moves.append((a, b, mag * math.cos(ang), mag * math.sin(ang), rng.uniform(-3, 3)))
+            self.distractors.append({"kind": "head_move", "start": a, "end": b})
+
+        self.warps: list[_Warp] = []
+        for _ in range(spec.blinks):
+            length = rng.uniform(0.1, 0.3)
+            t0 = free_slot(length, 0.5)
+            if t0 is None:
+                break
+            a = _frames(t0, fps)
+            b = max(a + 2, _frames(t0 + length, fps))
+            apex = a + max(1, round((b - a) * 0.4))  # closing is faster than opening
+            self.warps.append(_Warp(_blink_bumps(self.face, shape), a, min(apex, b - 1), b, 1.0))
+            self.distractors.append({"kind": "blink", "start": a, "end": b})
+
+        planted = spec.events
+        if isinstance(planted, int):
+            drawn = []
+            for _ in range(planted):
+                dur = float(rng.uniform(*spec.duration_s))
+                t0 = free_slot(dur, 0.7)
+                if t0 is None:
+                    break
+                drawn.append(PlantedEvent(
+                    kind=str(rng.choice(spec.kinds)), onset_s=t0, duration_s=dur,
+                    amplitude_px=float(rng.uniform(*spec.amplitude_px)), apex_frac=float(rng.uniform(0.35, 0.65)),
+                    side=str(rng.choice(["both", "both", "left", "right"]))))
+            planted = drawn
+        self.events: list[dict] = []
+        for ev in sorted(planted, key=lambda e: e.onset_s):
+            onset = _frames(ev.onset_s, fps)
+            offset = max(onset + 2, _frames(ev.onset_s + ev.duration_s, fps))  # at least one moving frame
+            apex = min(offset - 1, max(onset + 1, onset + round((offset - onset) * ev.apex_frac)))
+            peak = ev.amplitude_px / self.scale
+            self.warps.append(_Warp(_event_bumps(self.face, ev.kind, ev.side, shape), onset, apex, offset, peak))
+            self.events.append({"onset": onset, "apex": apex, "offset": offset, "region": KINDS[ev.kind],
+                                "kind": ev.kind, "side": ev.side, "amplitude_px": round(ev.amplitude_px, 3)})
+
+        # slow drift: two sinusoids per degree of freedom with random phases
+        self.drift = rng.uniform(0, 2 * math.pi, size=(4, 2)), rng.uniform(0.08, 0.5, size=(4, 2))
+
+    def head_pose(self, i: int) -> tuple[float, float, float, float]:
+        """dx, dy (frame px), rotation (deg), log-scale of the head at frame i."""
+        t, hm = i / self.spec.fps, self.spec.head_motion
+        phase, freq = self.drift
+        wave = [0.6 * math.sin(2 * math.pi * freq[k, 0] * t + phase[k, 0])
+                + 0.4 * math.sin(2 * math.pi * freq[k, 1] * t + phase[k, 1]) for k in range(4)]
+        dx, dy, rot, logs = 8 * hm * wave[0], 6 * hm * wave[1], 2 * hm * wave[2], 0.02 * hm * wave[3]
+        for a, b, mx, my, mr in self.head_moves:
+            if a < i < b:  # out and back (a nod or a glance), raised-cosine
+                w = 0.5 * (1 - math.cos(2 * math.pi * (i - a) / (b - a)))
+                dx, dy, rot = dx + w * mx, dy + w * my, rot + w * mr
+        return dx, dy, rot, logs
+
+    def truth(self) -> dict:
+        spec = asdict(self.spec)
+        spec["photo"] = str(self.spec.photo)
+        return {"fps": self.spec.fps, "frames": self.n, "size": list(self.spec.size),
+                "events": self.events, "distractors": self.distractors, "spec": spec}
+
+
+def _paste_second_face(frame: np.ndarray, photo: str) -> None:
+    """A still, smaller face in the top-left corner, so "largest face" has something to choose from."""
+    face = _Face(keypoints(photo))
+    img = _photo(photo)
+    s = 0.45 * frame.shape[0] / 480 * 120 / face.height
+    h = int(2.2 * face.height * s)
+    m = np.float32([[s, 0, h / 2 - s * face.center[0]], [0, s, h / 2 - s * face.center[1]]])
+    frame[:h, :h] = cv2.warpAffine(img, m, (h, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+
+
+def render(spec: ClipSpec) -> Iterator[np.ndarray]:
+    """The clip's frames, BGR uint8 (H, W, 3), in order."""
+    plan = _Plan(spec)
+    w, h = spec.size
+    photo = plan.photo
+    ph, pw = photo.shape[:2]
+    grid_x, grid_y = np.meshgrid(np.arange(pw, dtype=np.float32), np.arange(ph, dtype=np.float32))
+    # sensor noise: random windows into one pre-drawn noise field (drawing 640x480x3 normals per frame is slow)
+    rng = np.random.default_rng(spec.seed + 1)
+    pool = np.round(rng.normal(0, spec.noise, (h + 64, w + 64, 3))).astype(np.int16)
+    for i in range(plan.n):
+        # local warps: sum the active bumps into one displacement field over their bounding box
+        active = [(warp, warp.amplitude(i)) for warp in plan.warps]
+        active = [(warp, a) for warp, a in active if a != 0.0]
+        img = photo
+        if active:
+            boxes = np.array([b.box for warp, _ in active for b in warp.bumps])
+            x0, y0 = boxes[:, :2].min(0)
+            x1, y1 = boxes[:, 2:].max(0)
+            dx = np.zeros((y1 - y0, x1 - x0), np.float32)
+            dy = np.zeros_like(dx)
+            for warp, a in active:
+                for b in warp.bumps:
+                    bx0, by0, bx1, by1 = b.box
+                    dx[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] += a * b.fx
+                    dy[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] += a * b.fy
+            img = photo.copy()
+            # backward mapping: the pixel at p shows what was at p - d
+            img[y0:y1, x0:x1] = cv2.remap(photo, grid_x[y0:y1, x0:x1] - dx, grid_y[y0:y1, x0:x1] - dy,
+                                          cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
+        # global head pose: photo face centre -> frame centre, then the head's own motion
+        mx, my, rot, logs = plan.head_pose(i)
+        m = cv2.getRotationMatrix2D((float(plan.face.center[0]), float(plan.face.center[1])), rot,
+                                    plan.scale * math.exp(logs))
+        m[:, 2] += np.array([w / 2 + mx, h / 2 + my]) - plan.face.center
+        frame = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        if spec.second_face:
+            _paste_second_face(frame, spec.second_face)
+        if spec.noise > 0:
+            oy, ox = rng.integers(0, 64, size=2)
+            frame = cv2.add(frame, pool[oy:oy + h, ox:ox + w], dtype=cv2.CV_8U)
+        if spec.jpeg_quality:
+            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(spec.jpeg_quality)])
+            frame = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        yield frame
+
+
+def truth(spec: ClipSpec) -> dict:
+    """The ground truth of a spec without rendering it."""
+    return _Plan(spec).truth()
+
+
+def write_clip(path: str | Path, spec: ClipSpec) -> dict:
+    """Render `spec` to `path` (.mp4: mp4v, .avi: MJPG) and its ground truth to `<path>.truth.json`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
+    writer = cv2.VideoWriter(str(path), fourcc, float(spec.fps), tuple(spec.size))
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write {path}")
+    try:
+        for frame in render(spec):
+            writer.write(frame)
+    finally:
+        writer.release()
+    gt = truth(spec)
+    truth_path(path).write_text(json.dumps(gt, indent=2) + "\n")
+    return gt
+
+
+def truth_path(clip: str | Path) -> Path:
+    return Path(str(clip) + ".truth.json")
+
+
+def demo_spec(seed: int = 0) -> ClipSpec:
+    """The Quickstart demo: 20 s at 30 fps of the astronaut, six micro-expressions, blinks, gentle head motion."""
+    return ClipSpec(photo="astronaut.jpg", fps=30.0, seconds=20.0, events=6, duration_s=(0.2, 1 / 3),
+                    amplitude_px=(2.0, 3.0), blinks=3, head_motion=0.5, head_moves=1, noise=1.5, seed=seed)

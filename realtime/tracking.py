@@ -1,0 +1,242 @@
+"""Face tracking and alignment: Frame -> FaceFrame with an aligned gray crop.
+
+The crop is a similarity transform of the frame that puts the two eye centres (the mean of each
+eye's two corners: corners do not move when the eye blinks) at fixed canonical positions, so the
+same pixel of the crop is the same place on the face from frame to frame.
+
+Cost is what matters at 200 fps, so the mediapipe path works in two modes:
+- acquire: face mesh (up to `max_faces`) on the frame scaled to `detect_width`; keeps the largest face.
+- track: face mesh (one face, video mode) on a square region around the tracked face, scaled to
+  `roi_px`, only every `mesh_every` frames. In between, the last transform is reused and the crop is
+  compared with the last checked one; a large change (face gone, fast move) runs the mesh at once.
+The transform is only replaced when the new eye positions differ from it by more than `deadband_px`
+crop pixels: landmark jitter would otherwise shake every crop, which the spotter would see as motion.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import cv2
+import numpy as np
+
+from realtime.packets import Frame, FaceFrame
+
+# canonical eye centres as fractions of the crop size: the crop holds brows to chin
+CANONICAL_EYES = np.array([[0.3, 0.36], [0.7, 0.36]], np.float32)
+# face-mesh corner landmarks of the image-left and image-right eye
+MESH_EYE_CORNERS = ((33, 133), (362, 263))
+
+
+def eye_transform(left: np.ndarray, right: np.ndarray, crop_size: int) -> np.ndarray:
+    """2x3 similarity matrix taking the frame's eye centres to the canonical ones in the crop."""
+    dst = CANONICAL_EYES * crop_size
+    v, c = right - left, dst[1] - dst[0]
+    scale = float(np.hypot(*c) / max(np.hypot(*v), 1e-6))
+    angle = float(np.arctan2(c[1], c[0]) - np.arctan2(v[1], v[0]))
+    a, b = scale * np.cos(angle), scale * np.sin(angle)
+    m = np.array([[a, -b, 0.0], [b, a, 0.0]], np.float64)
+    m[:, 2] = dst[0] - m[:, :2] @ left
+    return m
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def _small(gray: np.ndarray) -> np.ndarray:
+    s = cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    s -= s.mean()
+    return s / (np.linalg.norm(s) + 1e-6)
+
+
+class _MeshBackend:
+    """mediapipe face mesh: acquire on the whole (scaled) frame, track in a region around the face."""
+
+    def __init__(self, max_faces: int, detect_width: int, roi_px: int):
+        import mediapipe as mp
+
+        fm = mp.solutions.face_mesh
+        self.acquirer = fm.FaceMesh(static_image_mode=True, max_num_faces=max_faces, refine_landmarks=False)
+        self.tracker = fm.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False)
+        self.detect_width, self.roi_px = detect_width, roi_px
+        self.roi: tuple[float, float, float] | None = None  # centre x, centre y, side (frame px)
+
+    def find(self, bgr: np.ndarray) -> np.ndarray | None:
+        """(468, 2) frame-pixel landmarks of the tracked (or else the largest) face, or None."""
+        if self.roi is not None:
+            cx, cy, side = self.roi
+            s = self.roi_px / side
+            m = np.array([[s, 0, self.roi_px / 2 - s * cx], [0, s, self.roi_px / 2 - s * cy]], np.float32)
+            roi = cv2.warpAffine(bgr, m, (self.roi_px, self.roi_px), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_CONSTANT)
+            found = self.tracker.process(cv2.cvtColor(roi, cv2.COLOR_BGR2RGB)).multi_face_landmarks
+            if found:
+                pts = self._points(found[0], self.roi_px, self.roi_px)
+                pts = (pts - m[:, 2]) / s
+                self._follow(pts)
+                return pts
+            self.roi = None
+        h, w = bgr.shape[:2]
+        scale = min(1.0, self.detect_width / w)
+        small = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else bgr
+        found = self.acquirer.process(cv2.cvtColor(small, cv2.COLOR_BGR2RGB)).multi_face_landmarks
+        if not found:
+            return None
+        faces = [self._points(f, w, h) for f in found]
+        pts = max(faces, key=lambda p: np.prod(p.max(0) - p.min(0)))
+        self._follow(pts, force=True)
+        return pts
+
+    def _follow(self, pts: np.ndarray, force: bool = False) -> None:
+        """Move the tracking region only when the face has drifted, so the mesh sees a steady input."""
+        lo, hi = pts.min(0), pts.max(0)
+        cx, cy = (lo + hi) / 2
+        side = 1.8 * float(max(hi - lo))
+        if force or self.roi is None:
+            self.roi = (cx, cy, side)
+            return
+        ox, oy, oside = self.roi
+        if max(abs(cx - ox), abs(cy - oy)) > 0.1 * oside or abs(side / oside - 1) > 0.15:
+            self.roi = (cx, cy, side)
+
+    @staticmethod
+    def _points(face, w: int, h: int) -> np.ndarray:
+        return np.array([(p.x * w, p.y * h) for p in face.landmark], np.float32)
+
+    def eyes(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        (a, b), (c, d) = MESH_EYE_CORNERS
+        return (pts[a] + pts[b]) / 2, (pts[c] + pts[d]) / 2
+
+    def forget(self) -> None:
+        self.roi = None
+
+    def close(self) -> None:
+        self.acquirer.close()
+        self.tracker.close()
+
+
+class _HaarBackend:
+    """OpenCV's frontal-face Haar cascade; eyes placed at fixed fractions of the face box."""
+
+    def __init__(self, detect_width: int):
+        self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        self.detect_width = detect_width
+
+    def find(self, bgr: np.ndarray) -> np.ndarray | None:
+        h, w = bgr.shape[:2]
+        scale = min(1.0, self.detect_width / w)
+        gray = cv2.cvtColor(cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
+        boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.15, minNeighbors=5, minSize=(24, 24))
+        if len(boxes) == 0:
+            return None
+        x, y, bw, bh = max(boxes, key=lambda b: b[2] * b[3]) / scale
+        # box corners, then the two eye centres (typical positions inside a Haar face box)
+        return np.array([[x, y], [x + bw, y + bh], [x + 0.3 * bw, y + 0.38 * bh], [x + 0.7 * bw, y + 0.38 * bh]], np.float32)
+
+    def eyes(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return pts[2], pts[3]
+
+    def forget(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FaceTracker:
+    """Frame -> FaceFrame: the largest face, its landmarks and an eye-aligned gray crop.
+
+    States: "face" (tracked), "lost" (missing for less than `lost_s` seconds after being tracked),
+    "no_face" (nothing, or missing for longer), "reacquired" (the first frame with a face again).
+    """
+
+    def __init__(self, crop_size: int = 128, backend: str = "auto", *, mesh_every: int = 2,
+                 detect_width: int = 320, roi_px: int = 256, max_faces: int = 2,
+                 deadband_px: float = 0.4, lost_s: float = 0.5):
+        if backend not in ("auto", "mediapipe", "haar"):
+            raise ValueError(f"backend must be auto, mediapipe or haar, not {backend!r}")
+        if backend in ("auto", "mediapipe"):
+            try:
+                self.backend = _MeshBackend(max_faces, detect_width, roi_px)
+                backend = "mediapipe"
+            except ImportError:
+                if backend == "mediapipe":
+                    raise
+                warnings.warn("mediapipe is not installed: falling back to OpenCV's Haar cascade "
+                              "(coarser alignment; pip install 'mex-live[face]')", RuntimeWarning, stacklevel=2)
+                backend = "haar"
+        if backend == "haar":
+            self.backend = _HaarBackend(detect_width)
+        self.name = backend
+        self.crop_size = crop_size
+        self.mesh_every, self.deadband_px, self.lost_s = mesh_every, deadband_px, lost_s
+        self.m: np.ndarray | None = None  # current frame -> crop transform
+        self.landmarks: np.ndarray | None = None
+        self.reference: np.ndarray | None = None  # small normalised crop at the last landmark check
+        self.since_check = 0
+        self.state = "no_face"
+        self.missing_since: float | None = None
+        self.seen = False
+
+    def track(self, frame: Frame) -> FaceFrame:
+        t0 = time.perf_counter()
+        ff = self._track(frame)
+        frame.stage_ms["track"] = (time.perf_counter() - t0) * 1e3
+        return ff
+
+    def _crop(self, bgr: np.ndarray) -> np.ndarray:
+        crop = cv2.warpAffine(bgr, self.m, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+
+    def _track(self, frame: Frame) -> FaceFrame:
+        bgr = frame.image
+        if self.m is not None and self.since_check + 1 < self.mesh_every:
+            crop = self._crop(bgr)
+            # a cheap check between landmark runs: the crop still looks like the face it was
+            if crop.std() > 4 and float(np.sum(_small(crop) * self.reference)) > 0.8:
+                self.since_check += 1
+                return self._face(frame, crop)
+        pts = self.backend.find(bgr)
+        self.since_check = 0
+        if pts is None:
+            return self._missing(frame)
+        left, right = self.backend.eyes(pts)
+        m = eye_transform(left, right, self.crop_size)
+        if self.m is None or np.abs(_apply(self.m, np.stack([left, right])) - CANONICAL_EYES * self.crop_size).max() > self.deadband_px:
+            self.m = m
+        self.landmarks = pts
+        crop = self._crop(bgr)
+        self.reference = _small(crop)
+        return self._face(frame, crop)
+
+    def _face(self, frame: Frame, crop: np.ndarray) -> FaceFrame:
+        state = "reacquired" if self.seen and self.state in ("lost", "no_face") else "face"
+        self.state, self.seen, self.missing_since = state, True, None
+        lo, hi = self.landmarks.min(0), self.landmarks.max(0)
+        box = (int(lo[0]), int(lo[1]), int(hi[0] - lo[0]), int(hi[1] - lo[1]))
+        return FaceFrame(frame=frame, state=state, box=box, landmarks=self.landmarks, crop=crop)
+
+    def _missing(self, frame: Frame) -> FaceFrame:
+        if self.missing_since is None:
+            self.missing_since = frame.t_video
+        box = None
+        if self.seen and self.state != "no_face" and frame.t_video - self.missing_since < self.lost_s:
+            self.state = "lost"
+            lo, hi = self.landmarks.min(0), self.landmarks.max(0)
+            box = (int(lo[0]), int(lo[1]), int(hi[0] - lo[0]), int(hi[1] - lo[1]))
+        else:
+            self.state = "no_face"
+        self.m, self.reference = None, None
+        self.backend.forget()
+        return FaceFrame(frame=frame, state=self.state, box=box)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "FaceTracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
