@@ -1,0 +1,133 @@
+"""mex-export --checkpoint CKPT [--format onnx|engine] [--out PATH]
+
+ONNX: exported, checked, metadata inside, parity against PyTorch on the composite images.
+engine: the ONNX above, then a TensorRT engine + JSON sidecar, parity against ONNX Runtime.
+Outputs sit next to the checkpoint by default (runs/x/best.pt -> runs/x/best.onnx, best.engine),
+each with PATH.parity.json.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from mex.artifact import artifact_metadata
+from mex.checkpoint import CheckpointError, load_checkpoint
+from mex.composite import DataError, load_flow_folder
+
+from . import ExportError, parity
+from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx, graph_summary, save_onnx, torch_logits
+from .tensorrt import DEFAULT_CACHE, BatchProfile, cuda_device_name, require_tensorrt
+
+SUFFIX = {"onnx": ".onnx", "engine": ".engine"}
+DEFAULT_DATA = "data/megc2019-composite-flow"
+REPO_DATA = Path(__file__).resolve().parents[1] / DEFAULT_DATA  # when run from outside the repo
+
+
+def batch_profile(text: str) -> BatchProfile:
+    try:
+        return BatchProfile.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="mex-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by mex-train fit (.pt)")
+    p.add_argument("--format", default="onnx", choices=sorted(SUFFIX), help="onnx (default) or a TensorRT engine")
+    p.add_argument("--out", metavar="PATH", help="output file (default: CKPT with the format's suffix)")
+    p.add_argument("--data", default=None, metavar="DIR", help=f"parity images in the composite format (default {DEFAULT_DATA})")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET})")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="engine precision (default fp32)")
+    p.add_argument("--batch", type=batch_profile, default=BatchProfile(), metavar="MIN,OPT,MAX",
+                   help="engine batch optimization profile (default 1,1,256)")
+    p.add_argument("--workspace", type=float, default=1.0, metavar="GIB", help="TensorRT builder workspace (default 1 GiB)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR", help=f"engine cache (default {DEFAULT_CACHE})")
+    args = p.parse_args(argv)
+    if args.opset < MIN_OPSET:
+        p.error(f"--opset {args.opset}: must be >= {MIN_OPSET} (LayerNormalization as one op)")
+    if args.workspace <= 0:
+        p.error(f"--workspace {args.workspace}: must be positive")
+    return args
+
+
+def resolve_data(data: str | None) -> Path:
+    if data is not None:
+        return Path(data)
+    return Path(DEFAULT_DATA) if Path(DEFAULT_DATA).is_dir() else REPO_DATA
+
+
+def provenance(checkpoint: Path, args: argparse.Namespace) -> dict:
+    """Which checkpoint and tool versions made this artifact (mex-live ignores it; people read it)."""
+    import torch
+
+    return {"checkpoint": checkpoint.name, "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+            "torch": torch.__version__, "opset": args.opset}
+
+
+def export(args: argparse.Namespace, console: Console) -> bool:
+    """Write the artifact(s) and parity report(s); True when parity passed."""
+    if args.format == "engine":  # fail before the slow ONNX export, not after it
+        require_tensorrt()
+        cuda_device_name()
+    checkpoint = Path(args.checkpoint)
+    model, info = load_checkpoint(checkpoint)
+    images = load_flow_folder(resolve_data(args.data))
+    out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
+    onnx_path = out if args.format == "onnx" else out.with_suffix(".onnx")
+    metadata = artifact_metadata(info["model"], info["config"], info.get("meta", {}))
+    metadata["mex.export"] = json.dumps(provenance(checkpoint, args))
+
+    console.print(f"exporting {checkpoint} ({info['model']}) -> {onnx_path}")
+    proto = export_onnx(model, metadata, opset=args.opset)
+    summary = graph_summary(proto)
+    save_onnx(proto, onnx_path)
+    console.print(f"ONNX opset {summary['opset']}, {summary['nodes']} nodes "
+                  f"({summary['ops'].get('LayerNormalization', 0)} LayerNormalization), input {summary['input']}")
+    report = parity.compare(torch_logits(model, images.x), parity.onnxruntime_logits(onnx_path, images.x),
+                            reference_name="pytorch", candidate_name="onnxruntime", tolerance=parity.ONNX_TOLERANCE)
+    report.update(artifact=str(onnx_path), data=str(images.root), graph=summary)
+    parity.print_report(report, console)
+    console.print(f"parity report: {parity.write_report(onnx_path.with_name(onnx_path.name + '.parity.json'), report)}")
+    if not report["passed"] or args.format == "onnx":
+        return report["passed"]
+    return export_engine(args, onnx_path, out, metadata, images.x, console)
+
+
+def export_engine(args, onnx_path: Path, engine_path: Path, metadata: dict, x, console: Console) -> bool:
+    from .tensorrt import build_engine, engine_logits
+
+    build = build_engine(onnx_path, engine_path, metadata, precision=args.precision, profile=args.batch,
+                         workspace_gib=args.workspace, cache_dir=args.cache, log=console.print)
+    fp16 = args.precision == "fp16"
+    report = parity.compare(parity.onnxruntime_logits(onnx_path, x), engine_logits(engine_path, x, args.batch.max),
+                            reference_name="onnxruntime", candidate_name=f"tensorrt-{args.precision}",
+                            tolerance=None if fp16 else parity.FP32_ENGINE_TOLERANCE,
+                            min_agreement=parity.FP16_MIN_AGREEMENT if fp16 else None)
+    report.update(artifact=str(engine_path), tensorrt=build)
+    parity.print_report(report, console)
+    console.print(f"parity report: {parity.write_report(engine_path.with_name(engine_path.name + '.parity.json'), report)}")
+    return report["passed"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    try:
+        passed = export(args, console)
+    except (CheckpointError, DataError, ExportError) as e:
+        print(f"mex-export: error: {e}", file=sys.stderr)
+        return 1
+    if not passed:
+        print("mex-export: error: parity check failed (report above); the artifact was written but must not be shipped",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
