@@ -7,7 +7,10 @@ makes model inputs. The recipe (ENCODING_VERSION in mex.labels) is the composite
 1. both crops to grey levels in 0..255 (uint8 as is; float in [0, 1] times 255; BGR with the
    cv2.COLOR_BGR2GRAY weights 0.114 B + 0.587 G + 0.299 R, unrounded);
 2. TV-L1 flow onset -> apex with OpenCV's default parameters (backends.py), u horizontal (positive =
-   motion to the right), v vertical (positive = down);
+   motion to the right), v vertical (positive = down), computed on the crops padded by FLOW_PAD px
+   of replicated edge and cropped back: TV-L1 warps with zeros outside the image, which gives the
+   outermost pixels spurious flows of several px that differ from solver to solver and would set
+   the min-max range of the whole channel (measured in docs/features.md);
 3. optical strain sqrt(ux^2 + vy^2 + 1/2 (uy + vx)^2), derivatives by central differences
    (one-sided at the borders, numpy.gradient);
 4. each channel min-max scaled to [0, 1] over the crop, at crop resolution;
@@ -29,11 +32,12 @@ from ..labels import INPUT_SHAPE
 from .backends import BackendUnavailable, FlowBackend, available_backends, get_backend
 from .tvl1_torch import TVL1Params
 
-__all__ = ["encode", "encode_batch", "flow_to_features", "get_backend", "available_backends", "FlowBackend",
-           "BackendUnavailable", "TVL1Params", "CROP_SIZE", "MIN_CROP_SIZE", "MIN_RANGE"]
+__all__ = ["encode", "encode_batch", "crop_flow", "flow_to_features", "get_backend", "available_backends", "FlowBackend",
+           "BackendUnavailable", "TVL1Params", "CROP_SIZE", "FLOW_PAD", "MIN_CROP_SIZE", "MIN_RANGE"]
 
 CROP_SIZE = 128  # the canonical aligned grey face crop the live pipeline passes (px per side)
 MIN_CROP_SIZE = 32  # smaller crops give a 2-level pyramid and would have to be upsampled to 28x28
+FLOW_PAD = 8  # px of replicated edge around each crop while solving (see step 2)
 MIN_RANGE = 1e-6  # a channel spanning less than this (px, or strain units) carries no signal
 BGR_TO_GRAY = np.array([0.114, 0.587, 0.299], dtype=np.float32)  # cv2.COLOR_BGR2GRAY
 
@@ -103,6 +107,14 @@ def flow_to_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.clip(rows @ scaled @ cols.T, 0.0, 1.0).astype(np.float32)
 
 
+def crop_flow(onset: np.ndarray, apex: np.ndarray, backend: FlowBackend) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2: flow (u, v) of (B, H, W) float32 grey crops, solved with FLOW_PAD px of edge padding."""
+    pad = ((0, 0), (FLOW_PAD, FLOW_PAD), (FLOW_PAD, FLOW_PAD))
+    u, v = backend.flow(np.pad(onset, pad, mode="edge"), np.pad(apex, pad, mode="edge"))
+    inside = (slice(None), slice(FLOW_PAD, u.shape[1] - FLOW_PAD), slice(FLOW_PAD, u.shape[2] - FLOW_PAD))
+    return u[inside], v[inside]
+
+
 def encode_batch(onsets: Sequence[np.ndarray], apexes: Sequence[np.ndarray],
                  flow: str | FlowBackend = "auto") -> np.ndarray:
     """Pairs of aligned face crops -> float32 (B, 3, 28, 28). All crops must have one size.
@@ -128,7 +140,7 @@ def encode_batch(onsets: Sequence[np.ndarray], apexes: Sequence[np.ndarray],
     moving = [k for k in range(len(onset)) if np.ptp(onset[k]) > 0 and np.ptp(apex[k]) > 0]
     if moving:
         backend = get_backend(flow) if isinstance(flow, str) else flow
-        u, v = backend.flow(np.stack([onset[k] for k in moving]), np.stack([apex[k] for k in moving]))
+        u, v = crop_flow(np.stack([onset[k] for k in moving]), np.stack([apex[k] for k in moving]), backend)
         if not (np.isfinite(u).all() and np.isfinite(v).all()):
             raise RuntimeError(f"flow backend {backend.name!r} returned NaN or infinity")
         features[moving] = flow_to_features(u, v)

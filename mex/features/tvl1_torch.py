@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 FLOAT_EPS = float(np.finfo(np.float32).eps)  # OpenCV's "grad > numeric_limits<float>::epsilon()"
+REMAP_STEPS = 32  # cv::remap's sub-pixel resolution (INTER_TAB_SIZE)
 MIN_LEVEL_SIDE = 16  # OpenCV stops building the pyramid before a level gets a side below this
 
 
@@ -119,13 +120,16 @@ def median5(u: torch.Tensor, size: int) -> torch.Tensor:
 def warp_bicubic(stack: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     """cv::remap(INTER_CUBIC, BORDER_CONSTANT 0) of (B, C, H, W) at (x + u1, y + u2).
 
-    grid_sample's bicubic uses the same a = -0.75 kernel. OpenCV quantises map coordinates to 1/32
-    px; this does not, which is one source of the small float-level differences.
+    grid_sample's bicubic uses the same a = -0.75 kernel; the sample positions are rounded to
+    OpenCV's 1/32 px grid, so both interpolate at the same points.
     """
     _, _, h, w = stack.shape
     ys = torch.arange(h, device=stack.device, dtype=stack.dtype).view(1, h, 1)
     xs = torch.arange(w, device=stack.device, dtype=stack.dtype).view(1, 1, w)
-    grid = torch.stack((2.0 * (xs + u1) / (w - 1) - 1.0, 2.0 * (ys + u2) / (h - 1) - 1.0), dim=-1)
+    # cv::remap turns float maps into fixed point with 1/32 px steps (INTER_BITS = 5), rounding to nearest.
+    x = torch.round((xs + u1) * REMAP_STEPS) / REMAP_STEPS
+    y = torch.round((ys + u2) * REMAP_STEPS) / REMAP_STEPS
+    grid = torch.stack((2.0 * x / (w - 1) - 1.0, 2.0 * y / (h - 1) - 1.0), dim=-1)
     return F.grid_sample(stack, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
 
 
