@@ -136,10 +136,10 @@ def encode_batch(onsets: Sequence[np.ndarray], apexes: Sequence[np.ndarray],
             raise ValueError(f"pair {k}: crops are {a.shape[0]}x{a.shape[1]} but pair 0's are "
                              f"{onset[0].shape[0]}x{onset[0].shape[1]}; a batch needs one crop size")
 
+    backend = get_backend(flow) if isinstance(flow, str) else flow  # built even when unused: fails early
     features = np.zeros((len(onset), *INPUT_SHAPE), dtype=np.float32)
     moving = [k for k in range(len(onset)) if np.ptp(onset[k]) > 0 and np.ptp(apex[k]) > 0]
     if moving:
-        backend = get_backend(flow) if isinstance(flow, str) else flow
         u, v = crop_flow(np.stack([onset[k] for k in moving]), np.stack([apex[k] for k in moving]), backend)
         if not (np.isfinite(u).all() and np.isfinite(v).all()):
             raise RuntimeError(f"flow backend {backend.name!r} returned NaN or infinity")
