@@ -62,8 +62,7 @@ def load_engine_for(args):
     except ArtifactError as e:
         raise CliError(f"--model: {e}") from None
     except FileNotFoundError as e:
-        what = args.model or "mex/assets/default.onnx"
-        raise CliError(f"--model {what}: model file not found ({e}); export one with mex-export or pass --model PATH") from None
+        raise CliError(f"--model: {e}" + ("" if args.model else " (or pass --model PATH)")) from None
     except (ImportError, RuntimeError, ValueError, OSError) as e:
         raise CliError(f"--engine {args.engine}: cannot load the model ({type(e).__name__}: {e})") from None
 
@@ -265,8 +264,6 @@ def _run(args) -> int:
         print(f"mex-live: {n}", file=sys.stderr)
     if terminal is None:
         event_sinks.append(PrintSink(sys.stdout))
-        print(f"mex-live: {source.describe()}, engine {getattr(engine, 'name', '?')}, flow {args.flow}, "
-              f"ready in {time.monotonic() - t0:.1f} s", flush=True)
 
     try:
         pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker, event_sinks=event_sinks,
@@ -275,6 +272,9 @@ def _run(args) -> int:
     except (ImportError, RuntimeError, ValueError) as e:
         source.close()
         raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None
+    if terminal is None:
+        print(f"mex-live: {source.describe()}, engine {getattr(engine, 'name', '?')}, flow {args.flow}, "
+              f"ready in {time.monotonic() - t0:.1f} s", flush=True)
 
     def tick(p):
         if window is not None:

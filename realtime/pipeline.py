@@ -207,20 +207,30 @@ class Recognizer:
 
     def __init__(self, engine, flow: str = "auto", encode: Callable | None = None, fps: float = 30.0,
                  classes: Sequence[str] = CLASSES):
-        if encode is None:
-            from mex import features
-
-            encode = features.encode
+        """`encode(onset, apex, flow=)` per pair; by default the whole batch goes through
+        mex.features.encode_batch (the same path as mex.features.encode, one flow call per batch)."""
         self.engine = engine
         self.flow = flow
         self.encode = encode
         self.fps = fps
         self.classes = tuple(classes)
+        if encode is None:
+            from mex import features
+
+            self._encode_batch = features.encode_batch
+        else:
+            self._encode_batch = None
+
+    def features(self, cands: list[Candidate]) -> np.ndarray:
+        if self._encode_batch is not None:
+            return np.asarray(self._encode_batch([c.onset.crop for c in cands], [c.apex.crop for c in cands],
+                                                 flow=self.flow), dtype=np.float32)
+        return np.stack([np.asarray(self.encode(c.onset.crop, c.apex.crop, flow=self.flow), dtype=np.float32)
+                         for c in cands])
 
     def __call__(self, cands: list[Candidate], stats: RingStats | None = None) -> list[Event]:
         t0 = time.perf_counter()
-        x = np.stack([np.asarray(self.encode(c.onset.crop, c.apex.crop, flow=self.flow), dtype=np.float32)
-                      for c in cands])
+        x = self.features(cands)
         t1 = time.perf_counter()
         p = np.asarray(self.engine.probs(x), dtype=np.float64)
         t2 = time.perf_counter()
