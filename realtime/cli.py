@@ -88,9 +88,11 @@ def warm_up(engine, flow: str, encode=None) -> None:
     from mex import features
 
     encode = encode or features.encode
-    crop = np.full((features.CROP_SIZE, features.CROP_SIZE), 128, np.uint8)
+    # textured crops (a flat one would skip the flow solver and warm nothing)
+    onset = np.random.default_rng(0).integers(0, 256, (features.CROP_SIZE, features.CROP_SIZE), dtype=np.uint8)
+    apex = np.roll(onset, 1, axis=0)
     try:
-        x = np.asarray(encode(crop, crop, flow=flow), np.float32)[None]
+        x = np.asarray(encode(onset, apex, flow=flow), np.float32)[None]
     except (ValueError, RuntimeError, ImportError) as e:
         raise CliError(f"--flow {flow}: {e}") from None
     engine.probs(x)

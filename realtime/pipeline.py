@@ -1,18 +1,20 @@
 r"""The live pipeline: threads connected by bounded queues.
 
 ```
-capture thread      tracking thread              recognizer thread          frame-sink thread
-Source.frames() --> Tracker.track + Spotter.push --> features.encode + engine --> event sinks (JSONL, overlay state)
-                 q_frames                     q_candidates                 \--> q_display --> recorder
+capture thread     tracking thread     spotting thread    recognizer thread           frame-sink thread
+Source.frames() --> Tracker.track --> Spotter.push --> features + engine --> event sinks (JSONL, overlay state)
+                q_frames          q_faces        q_candidates    \--> q_display --> recorder
 ```
 
 Drop policy (explicit, per queue, counted in `Pipeline.counters`):
 - `q_frames` (capture -> tracking): a live source (camera) never blocks: when the queue is full the
   oldest frame is dropped and counted (`dropped_frames`). A file blocks: nothing is dropped, so a
   file's events are deterministic.
+- `q_faces` (tracking -> spotting): blocks (tracking and spotting run on two threads so that the two
+  cores overlap them; for a camera a full `q_faces` turns into dropped frames at `q_frames`).
 - `q_candidates` (spotting -> recognition): never dropped (a candidate is a would-be event); it
-  blocks the tracking thread, which for a camera turns into dropped frames upstream.
-- `q_display` (tracking -> recorder): same rule as `q_frames` (drop oldest for a camera, block
+  blocks the spotting thread, which for a camera turns into dropped frames upstream.
+- `q_display` (spotting -> recorder): same rule as `q_frames` (drop oldest for a camera, block
   for a file, so a recorded file has every frame).
 
 Every frame carries its capture time and per-stage times (`Frame.stage_ms`); the pipeline keeps the
@@ -258,7 +260,7 @@ class Recognizer:
 
 
 class Pipeline:
-    """Source -> Tracker -> Spotter -> Recognizer -> sinks, on four threads.
+    """Source -> Tracker -> Spotter -> Recognizer -> sinks, on five threads (six with a recorder).
 
     `tracker.track(frame) -> FaceFrame`, `spotter.push(ff) -> list[Candidate]`, `spotter.flush()`,
     optional `spotter.signal_history()` / `spotter.region_motion()`; `recognizer(list[Candidate]) ->
@@ -282,6 +284,7 @@ class Pipeline:
         self._abort = threading.Event()
         self._stopping = threading.Event()
         self.q_frames = Channel("frames", queue_size, drop_oldest=self.live, abort=self._abort)
+        self.q_faces = Channel("faces", queue_size, drop_oldest=False, abort=self._abort)
         self.q_candidates = Channel("candidates", 64, drop_oldest=False, abort=self._abort)
         self.q_display = Channel("display", queue_size, drop_oldest=self.live, abort=self._abort)
         self.stats = RingStats(stats_capacity)
@@ -302,7 +305,8 @@ class Pipeline:
     # ------------------------------------------------------------------ control
     def start(self) -> Pipeline:
         self.t_start = time.monotonic()
-        specs = [("capture", self._capture), ("tracking", self._track), ("recognizer", self._recognize)]
+        specs = [("capture", self._capture), ("tracking", self._track), ("spotting", self._spot),
+                 ("recognizer", self._recognize)]
         if self.frame_sinks:
             specs.append(("frame-sinks", self._frame_sinks))
         for name, fn in specs:
@@ -321,7 +325,7 @@ class Pipeline:
         self._stopping.set()
         self._abort.set()
         self.source.stop()
-        for ch in (self.q_frames, self.q_candidates, self.q_display):
+        for ch in (self.q_frames, self.q_faces, self.q_candidates, self.q_display):
             ch.wake()
 
     @property
@@ -399,7 +403,6 @@ class Pipeline:
             self.q_frames.close()
 
     def _track(self) -> None:
-        stats = self.stats
         try:
             while True:
                 frame = self.q_frames.get()
@@ -408,8 +411,20 @@ class Pipeline:
                 t0 = time.monotonic()
                 frame.stage_ms["wait"] = (t0 - frame.t_capture) * 1000.0
                 ff = self.tracker.track(frame)
+                frame.stage_ms["track"] = (time.monotonic() - t0) * 1000.0
+                self.q_faces.put(ff)
+        finally:
+            self.q_faces.close()
+
+    def _spot(self) -> None:
+        stats = self.stats
+        try:
+            while True:
+                ff = self.q_faces.get()
+                if ff is _EOS:
+                    break
+                frame = ff.frame
                 t1 = time.monotonic()
-                frame.stage_ms["track"] = (t1 - t0) * 1000.0
                 cands = self.spotter.push(ff)
                 t2 = time.monotonic()
                 frame.stage_ms["spot"] = (t2 - t1) * 1000.0
@@ -428,7 +443,7 @@ class Pipeline:
                     if self.frame_sinks:
                         self.q_display.put(ff)
                 else:
-                    ff.frame.image = None  # nothing downstream draws: free the image now (crops stay)
+                    frame.image = None  # nothing downstream draws: free the image now (crops stay)
             for c in self.spotter.flush():
                 self.n_candidates += 1
                 self.q_candidates.put(c)
