@@ -3,7 +3,3 @@
 The artifact carries mex.artifact metadata (classes, feature encoding, model config, training) and is
 checked against PyTorch (ONNX) or ONNX Runtime (TensorRT) on the real composite images before use.
 """
-
-
-class ExportError(RuntimeError):
-    """An export step failed; the message says which file or flag and why."""

@@ -19,7 +19,8 @@ from mex.artifact import artifact_metadata
 from mex.checkpoint import CheckpointError, load_checkpoint
 from mex.composite import DataError, load_flow_folder
 
-from . import ExportError, parity
+from . import parity
+from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx, graph_summary, save_onnx, torch_logits
 from .tensorrt import DEFAULT_CACHE, BatchProfile, cuda_device_name, require_tensorrt
 

@@ -21,7 +21,7 @@ from torch import nn
 from mex.artifact import INPUT_NAME, OUTPUT_NAME
 from mex.labels import INPUT_SHAPE
 
-from . import ExportError
+from .errors import ExportError
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17  # first opset with LayerNormalization as a single op

@@ -20,7 +20,7 @@ import numpy as np
 from mex.artifact import INPUT_NAME, OUTPUT_NAME
 from mex.labels import INPUT_SHAPE
 
-from . import ExportError
+from .errors import ExportError
 
 DEFAULT_CACHE = Path.home() / ".cache" / "mex" / "tensorrt"
 
