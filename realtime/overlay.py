@@ -157,7 +157,7 @@ class TerminalOverlay:
             ("  events ", "dim"), (str(c.get("events", 0)), "bold"),
             ("  reconnects ", "dim"), (str(c.get("reconnects", 0)), ""),
         )
-        lat = Table(title="per-stage latency (ms, last 300)", expand=False, show_edge=False, pad_edge=False)
+        lat = Table(title="stage latency, ms (last 300)", title_justify="left", expand=False, show_edge=False, pad_edge=False)
         for col in ("stage", "p50", "p95", "p99"):
             lat.add_column(col, justify="right" if col != "stage" else "left")
         for name, p50, p95, p99 in _stage_rows(pipeline):

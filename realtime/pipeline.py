@@ -223,6 +223,19 @@ class Recognizer:
         else:
             self._encode_batch = None
 
+    skipped = 0  # candidates that could not be encoded
+    last_skip: str | None = None
+
+    def _skip(self, why: str) -> None:
+        self.skipped += 1
+        self.last_skip = why
+
+    def _usable(self, c: Candidate) -> bool:
+        if c.onset.crop is None or c.apex.crop is None:
+            self._skip(f"frame {c.apex.frame.index}: candidate without a face crop")
+            return False
+        return True
+
     def features(self, cands: list[Candidate]) -> np.ndarray:
         if self._encode_batch is not None:
             return np.asarray(self._encode_batch([c.onset.crop for c in cands], [c.apex.crop for c in cands],
@@ -232,7 +245,24 @@ class Recognizer:
 
     def __call__(self, cands: list[Candidate], stats: RingStats | None = None) -> list[Event]:
         t0 = time.perf_counter()
-        x = self.features(cands)
+        cands = [c for c in cands if self._usable(c)]
+        if not cands:
+            return []
+        try:
+            x = self.features(cands)
+        except (ValueError, RuntimeError) as e:
+            # one bad pair must not stop a live run: encode pair by pair, skip (and count) the bad ones
+            kept, rows = [], []
+            for c in cands:
+                try:
+                    rows.append(self.features([c])[0])
+                    kept.append(c)
+                except (ValueError, RuntimeError) as e1:
+                    self._skip(f"{type(e1).__name__}: {e1}")
+            if not kept:
+                return []
+            cands, x = kept, np.stack(rows)
+            del e
         t1 = time.perf_counter()
         p = np.asarray(self.engine.probs(x), dtype=np.float64)
         t2 = time.perf_counter()
@@ -509,6 +539,7 @@ class Pipeline:
             "dropped_frames": self.q_frames.dropped,
             "dropped_display": self.q_display.dropped,
             "candidates": self.n_candidates,
+            "skipped_candidates": int(getattr(self.recognizer, "skipped", 0)),
             "events": self.n_events,
             "reconnects": int(getattr(self.source, "reconnects", 0)),
             "read_failures": int(getattr(self.source, "read_failures", 0)),

@@ -384,3 +384,15 @@ def test_camera_source_through_the_pipeline_drops_and_counts():
     s = p.run()
     assert s["live"] and s["frames_read"] == 150
     assert s["dropped_frames"] > 30 and s["frames_processed"] + s["dropped_frames"] == 150
+
+
+def test_a_candidate_that_cannot_be_encoded_is_skipped_not_fatal():
+    def picky(onset, apex, flow="auto"):
+        if apex.mean() == 29:  # one frame's crop is "bad"
+            raise ValueError("bad pair")
+        return fake_encode(onset, apex, flow)
+
+    src = ArraySource(images(60), fps=30)
+    p = Pipeline(src, FakeTracker(), FakeSpotter(), Recognizer(FakeEngine(), encode=picky, fps=30))
+    s = p.run()
+    assert s["error"] is None and s["skipped_candidates"] == 1 and s["events"] == s["candidates"] - 1
