@@ -67,6 +67,12 @@ class DropPath(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
+def attend(q, k, v):
+    """softmax(q kᵀ / √d) v, written out: with 2-5 tokens the fused kernels gain nothing, and the
+    explicit form vmaps (training stacks folds with torch.func.vmap) and exports to plain ONNX ops."""
+    return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, drop: float):
         super().__init__()
@@ -78,7 +84,7 @@ class Attention(nn.Module):
     def forward(self, x):
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = attend(q, k, v)
         return self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
 
 
@@ -129,7 +135,7 @@ class ClsAttention(nn.Module):
         q = self.wq(x[:, :1])  # (b, 1, d)
         k = self.wk(x).reshape(b, n, h, d // h).transpose(1, 2)
         v = self.wv(x).reshape(b, n, h, d // h).transpose(1, 2)
-        v_hat = F.scaled_dot_product_attention(q.reshape(b, 1, h, d // h).transpose(1, 2), k, v)
+        v_hat = attend(q.reshape(b, 1, h, d // h).transpose(1, 2), k, v)
         v_hat = v_hat.transpose(1, 2).reshape(b, 1, d)
         if self.fusion == "cross":
             out = self.proj(v_hat)
@@ -178,13 +184,23 @@ class MultiScaleBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
+    """Cut the image into a g x g grid of square patches and project each flattened patch.
+
+    The same map as a stride-s convolution, written as reshape + Linear because the training
+    stacks models with vmap, where a Linear becomes one batched matmul and a convolution does not.
+    """
+
     def __init__(self, img_size: int, patches: int, in_chans: int, dim: int):
         super().__init__()
-        side = img_size // round(patches**0.5)
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=side, stride=side)
+        self.grid = round(patches**0.5)
+        self.side = img_size // self.grid
+        self.proj = nn.Linear(in_chans * self.side * self.side, dim)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
+        b, c = x.shape[:2]
+        g, s = self.grid, self.side
+        x = x.reshape(b, c, g, s, g, s).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * s * s)
+        return self.proj(x)
 
 
 class DACrossViT(nn.Module):

@@ -1,0 +1,86 @@
+"""Many copies of one model trained at once: one stacked set of weights, one vmap'd forward.
+
+LOSO trains 68 folds (times seeds) of the same small model on the same 442 images. Run one after
+another, each step is a few tiny kernels; stacked, the "member" axis (fold x seed) is a batch
+dimension and the device does all of them in one pass. Adam/AdamW are element-wise, so one
+optimizer over the stacked tensors is exactly one optimizer per member, as long as the loss is
+the sum of the members' own losses (no global-norm clipping, which would couple them).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .recipes import Recipe
+
+
+class Members:
+    """`n` independently initialised copies of `make()` as stacked tensors on `device`."""
+
+    def __init__(self, make, n: int, seed: int, device: torch.device):
+        models = []
+        for i in range(n):
+            torch.manual_seed(seed * 100_003 + i)
+            models.append(make())
+        self.base = copy.deepcopy(models[0]).to("meta")
+        params, buffers = stack_module_state(models)
+        self.params = {k: v.to(device).detach().requires_grad_(True) for k, v in params.items()}
+        self.buffers = {k: v.to(device) for k, v in buffers.items()}
+        self.n = n
+
+    def forward(self, params: dict, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """x (n, B, ...) -> logits (n, B, classes); each member sees its own slice."""
+        self.base.train(train)
+
+        def one(p, b, xi):
+            return functional_call(self.base, (p, b), (xi,))
+
+        return vmap(one, randomness="different")(params, self.buffers, x)
+
+    def member(self, i: int, params: dict | None = None, make=None) -> nn.Module:
+        """Member i as an ordinary module (for export / checkpoints)."""
+        model = make()
+        state = {k: v[i].detach().cpu() for k, v in (params or self.params).items()}
+        state.update({k: v[i].detach().cpu() for k, v in self.buffers.items()})
+        model.load_state_dict(state)
+        return model.eval()
+
+
+def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
+    """Flow-aware augmentation of (..., 3, 28, 28) images in [0, 1], channels (u, v, strain).
+
+    A horizontal flip mirrors the motion, so u changes sign; after per-image min-max scaling that is
+    u -> 1 - u. Shifts and small rotations move the pattern; a rotation by a few degrees changes
+    the flow vectors' direction by the same few degrees, which the min-max encoding cannot follow
+    exactly and which we accept as noise at <= 5 degrees.
+    """
+    shape = x.shape
+    x = x.reshape(-1, *shape[-3:])
+    n, dev = x.shape[0], x.device
+    if recipe.flip:
+        flip = torch.rand(n, device=dev, generator=gen) < 0.5
+        flipped = x.flip(-1)
+        flipped = torch.cat([1.0 - flipped[:, :1], flipped[:, 1:]], dim=1)
+        x = torch.where(flip[:, None, None, None], flipped, x)
+    if recipe.shift_px > 0 or recipe.rotate_deg > 0:
+        angle = (torch.rand(n, device=dev, generator=gen) * 2 - 1) * math.radians(recipe.rotate_deg)
+        shift = (torch.rand(n, 2, device=dev, generator=gen) * 2 - 1) * (2 * recipe.shift_px / shape[-1])
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return x.reshape(shape)
+
+
+def lr_factor(recipe: Recipe, epoch_progress: float) -> float:
+    """Multiplier of the base lr at a fractional epoch."""
+    if recipe.schedule == "constant":
+        return 1.0
+    if epoch_progress < recipe.warmup_epochs:
+        return (epoch_progress + 1e-3) / recipe.warmup_epochs
+    t = (epoch_progress - recipe.warmup_epochs) / max(recipe.epochs - recipe.warmup_epochs, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))

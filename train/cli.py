@@ -1,0 +1,178 @@
+"""mex-train: LOSO evaluation, final fit, and the paper's tables and figures from saved predictions."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .recipes import PROFILES
+
+console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="data/megc2019-composite-flow", help="composite-format folder (labels.csv + PNGs)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--profile", default="ours", choices=sorted(PROFILES), help="model + recipe (train/recipes.py)")
+    p.add_argument("--model", choices=["dacrossvit", "crossvit", "ststnet"], help="model family (default: the profile's)")
+    p.add_argument("--epochs", type=int, help="override the profile's epochs")
+    p.add_argument("--seeds", type=int, help="models per fold whose probabilities are averaged")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field (e.g. --set mixup=0) or a model field (e.g. --set model.drop=0.2)",
+    )
+
+
+def _parse_sets(items: list[str]) -> tuple[dict, dict]:
+    from dataclasses import fields
+
+    from .recipes import Recipe
+
+    known = {f.name: f.type for f in fields(Recipe)}
+    recipe, model = {}, {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key.startswith("model."):
+            model[key[6:]] = tuple(value) if isinstance(value, list) else value
+        elif key in known:
+            recipe[key] = value
+        else:
+            raise ValueError(f"--set {item!r}: unknown recipe field {key!r}; known: {', '.join(known)} or model.<field>")
+    return recipe, model
+
+
+def _profile(args):
+    from .recipes import resolve
+
+    recipe_sets, model_sets = _parse_sets(args.set)
+    prof = resolve(args.profile, args.model, args.epochs, args.seeds, **recipe_sets)
+    if model_sets:
+        from mex.models import build_model
+
+        prof.model_config.update(model_sets)
+        build_model(prof.model, **prof.model_config)  # fail now, naming the field, not after data loading
+    return prof
+
+
+def cmd_loso(args) -> int:
+    import torch
+
+    from mex.composite import load_flow_folder
+
+    from .loso import pick_device, run_loso
+    from .report import write_reports
+
+    prof = _profile(args)
+    device = pick_device(args.device)
+    data = load_flow_folder(args.data)
+    out = Path(args.out)
+    console.print(
+        f"LOSO: {len(data)} clips, {len(data.subjects)} folds x {prof.recipe.seeds} seed(s) batched on {device}; "
+        f"{prof.model} {prof.model_config}; {prof.recipe.epochs} epochs"
+    )
+    with _progress() as progress:
+        results = run_loso(data, prof, out, device, seed=args.seed, eval_every=args.eval_every, progress=progress)
+    write_reports(out)
+    p = results["pooled"]
+    console.print(
+        "pooled UF1/UAR  "
+        + "  ".join(f"{k}: {v['uf1']:.4f}/{v['uar']:.4f}" for k, v in p.items())
+        + f"  ({results['wall_s']} s)"
+    )
+    console.print(f"wrote {out}/predictions.csv, results.json, curve.csv, report.md, confusion.png, curve.png")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from mex.composite import load_flow_folder
+
+    from .fit import fit_all
+    from .loso import pick_device
+
+    prof = _profile(args)
+    data = load_flow_folder(args.data)
+    with _progress() as progress:
+        path = fit_all(data, prof, Path(args.out), pick_device(args.device), args.seed, progress, loso_dir=args.loso)
+    console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_reports
+
+    for d in args.runs:
+        write_reports(Path(d))
+        console.print(f"{d}: report.md, confusion.png, curve.png")
+    return 0
+
+
+def cmd_table(args) -> int:
+    from .report import ablation_table
+
+    text = ablation_table([Path(d) for d in args.runs], args.title)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mex-train", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("loso", help="leave-one-subject-out: all folds trained at once, pooled UF1/UAR")
+    _add_common(p)
+    p.add_argument("--eval-every", type=int, default=10, help="epochs between points of the UF1/UAR curve")
+    p.set_defaults(func=cmd_loso)
+    p = sub.add_parser("fit", help="train on all clips with the profile's recipe; writes a checkpoint")
+    _add_common(p)
+    p.add_argument("--loso", help="a LOSO run folder of the same profile, whose numbers go into the model card")
+    p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("report", help="(re)make report.md and plots of LOSO runs from their predictions.csv")
+    p.add_argument("runs", nargs="+")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("table", help="one markdown table comparing LOSO runs (ablations, patch counts, seeds)")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--title", default="LOSO runs")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_table)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        console.print("interrupted: state is saved every 30 s; rerun the same command to continue")
+        return 130
+    except (ValueError, FileNotFoundError) as e:  # DataError, RunMismatch, CheckpointError are ValueErrors
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

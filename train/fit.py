@@ -1,0 +1,38 @@
+"""Train one model on every clip with a profile's recipe: the model mex-live ships."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mex.checkpoint import save_checkpoint
+from mex.composite import FlowSet
+from mex.models import build_model
+
+from .loso import train_members
+
+
+def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, progress=None, loso_dir: str | None = None) -> Path:
+    """Same trainer as LOSO with a single fold whose test set is empty; writes OUT/model.pt."""
+    out.mkdir(parents=True, exist_ok=True)
+    profile = dataclasses.replace(profile, recipe=dataclasses.replace(profile.recipe, seeds=1))
+    train_mask = torch.ones(1, len(data), dtype=torch.bool, device=device)
+    members, params, _, wall = train_members(data, train_mask, profile, out, device, seed, progress)
+    model = members.member(0, params, make=lambda: build_model(profile.model, **profile.model_config))
+    loso = {}
+    if loso_dir:
+        res = json.loads((Path(loso_dir) / "results.json").read_text())
+        loso = {"run": str(loso_dir), "pooled": res["pooled"], "protocol": res["protocol"], "profile": res["profile"]}
+    meta = {
+        "data": {"folder": str(data.root), "clips": len(data), "subjects": len(data.subjects), "classes_count": np.bincount(data.y).tolist()},
+        "profile": profile.to_dict(),
+        "seed": seed,
+        "wall_s": round(wall, 1),
+        "loso": loso,
+    }
+    path = out / "model.pt"
+    save_checkpoint(path, profile.model, model, meta)
+    return path

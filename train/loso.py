@@ -1,0 +1,329 @@
+"""Leave-one-subject-out on a composite-format folder: all folds (x seeds) trained at once.
+
+Honest protocol: one fixed schedule, the last epoch's weights (or their EMA), metrics pooled over
+all folds. Test subjects are evaluated along the way only to draw the epoch curve (Fig. 6); nothing
+is selected from it.
+
+Resume: OUT/state.pt holds weights, optimizer, RNG and curve, written atomically every few epochs;
+a run restarted with the same arguments continues from it. OUT/run.json pins the arguments.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from mex.composite import FlowSet
+from mex.labels import CLASSES, DATASETS, NUM_CLASSES
+from mex.models import build_model, num_params
+
+from .batched import Members, augment, lr_factor
+from .metrics import uf1_uar
+from .recipes import Profile
+
+STATE = "state.pt"
+
+
+class RunMismatch(ValueError):
+    """OUT holds a run made with other arguments."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def loso_folds(data: FlowSet) -> tuple[list[str], np.ndarray]:
+    """Subjects (fold order) and each clip's fold index."""
+    subjects = data.subjects
+    index = {s: i for i, s in enumerate(subjects)}
+    return subjects, np.array([index[s] for s in data.subject])
+
+
+def run_loso(
+    data: FlowSet,
+    profile: Profile,
+    out: Path,
+    device: torch.device,
+    seed: int = 0,
+    eval_every: int = 10,
+    progress=None,
+) -> dict:
+    """Train and score; writes OUT/predictions.csv, OUT/curve.csv, OUT/results.json. Returns results."""
+    out.mkdir(parents=True, exist_ok=True)
+    subjects, fold_of = loso_folds(data)
+    n_folds, n_seeds = len(subjects), profile.recipe.seeds
+    _pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": subjects})
+
+    fold = torch.from_numpy(fold_of).to(device)
+    # member m = (fold m // n_seeds, seed m % n_seeds)
+    member_fold = torch.arange(n_folds, device=device).repeat_interleave(n_seeds)
+    train_mask = fold[None, :] != member_fold[:, None]  # (members, N)
+    test_idx = _padded_test_index(fold_of, n_folds, device)  # (folds, T) with -1 padding
+    y = torch.from_numpy(data.y).to(device)
+
+    def evaluate(members, params, x):
+        return uf1_uar(*_pooled(_predict(members, params, x, test_idx, n_seeds), y, test_idx))
+
+    members, params, curve, wall = train_members(
+        data, train_mask, profile, out, device, seed, progress, evaluate, eval_every
+    )
+    probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds)
+    rows = _prediction_rows(data, subjects, probs, test_idx)
+    _write_predictions(out / "predictions.csv", rows)
+    _write_curve(out / "curve.csv", curve)
+    results = score_rows(rows)
+    recipe = profile.recipe
+    results.update(
+        protocol="LOSO over subjects; fixed schedule; last-epoch weights"
+        + (f" (EMA {recipe.ema})" if recipe.ema > 0 else "")
+        + f"; {n_seeds}-seed probability average; metrics pooled over all folds; no per-fold epoch selection",
+        folds=n_folds,
+        epochs=recipe.epochs,
+        seed=seed,
+        device=str(device) + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""),
+        wall_s=round(wall, 1),
+        params_per_model=num_params(build_model(profile.model, **profile.model_config)),
+        profile=profile.to_dict(),
+        versions=_versions(),
+    )
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def train_members(data: FlowSet, train_mask, profile: Profile, out: Path, device, seed: int, progress=None, evaluate=None, eval_every: int = 10):
+    """Train one model per row of `train_mask` (members x clips, True = train on it), all at once.
+
+    Resumes from OUT/state.pt. Returns (members, the weights to evaluate, curve, wall seconds).
+    `evaluate(members, params, x) -> {"uf1", "uar"}` draws the curve every `eval_every` epochs.
+    """
+    recipe = profile.recipe
+    x = torch.from_numpy(data.x).to(device)
+    y = torch.from_numpy(data.y).to(device)
+    members = Members(lambda: build_model(profile.model, **profile.model_config), train_mask.shape[0], seed, device)
+    opt = torch.optim.AdamW(members.params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    ema = {k: v.detach().clone() for k, v in members.params.items()} if recipe.ema > 0 else None
+    class_w = _class_weights(y, train_mask) if recipe.class_balanced else None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+
+    start_epoch, curve, wall_before = 0, [], 0.0
+    state_path = out / STATE
+    if state_path.exists():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        with torch.no_grad():
+            for k, v in st["params"].items():
+                members.params[k].copy_(v)
+            for k, v in st["buffers"].items():
+                members.buffers[k].copy_(v)
+            for k, v in (st["ema"] or {}).items():
+                ema[k].copy_(v)
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in st:
+            torch.cuda.set_rng_state(st["cuda_rng"])
+        start_epoch, curve, wall_before = st["epoch"], st["curve"], st["wall_s"]
+
+    def save_state(epoch: int, wall: float) -> None:
+        st = {
+            "params": {k: v.detach() for k, v in members.params.items()},
+            "buffers": members.buffers,
+            "ema": ema,
+            "opt": opt.state_dict(),
+            "gen": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "curve": curve,
+            "wall_s": wall,
+        }
+        if device.type == "cuda":
+            st["cuda_rng"] = torch.cuda.get_rng_state()
+        tmp = state_path.with_suffix(".tmp")
+        torch.save(st, tmp)
+        tmp.replace(state_path)  # atomic: a kill mid-write leaves the previous state intact
+
+    n_train_max = int(train_mask.sum(1).max())
+    steps_per_epoch = -(-n_train_max // recipe.batch_size)
+    task = progress.add_task(f"{members.n} models", total=recipe.epochs, completed=start_epoch, info="") if progress else None
+    t0 = last_save = time.perf_counter()
+    loss_value = float("nan")
+    for epoch in range(start_epoch, recipe.epochs):
+        order, valid = _epoch_order(train_mask, n_train_max, gen)
+        for step in range(steps_per_epoch):
+            for g in opt.param_groups:
+                g["lr"] = recipe.lr * lr_factor(recipe, epoch + step / steps_per_epoch)
+            sl = slice(step * recipe.batch_size, (step + 1) * recipe.batch_size)
+            idx, ok = order[:, sl], valid[:, sl].float()
+            xb = augment(x[idx], recipe, gen)
+            target = F.one_hot(y[idx], NUM_CLASSES).float()
+            if recipe.label_smoothing:
+                target = target * (1 - recipe.label_smoothing) + recipe.label_smoothing / NUM_CLASSES
+            if recipe.mixup > 0:
+                xb, target = _mixup(xb, target, ok, recipe.mixup, gen)
+            weight = ok if class_w is None else ok * (target * class_w[:, None, :]).sum(-1)
+            logits = members.forward(members.params, xb, train=True)
+            ce = -(target * logits.log_softmax(-1)).sum(-1)  # (members, B)
+            loss = ((ce * weight).sum(1) / weight.sum(1).clamp_min(1e-6)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for k, v in members.params.items():
+                        ema[k].lerp_(v, 1 - recipe.ema)
+            loss_value = loss.item() / members.n
+        done = epoch + 1
+        info = f"loss {loss_value:.4f}"
+        if evaluate and (done % eval_every == 0 or done == recipe.epochs):
+            curve.append({"epoch": done, "loss": loss_value, **evaluate(members, ema or members.params, x)})
+        if curve:
+            info += f"  pooled UF1 {curve[-1]['uf1']:.3f} UAR {curve[-1]['uar']:.3f} (ep {curve[-1]['epoch']})"
+        if progress:
+            progress.update(task, completed=done, info=info)
+        now = time.perf_counter()
+        if now - last_save > 30.0 or done == recipe.epochs:
+            save_state(done, wall_before + now - t0)
+            last_save = now
+    return members, ema or members.params, curve, wall_before + time.perf_counter() - t0
+
+
+def _pin_run(out: Path, run_args: dict) -> None:
+    pinned = out / "run.json"
+    if pinned.exists():
+        before = json.loads(pinned.read_text())
+        if before != json.loads(json.dumps(run_args)):
+            changed = sorted(k for k in run_args if json.dumps(before.get(k)) != json.dumps(run_args[k]))
+            raise RunMismatch(
+                f"{out}: holds a run with other arguments (differs in: {', '.join(changed)}); "
+                "use another --out, or delete the folder to start over"
+            )
+    else:
+        pinned.write_text(json.dumps(run_args, indent=2) + "\n")
+
+
+def _padded_test_index(fold_of: np.ndarray, n_folds: int, device) -> torch.Tensor:
+    per_fold = [np.flatnonzero(fold_of == f) for f in range(n_folds)]
+    t = max(len(p) for p in per_fold)
+    idx = np.full((n_folds, t), -1, dtype=np.int64)
+    for f, p in enumerate(per_fold):
+        idx[f, : len(p)] = p
+    return torch.from_numpy(idx).to(device)
+
+
+def _epoch_order(train_mask: torch.Tensor, length: int, gen: torch.Generator):
+    """Per member, a random permutation of its training clips, padded to a common length."""
+    keys = torch.rand(train_mask.shape, device=train_mask.device, generator=gen)
+    keys = keys.masked_fill(~train_mask, 2.0)  # non-training clips sort last
+    order = keys.argsort(dim=1)[:, :length]
+    return order, train_mask.gather(1, order)
+
+
+def _mixup(xb, target, ok, alpha: float, gen):
+    m, b = ok.shape
+    dev = xb.device
+    lam = torch.distributions.Beta(alpha, alpha).sample((m, b)).to(dev)
+    lam = torch.maximum(lam, 1 - lam)  # the first image dominates, so its validity mask still applies
+    perm = torch.rand(m, b, device=dev, generator=gen).argsort(1)
+    other_ok = ok.gather(1, perm)
+    lam = torch.where(other_ok > 0, lam, torch.ones_like(lam))  # never mix in a padding slot
+    xo = xb.gather(1, perm[..., None, None, None].expand_as(xb))
+    to = target.gather(1, perm[..., None].expand_as(target))
+    lx = lam[..., None, None, None]
+    return lx * xb + (1 - lx) * xo, lam[..., None] * target + (1 - lam[..., None]) * to
+
+
+def _class_weights(y: torch.Tensor, train_mask: torch.Tensor) -> torch.Tensor:
+    """(members, classes): n / (C * n_c) over each member's own training clips."""
+    onehot = F.one_hot(y, NUM_CLASSES).float()
+    counts = train_mask.float() @ onehot
+    return counts.sum(1, keepdim=True) / (NUM_CLASSES * counts.clamp_min(1))
+
+
+@torch.no_grad()
+def _predict(members: Members, params: dict, x: torch.Tensor, test_idx: torch.Tensor, n_seeds: int) -> torch.Tensor:
+    """(folds, T, classes) probabilities, averaged over each fold's seeds."""
+    xt = x[test_idx.clamp_min(0)]  # (folds, T, 3, 28, 28)
+    xt = xt.repeat_interleave(n_seeds, dim=0)
+    probs = members.forward(params, xt, train=False).softmax(-1)
+    return probs.reshape(test_idx.shape[0], n_seeds, *probs.shape[1:]).mean(1)
+
+
+def _pooled(probs: torch.Tensor, y: torch.Tensor, test_idx: torch.Tensor):
+    valid = test_idx >= 0
+    return y[test_idx[valid]].cpu().numpy(), probs[valid].argmax(-1).cpu().numpy()
+
+
+def _prediction_rows(data: FlowSet, subjects, probs: torch.Tensor, test_idx: torch.Tensor) -> list[dict]:
+    rows = []
+    p = probs.cpu().numpy()
+    for f, subject in enumerate(subjects):
+        for t, i in enumerate(test_idx[f].tolist()):
+            if i < 0:
+                continue
+            row = {
+                "dataset": data.dataset[i],
+                "subject": subject,
+                "clip": data.clip[i],
+                "label": int(data.y[i]),
+                "pred": int(p[f, t].argmax()),
+            }
+            row.update({f"p_{c}": round(float(p[f, t, k]), 6) for k, c in enumerate(CLASSES)})
+            rows.append(row)
+    return rows
+
+
+def _write_predictions(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _write_curve(path: Path, curve: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["epoch", "loss", "uf1", "uar"])
+        w.writeheader()
+        w.writerows(curve)
+
+
+def read_predictions(path: Path) -> list[dict]:
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["label"], r["pred"] = int(r["label"]), int(r["pred"])
+    return rows
+
+
+def score_rows(rows: list[dict]) -> dict:
+    """Pooled and per-fold-mean UF1/UAR for Full and each dataset, from prediction rows alone."""
+    y = np.array([r["label"] for r in rows])
+    pred = np.array([r["pred"] for r in rows])
+    ds = np.array([r["dataset"] for r in rows])
+    subj = np.array([r["subject"] for r in rows])
+    pooled, per_fold = {}, {}
+    for name in ("full", *DATASETS):
+        sel = np.ones(len(rows), bool) if name == "full" else ds == name
+        if not sel.any():
+            continue
+        pooled[name] = uf1_uar(y[sel], pred[sel])
+        folds = [uf1_uar(y[sel & (subj == s)], pred[sel & (subj == s)]) for s in dict.fromkeys(subj[sel])]
+        per_fold[name] = {k: float(np.mean([f[k] for f in folds])) for k in ("uf1", "uar")}
+    return {"pooled": pooled, "per_fold_mean": per_fold, "clips": len(rows)}
+
+
+def _versions() -> dict:
+    import platform
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}

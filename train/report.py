@@ -1,0 +1,151 @@
+"""Tables and figures of LOSO runs, made from the files a run wrote (never from memory).
+
+`report.md` puts our pooled numbers in the paper's Table 2 layout beside the reference rows of
+spec.md §2; `confusion.png` is Fig. 5 (Full and per dataset); `curve.png` is Fig. 6 (UF1/UAR
+against epochs, from curve.csv).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mex.labels import CLASSES, DATASETS
+
+from .loso import read_predictions, score_rows
+from .metrics import confusion
+
+COLUMNS = ("full", "casme2", "smic", "samm")
+COLUMN_TITLES = {"full": "Full", "casme2": "CASME II", "smic": "SMIC", "samm": "SAMM"}
+
+# UF1, UAR per column (Full, CASME II, SMIC, SAMM); None where not reported. Source: spec.md §2.
+REFERENCE_ROWS = [
+    ("LBP-TOP (MEGC2019 baseline), paper Table 2", [(0.588, 0.579), (0.703, 0.743), (0.200, 0.528), (0.395, 0.410)]),
+    ("STSTNet, original paper", [(0.735, 0.761), (0.838, 0.869), (0.680, 0.701), (0.659, 0.681)]),
+    ("DA-CrossViT, the paper", [(0.7275, 0.7272), (0.8639, 0.8664), (0.6992, 0.6982), (0.5839, 0.5869)]),
+    ("logistic regression on raw pixels (spec.md, measured)", [(0.719, 0.729), (0.822, 0.828), (0.702, 0.710), (0.573, 0.585)]),
+    ("5 M DA-CrossViT, paper schedule, honest (spec.md)", [(0.650, 0.646), (0.719, 0.714), (0.633, 0.630), (0.541, 0.539)]),
+]
+
+
+def _cells(pooled: dict) -> list[str]:
+    return [f"{pooled[c]['uf1']:.4f} / {pooled[c]['uar']:.4f}" if c in pooled else "–" for c in COLUMNS]
+
+
+def table2(results: dict, name: str) -> str:
+    head = "| method | " + " | ".join(f"{COLUMN_TITLES[c]} UF1 / UAR" for c in COLUMNS) + " |"
+    lines = [head, "|---" * (len(COLUMNS) + 1) + "|"]
+    for title, vals in REFERENCE_ROWS:
+        lines.append(f"| {title} | " + " | ".join(f"{a:.4f} / {b:.4f}" for a, b in vals) + " |")
+    lines.append(f"| **{name} (this run, pooled)** | " + " | ".join(_cells(results["pooled"])) + " |")
+    lines.append(f"| {name} (this run, per-fold mean) | " + " | ".join(_cells(results["per_fold_mean"])) + " |")
+    return "\n".join(lines)
+
+
+def write_reports(run: Path) -> None:
+    run = Path(run)
+    rows = read_predictions(run / "predictions.csv")
+    results = score_rows(rows)
+    meta = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
+    prof = meta.get("profile", {})
+    name = f"{prof.get('model', 'model')} ({run.name})"
+    text = [
+        f"# LOSO report: {run.name}",
+        "",
+        f"Protocol: {meta.get('protocol', 'LOSO')}.",
+        f"Model: {prof.get('model')} {prof.get('model_config')}, {meta.get('params_per_model', '?')} parameters per model.",
+        f"Recipe: {prof.get('recipe')}.",
+        f"Device: {meta.get('device')}, wall {meta.get('wall_s')} s, versions {meta.get('versions')}.",
+        "",
+        "Scored from predictions.csv (pooled over all folds is the headline):",
+        "",
+        table2(results, name),
+        "",
+        "![confusion](confusion.png)",
+        "",
+        "![curve](curve.png)",
+        "",
+    ]
+    (run / "report.md").write_text("\n".join(text))
+    plot_confusions(rows, run / "confusion.png", name)
+    if (run / "curve.csv").exists():
+        plot_curve(run / "curve.csv", run / "curve.png", name)
+
+
+def plot_confusions(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = np.array([r["label"] for r in rows])
+    pred = np.array([r["pred"] for r in rows])
+    ds = np.array([r["dataset"] for r in rows])
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
+    for ax, col in zip(axes, COLUMNS):
+        sel = np.ones(len(y), bool) if col == "full" else ds == col
+        cm = confusion(y[sel], pred[sel])
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+        for i in range(len(CLASSES)):
+            for j in range(len(CLASSES)):
+                ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(CLASSES)), CLASSES)
+        ax.set_yticks(range(len(CLASSES)), CLASSES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{COLUMN_TITLES[col]} (n={int(sel.sum())})")
+    fig.suptitle(f"Confusion matrices, pooled LOSO: {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curve(curve_csv: Path, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with curve_csv.open(newline="") as f:
+        pts = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    if not pts:
+        return
+    ep = [p["epoch"] for p in pts]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(ep, [p["uf1"] for p in pts], "o-", label="UF1 (pooled)")
+    ax.plot(ep, [p["uar"] for p in pts], "s-", label="UAR (pooled)")
+    ax2 = ax.twinx()
+    ax2.plot(ep, [p["loss"] for p in pts], color="gray", alpha=0.5, label="train loss")
+    ax2.set_ylabel("train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("score")
+    ax.set_title(f"UF1/UAR against epochs (shown, never used to pick): {title}", fontsize=9)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def ablation_table(runs: list[Path], title: str) -> str:
+    """One row per configuration; runs that differ only in --seed are pooled into mean ± std."""
+    groups: dict[str, list[dict]] = {}
+    labels: dict[str, str] = {}
+    for run in runs:
+        pinned = json.loads((run / "run.json").read_text())
+        key = json.dumps(pinned["profile"], sort_keys=True)
+        groups.setdefault(key, []).append(score_rows(read_predictions(run / "predictions.csv"))["pooled"])
+        labels.setdefault(key, run.name.rsplit("_seed", 1)[0])
+    head = f"### {title}\n\n| configuration | seeds | " + " | ".join(f"{COLUMN_TITLES[c]} UF1 / UAR" for c in COLUMNS) + " |"
+    lines = [head, "|---" * (len(COLUMNS) + 2) + "|"]
+    for key, scores in groups.items():
+        cells = []
+        for c in COLUMNS:
+            f1 = np.array([s[c]["uf1"] for s in scores])
+            ar = np.array([s[c]["uar"] for s in scores])
+            spread = f" ± {f1.std(ddof=1):.3f} / {ar.std(ddof=1):.3f}" if len(scores) > 1 else ""
+            cells.append(f"{f1.mean():.3f} / {ar.mean():.3f}{spread}")
+        lines.append(f"| {labels[key]} | {len(scores)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
