@@ -1,0 +1,180 @@
+"""Live engines: probabilities from a freshly exported artifact, and refusal of artifacts that do not
+match this code (encoding version, classes, input shape) or are corrupt. STSTNet keeps the export fast;
+DA-CrossViT through the same engines is covered in test_export.py."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import export_onnx, save_onnx
+from export.tensorrt import write_sidecar
+from mex.artifact import ArtifactError, artifact_metadata
+from mex.checkpoint import save_checkpoint
+from mex.models import build_model
+from realtime.engines import DEFAULT_MODEL, OnnxRuntimeEngine, TensorRTEngine, TorchEngine, load_engine
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """(checkpoint .pt, exported .onnx) of one random-init model."""
+    root = tmp_path_factory.mktemp("engines")
+    torch.manual_seed(0)
+    model = build_model("ststnet")
+    checkpoint = root / "model.pt"
+    save_checkpoint(checkpoint, "ststnet", model, meta={"loso": {"uf1": 0.5}})
+    onnx_path = save_onnx(export_onnx(model, artifact_metadata("ststnet", model.cfg.to_dict(), {"loso": {"uf1": 0.5}})),
+                          root / "model.onnx")
+    return checkpoint, onnx_path
+
+
+@pytest.fixture
+def batch():
+    return np.random.default_rng(0).random((7, 3, 28, 28), dtype=np.float32)
+
+
+def with_metadata(src, dst, **changes):
+    """A copy of an ONNX file with some mex metadata values replaced (None removes the key)."""
+    proto = onnx.load(src)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    meta.update(changes)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {k: v for k, v in meta.items() if v is not None})
+    onnx.save(proto, dst)
+    return dst
+
+
+def test_onnxruntime_engine_gives_probabilities_matching_pytorch(artifacts, batch):
+    checkpoint, onnx_path = artifacts
+    engine = load_engine(onnx_path)
+    assert isinstance(engine, OnnxRuntimeEngine) and engine.name == "onnxruntime-cpu"
+    assert engine.info["model"] == "ststnet" and engine.info["training"] == {"loso": {"uf1": 0.5}}
+    reference = load_engine(checkpoint, device="cpu")
+    assert isinstance(reference, TorchEngine) and reference.name == "torch-cpu"
+    for n in (1, 7):
+        p = engine.probs(batch[:n])
+        assert p.shape == (n, 3) and p.dtype == np.float32
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
+        assert np.abs(p - reference.probs(batch[:n])).max() <= 1e-5
+
+
+def test_engine_rejects_a_wrong_batch_shape(artifacts):
+    engine = load_engine(artifacts[1])
+    with pytest.raises(ValueError, match=r"\(n, 3, 28, 28\)"):
+        engine.probs(np.zeros((1, 3, 32, 32), np.float32))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"mex.encoding_version": "farneback-uv-28-v0"}, "feature encoding 'farneback-uv-28-v0'"),
+        ({"mex.classes": json.dumps(["negative", "positive", "surprise", "others"])}, "classes"),
+        ({"mex.input_shape": json.dumps([3, 32, 32])}, "input shape"),
+        ({"mex.format": None}, "not a mex model"),
+        ({"mex.config": "{not json"}, "malformed"),
+    ],
+)
+def test_mismatching_metadata_is_refused_naming_the_file(artifacts, tmp_path, changes, message):
+    bad = with_metadata(artifacts[1], tmp_path / "bad.onnx", **changes)
+    with pytest.raises(ArtifactError, match=message) as e:
+        load_engine(bad)
+    assert str(bad) in str(e.value)
+
+
+@pytest.mark.parametrize("cut", [0, 100, 0.5])
+def test_truncated_onnx_is_refused_naming_the_file(artifacts, tmp_path, cut):
+    data = artifacts[1].read_bytes()
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes(data[: int(cut * len(data)) if isinstance(cut, float) else cut])
+    with pytest.raises(ArtifactError, match="truncated or corrupt") as e:
+        load_engine(bad)
+    assert str(bad) in str(e.value)
+
+
+def test_truncated_checkpoint_is_refused(artifacts, tmp_path):
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes(artifacts[0].read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="cut.pt"):
+        load_engine(bad)
+
+
+def test_missing_files_and_wrong_kinds(artifacts, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        load_engine(tmp_path / "nope.onnx")
+    with pytest.raises(ArtifactError, match="unknown model file type"):
+        load_engine(tmp_path / "model.tflite")
+    with pytest.raises(ValueError, match="engine torch needs a .pt"):
+        load_engine(artifacts[1], kind="torch")
+    with pytest.raises(ValueError, match="unknown engine kind"):
+        load_engine(artifacts[1], kind="openvino")
+
+
+def test_default_model_path():
+    assert DEFAULT_MODEL.parts[-3:] == ("mex", "assets", "default.onnx")
+    if DEFAULT_MODEL.is_file():
+        assert load_engine().info["classes"] == ["negative", "positive", "surprise"]
+    else:
+        with pytest.raises(FileNotFoundError, match="mex-export"):
+            load_engine()
+
+
+# --------------------------------------------------------- TensorRT engine: sidecar checks run without TensorRT
+def test_engine_without_sidecar_is_refused(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 64)
+    with pytest.raises(ArtifactError, match="sidecar model.engine.json is missing"):
+        TensorRTEngine(engine)
+
+
+def test_engine_with_corrupt_or_mismatching_sidecar_is_refused(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 64)
+    engine.with_name("model.engine.json").write_text('{"mex.format": "mex-artifact-v1", ')
+    with pytest.raises(ArtifactError, match="unreadable engine sidecar"):
+        load_engine(engine)
+    meta = artifact_metadata("ststnet", {}, {})
+    write_sidecar(engine, {**meta, "mex.encoding_version": "old-v0"}, {"version": "10.9.0", "gpu": "NVIDIA H100"})
+    with pytest.raises(ArtifactError, match="feature encoding 'old-v0'"):
+        load_engine(engine)
+
+
+def test_tensorrt_engine_matches_onnxruntime(artifacts, batch, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA's index only): TensorRTEngine NOT run")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: TensorRTEngine NOT run")
+    from export.tensorrt import build_engine
+
+    onnx_path = artifacts[1]
+    meta = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
+    engine_path = tmp_path / "model.engine"
+    build_engine(onnx_path, engine_path, meta, precision="fp32", cache_dir=tmp_path / "cache", log=lambda *_: None)
+    engine = load_engine(engine_path)
+    assert engine.name == "tensorrt-fp32"
+    assert np.abs(engine.probs(batch) - load_engine(onnx_path).probs(batch)).max() <= 1e-3
+
+
+def test_engine_needs_tensorrt_when_absent(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here; this checks the message when it is not")
+    except ImportError:
+        pass
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0" * 64)
+    write_sidecar(engine, artifact_metadata("ststnet", {}, {}), {"version": "10.9.0", "gpu": "NVIDIA H100"})
+    with pytest.raises(ImportError, match="needs TensorRT"):
+        load_engine(engine)
+
+
+def test_torch_cuda_graph_matches_eager(artifacts, batch):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: TorchEngine CUDA eager and CUDA-graph paths NOT run")
+    eager = TorchEngine(artifacts[0], device="cuda", cuda_graph=False)
+    graphed = TorchEngine(artifacts[0], device="cuda", cuda_graph=True)
+    assert graphed.name == "torch-cuda-graph"
+    for n in (1, 7, 1):  # the second batch-1 call replays the captured graph
+        assert np.abs(graphed.probs(batch[:n]) - eager.probs(batch[:n])).max() <= 1e-5
