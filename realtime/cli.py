@@ -280,7 +280,15 @@ def _run(args) -> int:
         print(f"mex-live: {source.describe()}, engine {getattr(engine, 'name', '?')}, flow {args.flow}, "
               f"ready in {time.monotonic() - t0:.1f} s", flush=True)
 
+    last_state = [source.state]
+
     def tick(p):
+        if terminal is None and source.state != last_state[0]:  # e.g. a camera unplugged / back
+            if source.state in ("reconnecting", "ok") and last_state[0] in ("reconnecting", "ok"):
+                print(f"mex-live: {source.name}: {source.state}"
+                      + (" (retrying with backoff)" if source.state == "reconnecting" else " (resumed)"),
+                      file=sys.stderr, flush=True)
+            last_state[0] = source.state
         if window is not None:
             window.update(p)
         if terminal is not None:

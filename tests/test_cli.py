@@ -211,3 +211,47 @@ def test_window_without_a_display_falls_back_and_does_not_crash(work):
               timeout=60, DISPLAY=":93")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "window overlay not available" in r.stderr and ":93" in r.stderr
+
+
+class _UnpluggedCamera:
+    """Delivers 30 frames of the test clip, then every read fails (unplugged); the first reopen is
+    refused, the next one works again."""
+
+    opens = 0
+
+    def __init__(self, index, frames):
+        _UnpluggedCamera.opens += 1
+        self.frames, self.n = frames, 0
+        self.ok = _UnpluggedCamera.opens != 2
+
+    def isOpened(self):
+        return self.ok
+
+    def set(self, *a):
+        return True
+
+    def get(self, prop):
+        return 30.0
+
+    def read(self):
+        time.sleep(1 / 60)
+        self.n += 1
+        if _UnpluggedCamera.opens == 1 and self.n > 30:
+            return False, None
+        return True, self.frames[self.n % len(self.frames)]
+
+    def release(self):
+        self.ok = False
+
+
+def test_camera_unplugged_mid_run_shows_state_and_resumes(work, monkeypatch, capsys):
+    from realtime import sources
+
+    frames = [f.image for f in sources.VideoSource(work["clip"]).frames()][:60]
+    _UnpluggedCamera.opens = 0
+    monkeypatch.setattr(sources, "_default_capture", lambda i: _UnpluggedCamera(i, frames))
+    rc = cli.main(["--camera", "0", "--model", str(work["model"]), "--no-display", "--max-frames", "60"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "camera 0: reconnecting" in out.err and "camera 0: ok (resumed)" in out.err
+    assert "camera      1 reconnects" in out.out and "60 read" in out.out
