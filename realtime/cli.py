@@ -216,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from .pipeline import Aborted  # noqa: F401  (imported early: fail fast on a broken install)
     from .sinks import EventLog, ListSink, PrintSink, SinkError, VideoRecorder
 
     if args.camera is not None and args.camera < 0:

@@ -38,7 +38,7 @@ import numpy as np
 
 from mex.labels import CLASSES
 
-from .packets import Candidate, Event, FaceFrame, Frame
+from .packets import Candidate, Event, FaceFrame
 
 _EOS = object()
 

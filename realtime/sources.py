@@ -13,7 +13,6 @@ how the pipeline must treat it when a later stage falls behind:
 from __future__ import annotations
 
 import math
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -195,49 +194,21 @@ class ArraySource(Source):
 
 class DemoSource(ArraySource):
     """The demo: a clip generated now from the shipped face photo, with micro-expressions planted
-    at known frames (realtime/synth.py). No camera, no download.
-
-    By default frames are rendered straight into the pipeline (nothing written to disk). With
-    `via_file=True` the clip is first written to a temporary folder and decoded like any video,
-    which exercises the file path end to end.
+    at known frames (realtime/synth.py). No camera, no download, nothing written to disk: frames are
+    rendered straight into the pipeline (on the capture thread), and `truth` holds the planted events.
     """
 
-    def __init__(self, seed: int = 0, realtime: bool = False, via_file: bool = False, spec=None):
+    def __init__(self, seed: int = 0, realtime: bool = False, spec=None):
         from . import synth
 
         self.spec = spec if spec is not None else synth.demo_spec(seed=seed)
         fps = float(getattr(self.spec, "fps", 30.0))
-        self._tmp = None
-        self._video: VideoSource | None = None
-        if via_file:
-            self._tmp = tempfile.TemporaryDirectory(prefix="mex-demo-")
-            path = Path(self._tmp.name) / "demo.mp4"
-            truth = synth.write_clip(path, self.spec)
-            self._video = VideoSource(path, realtime=realtime)
-            super().__init__([], self._video.fps, live=False, realtime=False, name="demo",
-                             total_frames=self._video.total_frames)
-            self.truth = truth
-        else:
-            n = _spec_frames(self.spec)
-            super().__init__(synth.render(self.spec), fps, live=False, realtime=realtime, name="demo", total_frames=n)
-            self.truth = _spec_truth(synth, self.spec)
+        super().__init__(synth.render(self.spec), fps, live=False, realtime=realtime, name="demo",
+                         total_frames=_spec_frames(self.spec))
+        self.truth = _spec_truth(synth, self.spec)
         size = getattr(self.spec, "size", None)
         if size:
             self.width, self.height = int(size[0]), int(size[1])
-
-    def frames(self) -> Iterator[Frame]:
-        if self._video is not None:
-            self._video._stop = self._stop
-            yield from self._video.frames()
-            self.state = self._video.state
-        else:
-            yield from super().frames()
-
-    def close(self) -> None:
-        super().close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
 
 
 def _spec_frames(spec) -> int | None:
