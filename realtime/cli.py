@@ -213,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mex-live: interrupted before the pipeline started", file=sys.stderr)
         return EXIT_OK
+    except Exception as e:  # noqa: BLE001 - a bug: say so, with the traceback, and fail
+        import traceback
+
+        traceback.print_exc()
+        print(f"mex-live: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
 
 
 def _run(args) -> int:
@@ -288,8 +294,13 @@ def _run(args) -> int:
                       + (" (retrying with backoff)" if source.state == "reconnecting" else " (resumed)"),
                       file=sys.stderr, flush=True)
             last_state[0] = source.state
+        nonlocal window
         if window is not None:
-            window.update(p)
+            try:
+                window.update(p)
+            except Exception as e:  # noqa: BLE001 - a window that fails mid-run must not end the run
+                print(f"mex-live: window overlay closed ({type(e).__name__}: {e}); continuing", file=sys.stderr)
+                window = None
         if terminal is not None:
             terminal.update(p)
 

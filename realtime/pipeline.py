@@ -390,21 +390,27 @@ class Pipeline:
         """
         self.start()
         interrupts = 0
-        while True:
-            try:
-                while self.running:
-                    if on_tick is not None:
-                        on_tick(self)
-                    self.join(tick_s)
-                break
-            except KeyboardInterrupt:
-                interrupts += 1
-                if interrupts == 1:
-                    self.stop()
-                else:
-                    self.abort()
-        self.join()
-        self.close_sinks()
+        ok = False
+        try:
+            while True:
+                try:
+                    while self.running:
+                        if on_tick is not None:
+                            on_tick(self)
+                        self.join(tick_s)
+                    break
+                except KeyboardInterrupt:
+                    interrupts += 1
+                    if interrupts == 1:
+                        self.stop()
+                    else:
+                        self.abort()
+            ok = True
+        finally:
+            if not ok:  # the caller's tick failed: stop the threads and still close (flush) the sinks
+                self.abort()
+            self.join()
+            self.close_sinks()
         if on_tick is not None:
             on_tick(self)
         return self.summary(interrupted=interrupts > 0)

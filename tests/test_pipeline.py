@@ -396,3 +396,16 @@ def test_a_candidate_that_cannot_be_encoded_is_skipped_not_fatal():
     p = Pipeline(src, FakeTracker(), FakeSpotter(), Recognizer(FakeEngine(), encode=picky, fps=30))
     s = p.run()
     assert s["error"] is None and s["skipped_candidates"] == 1 and s["events"] == s["candidates"] - 1
+
+
+def test_a_failing_overlay_tick_still_stops_threads_and_closes_sinks(tmp_path):
+    log = tmp_path / "ev.jsonl"
+    sink = EventLog(log)
+    p = make(ArraySource(images(100_000), fps=300, realtime=True), event_sinks=[sink])
+
+    def tick(pipe):
+        raise OSError("display went away")
+
+    with pytest.raises(OSError):
+        p.run(on_tick=tick)
+    assert not p.running and sink._f is None
