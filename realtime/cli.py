@@ -288,13 +288,13 @@ def _run(args) -> int:
     last_state = [source.state]
 
     def tick(p):
+        nonlocal window
         if terminal is None and source.state != last_state[0]:  # e.g. a camera unplugged / back
             if source.state in ("reconnecting", "ok") and last_state[0] in ("reconnecting", "ok"):
                 print(f"mex-live: {source.name}: {source.state}"
                       + (" (retrying with backoff)" if source.state == "reconnecting" else " (resumed)"),
                       file=sys.stderr, flush=True)
             last_state[0] = source.state
-        nonlocal window
         if window is not None:
             try:
                 window.update(p)
