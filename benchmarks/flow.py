@@ -118,6 +118,7 @@ def _measure(label: str, args, onset, apex, truth, reference, reference_features
     solver = getattr(backend, "solver", None)
     if solver is not None:
         row["inner_iterations_last_batch"] = solver.inner_iterations_run
+        row["fused_triton_step"] = solver.fused
     if label == "torch-cpu":
         row["torch_threads"] = torch.get_num_threads()
     return row

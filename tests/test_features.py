@@ -5,6 +5,12 @@ Parity pairs are real face photos warped by known smooth sub-pixel motion plus n
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +118,38 @@ def test_masked_fixed_count_solve_equals_early_exit():
     assert eager.inner_iterations_run < fixed.inner_iterations_run
     torch.testing.assert_close(u_fixed, u_eager)
     torch.testing.assert_close(v_fixed, v_eager)
+
+
+FUSED_STEP_CHECK = textwrap.dedent("""
+    import torch
+    from mex.features.tvl1_torch import FLOAT_EPS, inner_step
+    from mex.features.tvl1_triton import fused_inner_step
+
+    g = torch.Generator().manual_seed(0)
+    b, h, w = 2, 19, 37  # 16 x 32 tiles that do not divide the image
+    rand = lambda scale: torch.randn(b, h, w, generator=g) * scale
+    u1, u2, p11, p12, p21, p22, i1wx, i1wy, rho_c = (rand(s) for s in (0.5, 0.5, .1, .1, .1, .1, 20, 20, 10))
+    grad = i1wx ** 2 + i1wy ** 2
+    state = [u1, u2, p11, p12, p21, p22, torch.tensor([float("inf"), 1e-9])]  # pair 1 has converged
+    eager = list(state)
+    kw = dict(l_t=0.045, theta=0.3, taut=0.25 / 0.3, scaled_epsilon=1e-4 * h * w, float_eps=FLOAT_EPS)
+    for _ in range(2):
+        state = fused_inner_step(*state[:6], i1wx, i1wy, grad, rho_c, state[6], **kw)
+        eager = inner_step(*eager[:6], i1wx, i1wy, grad, rho_c, eager[6], **kw)
+    for name, a, e in zip("u1 u2 p11 p12 p21 p22 error".split(), state, eager):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=name)
+    assert torch.equal(state[0][1], u1[1]), "a converged pair must stay frozen"
+    print("fused step ok")
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_fused_triton_step_equals_eager_step():
+    """The fused Triton kernel, run by Triton's CPU interpreter (it has not run on a GPU here)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when kernels are decorated: own process
+    done = subprocess.run([sys.executable, "-c", FUSED_STEP_CHECK], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_resize_weights_match_opencv():

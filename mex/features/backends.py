@@ -16,6 +16,7 @@ cv2 is imported lazily: the GPU image has torch + numpy and may have OpenCV with
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 
 import numpy as np
@@ -121,6 +122,9 @@ class OpenCVCudaFlow(FlowBackend):
 
 
 class TorchFlow(FlowBackend):
+    """Our TV-L1 in torch. On CUDA with Triton installed each inner iteration is one fused Triton
+    kernel (tvl1_triton.py); otherwise the eager torch step."""
+
     name = "torch"
 
     def __init__(self, device: str | None = None, params: TVL1Params = DEFAULT_PARAMS):
@@ -130,7 +134,12 @@ class TorchFlow(FlowBackend):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable("flow backend 'torch' on cuda: torch sees no CUDA device")
-        self.solver = TVL1(params)
+        fused = self.device.startswith("cuda") and importlib.util.find_spec("triton") is not None
+        self.solver = TVL1(params, fused=fused)
+
+    def __repr__(self) -> str:
+        step = "fused Triton step" if self.solver.fused else "eager torch step"
+        return f"TorchFlow(device={self.device!r}, {step})"
 
     def flow(self, onset, apex):
         torch = self._torch
@@ -178,8 +187,7 @@ def get_backend(name: str = "auto") -> FlowBackend:
     concrete = resolve(name)
     backend = {"cpu": OpenCVFlow, "opencv-cuda": OpenCVCudaFlow, "torch": TorchFlow}[concrete]()
     if name == "auto":
-        log.info("flow backend: auto -> %s on %s (available here: %s)", backend.name, backend.device,
-                 ", ".join(available_backends()))
+        log.info("flow backend: auto -> %r (available here: %s)", backend, ", ".join(available_backends()))
     else:
-        log.info("flow backend: %s on %s", backend.name, backend.device)
+        log.info("flow backend: %r", backend)
     return backend

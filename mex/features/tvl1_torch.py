@@ -133,6 +133,33 @@ def warp_bicubic(stack: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> tor
     return F.grid_sample(stack, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
 
 
+def inner_step(u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, error, *, l_t, theta, taut,
+               scaled_epsilon, float_eps):
+    """One inner iteration for the pairs whose `error` (B,) is above `scaled_epsilon`; the others are
+    returned unchanged. Returns the new (u1, u2, p11, p12, p21, p22, error)."""
+    active = (error > scaled_epsilon).view(-1, 1, 1)
+    # Thresholding step (OpenCV estimateV). clamp(-rho/grad, -l_t, l_t) is its three cases in one;
+    # it differs only where grad <= float eps, by < 2e-5 px.
+    rho = rho_c + i1wx * u1 + i1wy * u2
+    step = (-rho / grad.clamp_min(float_eps)).clamp(-l_t, l_t)
+    new_u1 = u1 + step * i1wx + theta * divergence(p11, p12)
+    new_u2 = u2 + step * i1wy + theta * divergence(p21, p22)
+    new_error = ((new_u1 - u1) ** 2 + (new_u2 - u2) ** 2).sum(dim=(1, 2))
+    u1 = torch.where(active, new_u1, u1)
+    u2 = torch.where(active, new_u2, u2)
+    # Dual update (OpenCV estimateDualVariables) on the new u.
+    u1x, u1y = forward_gradient(u1)
+    u2x, u2y = forward_gradient(u2)
+    n1 = 1.0 + taut * torch.hypot(u1x, u1y)
+    n2 = 1.0 + taut * torch.hypot(u2x, u2y)
+    return (u1, u2,
+            torch.where(active, (p11 + taut * u1x) / n1, p11),
+            torch.where(active, (p12 + taut * u1y) / n1, p12),
+            torch.where(active, (p21 + taut * u2x) / n2, p21),
+            torch.where(active, (p22 + taut * u2y) / n2, p22),
+            torch.where(active.view(-1), new_error, error))
+
+
 class TVL1:
     """Batched TV-L1 flow: `TVL1()(i0, i1)` with (B, H, W) float tensors in 0..255 -> (u1, u2).
 
@@ -140,9 +167,16 @@ class TVL1:
     image size and kept on the device, so a CUDA-graph capture sees no host-to-device copies.
     """
 
-    def __init__(self, params: TVL1Params = TVL1Params(), early_exit: bool = True):
+    def __init__(self, params: TVL1Params = TVL1Params(), early_exit: bool = True, fused: bool = False):
         self.params = params
         self.early_exit = early_exit
+        self.fused = fused
+        if fused:  # Triton is optional: imported only when the fused step is asked for
+            from .tvl1_triton import fused_inner_step
+
+            self._inner_step = fused_inner_step
+        else:
+            self._inner_step = inner_step
         self._plans: dict[tuple, list] = {}
         self.inner_iterations_run = 0  # inner iterations executed in the last call (all levels)
 
@@ -201,40 +235,24 @@ class TVL1:
         p11, p12, p21, p22 = (torch.zeros_like(i0) for _ in range(4))
 
         for _ in range(p.warps):
-            i1w, i1wx, i1wy = warp_bicubic(source, u1, u2).unbind(dim=1)
+            # contiguous: the fused step indexes every (B, H, W) buffer as b * H * W + y * W + x
+            i1w, i1wx, i1wy = (t.contiguous() for t in warp_bicubic(source, u1, u2).unbind(dim=1))
             grad = i1wx * i1wx + i1wy * i1wy
             rho_c = i1w - i1wx * u1 - i1wy * u2 - i0
             # Per-pair squared update of the last inner iteration; +inf = "not converged yet".
-            error = torch.full((b, 1, 1), math.inf, device=i0.device)
+            error = torch.full((b,), math.inf, device=i0.device)
             for _ in range(p.outer_iterations):
-                active = error > scaled_epsilon
+                active = (error > scaled_epsilon).view(b, 1, 1)
                 if self.early_exit and not bool(active.any()):
                     break
                 if p.median_filtering > 1:
                     u1 = torch.where(active, median5(u1, p.median_filtering), u1)
                     u2 = torch.where(active, median5(u2, p.median_filtering), u2)
                 for _ in range(p.inner_iterations):
-                    active = error > scaled_epsilon
-                    if self.early_exit and not bool(active.any()):
+                    if self.early_exit and not bool((error > scaled_epsilon).any()):
                         break
                     self.inner_iterations_run += 1
-                    # Thresholding step (OpenCV estimateV). clamp(-rho/grad, -l_t, l_t) is its three
-                    # cases in one; it differs only where grad <= float eps, by < 2e-5 px.
-                    rho = rho_c + i1wx * u1 + i1wy * u2
-                    step = (-rho / grad.clamp_min(FLOAT_EPS)).clamp(-l_t, l_t)
-                    new_u1 = u1 + step * i1wx + p.theta * divergence(p11, p12)
-                    new_u2 = u2 + step * i1wy + p.theta * divergence(p21, p22)
-                    new_error = ((new_u1 - u1) ** 2 + (new_u2 - u2) ** 2).sum(dim=(1, 2), keepdim=True)
-                    u1 = torch.where(active, new_u1, u1)
-                    u2 = torch.where(active, new_u2, u2)
-                    error = torch.where(active, new_error, error)
-                    # Dual update (OpenCV estimateDualVariables) on the new u.
-                    u1x, u1y = forward_gradient(u1)
-                    u2x, u2y = forward_gradient(u2)
-                    n1 = 1.0 + taut * torch.hypot(u1x, u1y)
-                    n2 = 1.0 + taut * torch.hypot(u2x, u2y)
-                    p11 = torch.where(active, (p11 + taut * u1x) / n1, p11)
-                    p12 = torch.where(active, (p12 + taut * u1y) / n1, p12)
-                    p21 = torch.where(active, (p21 + taut * u2x) / n2, p21)
-                    p22 = torch.where(active, (p22 + taut * u2y) / n2, p22)
+                    u1, u2, p11, p12, p21, p22, error = self._inner_step(
+                        u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, error,
+                        l_t=l_t, theta=p.theta, taut=taut, scaled_epsilon=scaled_epsilon, float_eps=FLOAT_EPS)
         return u1, u2
