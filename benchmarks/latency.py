@@ -115,6 +115,7 @@ def run(args) -> int:
     from realtime.sources import VideoSource
 
     env = environment()
+    load_before = os.getloadavg()
     out = results_dir(args.out)
     with tempfile.TemporaryDirectory(prefix="mex-bench-latency-") as tmp:
         tmp = Path(tmp)
@@ -187,6 +188,7 @@ def run(args) -> int:
         "flow": args.flow,
         "tracker": args.tracker,
         "frames": n,
+        "load_avg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "dropped_frames": summary["dropped_frames"],
         "decode_only_s": round(decode_s, 4),
         "decode_only_fps": round(n / decode_s, 1) if decode_s else None,
@@ -241,7 +243,9 @@ def _markdown(r: dict) -> str:
         "",
         f"Clip: {r['clip']['frames']} frames {r['clip']['width']}x{r['clip']['height']} @ {r['clip']['fps']:g} fps "
         f"({'generated' if r['clip']['generated'] else 'given'}); engine {r['engine']}, flow {r['flow']}, tracker {r['tracker']}; "
-        f"offline mode (file source, nothing dropped: {r['dropped_frames']} dropped).",
+        f"offline mode (file source, nothing dropped: {r['dropped_frames']} dropped). "
+        f"1-minute load average before/after: {r['load_avg_before_after'][0]} / {r['load_avg_before_after'][1]} "
+        f"on {env['cpu_count']} cores (other work on the machine slows every number here).",
         "",
         "| measure | value | target |",
         "|---|---|---|",
