@@ -23,6 +23,8 @@ from mex.features.tvl1_torch import TVL1, TVL1Params, linear_resize_matrix, pyra
 from mex.labels import INPUT_SHAPE
 
 cv2 = pytest.importorskip("cv2")
+HAVE_OPENCV_TVL1 = "cpu" in available_backends()
+needs_opencv_tvl1 = pytest.mark.skipif(not HAVE_OPENCV_TVL1, reason="OpenCV contrib (cv2.optflow) is not installed")
 SIZE = 64
 MARGIN = SIZE // 8  # EPE is measured inside this border: outside it both solvers see zero padding
 
@@ -66,11 +68,14 @@ def make_backend(label: str) -> FlowBackend:
 
 @pytest.fixture(scope="module")
 def pairs():
+    """Pairs, truth, and the reference flow: OpenCV's CPU TV-L1, or where OpenCV contrib is missing (the
+    GPU image) our torch solver on the CPU, which test_torch_cpu_parity_with_opencv ties to OpenCV."""
     items = synthetic_pairs(4, SIZE, seed=3)
     onset = np.stack([p.onset for p in items]).astype(np.float32)
     apex = np.stack([p.apex for p in items]).astype(np.float32)
     truth = np.stack([p.flow for p in items])
-    u, v = crop_flow(onset, apex, OpenCVFlow())
+    with single_thread():
+        u, v = crop_flow(onset, apex, OpenCVFlow() if HAVE_OPENCV_TVL1 else TorchFlow("cpu"))
     reference = np.stack([u, v], axis=1)
     return onset, apex, truth, reference, flow_to_features(u, v)
 
@@ -88,12 +93,14 @@ def check_parity(backend: FlowBackend, pairs) -> None:
         assert r >= 0.98, f"{backend}: pair {k} features correlate {r:.4f} with the CPU path's"
 
 
+@needs_opencv_tvl1
 def test_opencv_cpu_recovers_the_known_motion(pairs):
     _, _, truth, reference, _ = pairs
     for flow, t in zip(reference, truth):
         assert epe(flow, t) < 0.6 * epe(np.zeros_like(t), t)  # noise (1.5 grey levels) bounds small motions
 
 
+@needs_opencv_tvl1
 def test_torch_cpu_parity_with_opencv(pairs):
     with single_thread():
         check_parity(TorchFlow("cpu"), pairs)
@@ -152,6 +159,25 @@ def test_fused_triton_step_equals_eager_step():
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
+def test_fused_triton_kernel_compiles_for_h100():
+    """Ahead-of-time compile to an sm_90 cubin (Triton's bundled ptxas): no GPU needed, none used."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mex.features.tvl1_triton import BLOCK_H, BLOCK_W, _inner_step_kernel
+
+    pointers = ("u1 u2 p11 p12 p21 p22 i1wx i1wy grad rho error_in u1o u2o p11o p12o p21o p22o error_out").split()
+    signature = {f"{name}_ptr": "*fp32" for name in pointers}
+    signature.update(H="i32", W="i32", l_t="fp32", theta="fp32", taut="fp32", scaled_epsilon="fp32",
+                     float_eps="fp32", BLOCK_H="constexpr", BLOCK_W="constexpr")
+    source = ASTSource(fn=_inner_step_kernel, signature=signature, constexprs={"BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    assert kernel.asm["cubin"]
+
+
 def test_resize_weights_match_opencv():
     x = np.random.default_rng(0).random((37, 45)).astype(np.float32)
     down = cv2.resize(x, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_LINEAR)
@@ -179,7 +205,7 @@ def test_pyramid_sizes_match_opencv():
         assert pyramid_sizes(side, side, params) == sizes
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_opencv_tvl1), "torch"])
 def test_rightward_motion_is_positive_u(backend):
     """Channel 0 is horizontal flow, positive when the face moves right (and v is down-positive)."""
     items = synthetic_pairs(1, 48, seed=7)
@@ -285,6 +311,7 @@ def test_backend_selection():
             get_backend("opencv-cuda")
 
 
+@needs_opencv_tvl1
 def test_encode_end_to_end_on_opencv():
     items = synthetic_pairs(2, SIZE, seed=11)
     onset = [p.onset for p in items]
