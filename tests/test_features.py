@@ -111,20 +111,22 @@ def test_gpu_backend_parity_with_opencv(label, pairs):
     check_parity(make_backend(label), pairs)
 
 
-def test_masked_fixed_count_solve_equals_early_exit():
-    """The CUDA-graph form (no host sync, converged pairs frozen by a mask) computes the same flow."""
+@pytest.mark.parametrize("check_every", [None, 4])
+def test_masked_iterations_do_not_change_the_flow(check_every):
+    """Checking convergence rarely (a GPU) or never (a CUDA graph: fixed counts, converged pairs frozen
+    by a mask) computes the same flow as checking after every inner iteration."""
     params = TVL1Params(nscales=2, warps=2, inner_iterations=6, outer_iterations=3, epsilon=0.05)
     items = synthetic_pairs(3, 32, seed=5)
     i0 = torch.tensor(np.stack([p.onset for p in items]), dtype=torch.float32)
     i1 = torch.tensor(np.stack([p.apex for p in items]), dtype=torch.float32)
     i1[2] = i0[2]  # identical frames: converges at once while the others keep iterating
-    eager, fixed = TVL1(params, early_exit=True), TVL1(params, early_exit=False)
+    every, rarely = TVL1(params, check_every=1), TVL1(params, check_every=check_every)
     with single_thread():
-        u_eager, v_eager = eager(i0, i1)
-        u_fixed, v_fixed = fixed(i0, i1)
-    assert eager.inner_iterations_run < fixed.inner_iterations_run
-    torch.testing.assert_close(u_fixed, u_eager)
-    torch.testing.assert_close(v_fixed, v_eager)
+        u_every, v_every = every(i0, i1)
+        u_rarely, v_rarely = rarely(i0, i1)
+    assert every.inner_iterations_run < rarely.inner_iterations_run
+    torch.testing.assert_close(u_rarely, u_every)
+    torch.testing.assert_close(v_rarely, v_every)
 
 
 FUSED_STEP_CHECK = textwrap.dedent("""

@@ -13,10 +13,11 @@ that implementation step by step so the two agree up to float rounding:
 - the flow goes up a level by INTER_LINEAR resize and division by `scale_step`.
 
 Batching: every pair keeps its own stopping state. A pair that has converged is frozen by a mask
-(torch.where) instead of a Python branch, so with `early_exit=False` the solve has no host
-synchronisation and fixed iteration counts: it can be captured whole in a CUDA graph. With
-`early_exit=True` (the default) the loop ends as soon as every pair has converged, which is what
-makes it usable on a CPU.
+(torch.where) instead of a Python branch, so extra iterations never change a result. The host asks
+"has every pair converged?" every `check_every` inner iterations (and before each outer iteration)
+and stops early if so: 1 on the CPU, where the check is free; larger on a GPU, where each check is a
+device synchronisation; None never asks: fixed iteration counts, no host synchronisation, so the
+solve can be captured whole in a CUDA graph.
 
 Only the default gamma = 0 (no illumination term) and useInitialFlow = false are implemented.
 """
@@ -167,9 +168,9 @@ class TVL1:
     image size and kept on the device, so a CUDA-graph capture sees no host-to-device copies.
     """
 
-    def __init__(self, params: TVL1Params = TVL1Params(), early_exit: bool = True, fused: bool = False):
+    def __init__(self, params: TVL1Params = TVL1Params(), check_every: int | None = 1, fused: bool = False):
         self.params = params
-        self.early_exit = early_exit
+        self.check_every = check_every
         self.fused = fused
         if fused:  # Triton is optional: imported only when the fused step is asked for
             from .tvl1_triton import fused_inner_step
@@ -224,6 +225,10 @@ class TVL1:
                 u2 = _resize(u2, rows, cols) / self.params.scale_step
         return u1, u2
 
+    def _all_converged(self, error, scaled_epsilon, k: int) -> bool:
+        """Host check (a device sync on a GPU) on inner iterations 0, check_every, 2 check_every, ..."""
+        return self.check_every is not None and k % self.check_every == 0 and not bool((error > scaled_epsilon).any())
+
     def _solve_level(self, i0, i1, u1, u2):
         p = self.params
         b, h, w = i0.shape
@@ -242,14 +247,14 @@ class TVL1:
             # Per-pair squared update of the last inner iteration; +inf = "not converged yet".
             error = torch.full((b,), math.inf, device=i0.device)
             for _ in range(p.outer_iterations):
-                active = (error > scaled_epsilon).view(b, 1, 1)
-                if self.early_exit and not bool(active.any()):
+                if self._all_converged(error, scaled_epsilon, 0):
                     break
+                active = (error > scaled_epsilon).view(b, 1, 1)
                 if p.median_filtering > 1:
                     u1 = torch.where(active, median5(u1, p.median_filtering), u1)
                     u2 = torch.where(active, median5(u2, p.median_filtering), u2)
-                for _ in range(p.inner_iterations):
-                    if self.early_exit and not bool((error > scaled_epsilon).any()):
+                for k in range(p.inner_iterations):
+                    if self._all_converged(error, scaled_epsilon, k):
                         break
                     self.inner_iterations_run += 1
                     u1, u2, p11, p12, p21, p22, error = self._inner_step(

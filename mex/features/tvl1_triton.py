@@ -62,24 +62,25 @@ def _inner_step_kernel(u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr,
     p21 = tl.load(p21_ptr + idx, mask=inside, other=0.0)
     p22 = tl.load(p22_ptr + idx, mask=inside, other=0.0)
     if error_prev > scaled_epsilon:
-        u1_ptr += image
-        u2_ptr += image
-        p11_ptr += image
-        p12_ptr += image
-        p21_ptr += image
-        p22_ptr += image
-        i1wx_ptr += image
-        i1wy_ptr += image
-        grad_ptr += image
-        rho_ptr += image
-        u1, u2, u1n, u2n = _primal(u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr, i1wx_ptr, i1wy_ptr,
-                                   grad_ptr, rho_ptr, ys, xs, inside, W, l_t, theta, float_eps)
+        # this pair's image in each input buffer (fresh names: the else branch reads the originals)
+        u1_b = u1_ptr + image
+        u2_b = u2_ptr + image
+        p11_b = p11_ptr + image
+        p12_b = p12_ptr + image
+        p21_b = p21_ptr + image
+        p22_b = p22_ptr + image
+        i1wx_b = i1wx_ptr + image
+        i1wy_b = i1wy_ptr + image
+        grad_b = grad_ptr + image
+        rho_b = rho_ptr + image
         has_right = inside & (xs + 1 < W)
         has_down = inside & (ys + 1 < H)
-        _, _, u1r, u2r = _primal(u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr, i1wx_ptr, i1wy_ptr,
-                                 grad_ptr, rho_ptr, ys, xs + 1, has_right, W, l_t, theta, float_eps)
-        _, _, u1d, u2d = _primal(u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr, i1wx_ptr, i1wy_ptr,
-                                 grad_ptr, rho_ptr, ys + 1, xs, has_down, W, l_t, theta, float_eps)
+        u1, u2, u1n, u2n = _primal(u1_b, u2_b, p11_b, p12_b, p21_b, p22_b, i1wx_b, i1wy_b, grad_b, rho_b,
+                                   ys, xs, inside, W, l_t, theta, float_eps)
+        _u1, _u2, u1r, u2r = _primal(u1_b, u2_b, p11_b, p12_b, p21_b, p22_b, i1wx_b, i1wy_b, grad_b, rho_b,
+                                     ys, xs + 1, has_right, W, l_t, theta, float_eps)
+        _u1, _u2, u1d, u2d = _primal(u1_b, u2_b, p11_b, p12_b, p21_b, p22_b, i1wx_b, i1wy_b, grad_b, rho_b,
+                                     ys + 1, xs, has_down, W, l_t, theta, float_eps)
         # dual update on the forward gradient of the new u (zero on the last column / row)
         u1x = tl.where(has_right, u1r - u1n, 0.0)
         u1y = tl.where(has_down, u1d - u1n, 0.0)
