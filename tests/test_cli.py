@@ -200,17 +200,20 @@ def xvfb():
 
 
 def test_window_overlay_under_xvfb(work, xvfb):
-    r = _live(["--video", str(work["clip"]), "--model", str(work["model"]), "--window", "--max-frames", "60"],
+    r = _live(["--video", str(work["clip"]), "--model", str(work["model"]), "--window", "--max-frames", "30"],
               timeout=120, DISPLAY=xvfb, QT_QPA_PLATFORM="xcb")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "window overlay: on" in r.stderr and "not available" not in r.stderr
 
 
-def test_window_without_a_display_falls_back_and_does_not_crash(work):
-    r = _live(["--video", str(work["clip"]), "--model", str(work["model"]), "--window", "--max-frames", "20"],
-              timeout=60, DISPLAY=":93")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "window overlay not available" in r.stderr and ":93" in r.stderr
+def test_window_without_a_display_falls_back_and_does_not_crash(work, monkeypatch, capsys):
+    if Path("/tmp/.X11-unix/X93").exists():
+        pytest.skip("display :93 exists here")
+    monkeypatch.setenv("DISPLAY", ":93")  # set but unreachable: must be detected before any cv2 window call
+    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--window", "--max-frames", "20"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "window overlay not available" in err and ":93" in err
 
 
 class _UnpluggedCamera:
