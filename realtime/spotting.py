@@ -2,11 +2,12 @@
 
 Per frame (well under a millisecond):
 1. The crop is reduced to `work_px` (noise averages out; sub-pixel motion survives as intensity change).
-2. It is compared with a reference crop from `ref_lag_s` earlier, after registering the two by phase
-   correlation: what the tracker's alignment leaves of head motion is a global shift, and a global
-   shift must not count as a micro-expression.
+2. It is compared with a reference crop from `ref_lag_s` earlier, after registering the two: what the
+   tracker's alignment leaves of head motion (lag, landmark jitter) is a small similarity, and it
+   must not count as a micro-expression. Phase correlation gives the shift, two robust Lucas-Kanade
+   steps add rotation and scale; Huber weights keep the moving brow or lip corner out of the fit.
 3. Per face sub-region (left/right brow, eye, mouth corner, plus control regions on nose and cheeks)
-   the mean absolute difference is turned into a z-score against that region's own running noise
+   the largest local mean absolute difference is turned into a z-score against that region's own running noise
    level; the median z over all regions is subtracted, so what moves the whole face (residual
    rotation/scale of the alignment, lighting) cancels and only local motion remains.
 4. The motion signal is the largest regional z. It crossing `z_on` opens an interval; the onset is
@@ -56,11 +57,16 @@ class SpotterConfig:
     quiet_s: float = 0.02  # the signal stays at the floor this long (at least one frame) to end an interval
     stats_s: float = 3.0  # time constant of each region's running noise level
     warmup_s: float = 0.5  # noise statistics are learnt this long before anything is spotted
-    z_on: float = 6.0  # regional z that opens an interval
-    z_floor: float = 2.0  # regional z taken as "no motion" (onset / offset boundaries)
-    blink_gray: float = 6.0  # both eye regions changing this much (mean gray levels) = a blink
+    z_on: float = 4.0  # regional z that opens an interval
+    z_floor: float = 1.5  # regional z taken as "no motion" (onset / offset boundaries)
+    blink_gray: float = 12.0  # both eyes changing this much (gray levels, largest cell) = a blink
+    max_motion_px: float = 2.0  # intervals during which registration moved the crop further are head motion
     history_s: float = 6.0  # how much signal `signal_history()` keeps
     work_px: int = 64  # working size of the crop
+    blur_px: float = 1.2  # Gaussian blur at the working size: noise and interpolation differences average out
+    cell_px: int = 7  # side of the square a region's change is averaged over, at the working size
+    lk_steps: int = 2  # Gauss-Newton steps of the registration
+    huber_gray: float = 2.0  # residuals above this (gray levels) count less in the registration
 
 
 class Spotter:
@@ -74,12 +80,20 @@ class Spotter:
         self.boxes = {k: (int(x0 * n), int(y0 * n), int(x1 * n), int(y1 * n)) for k, (x0, y0, x1, y1) in REGIONS.items()}
         self.names = list(REGIONS)
         self.window = cv2.createHanningWindow((n, n), cv2.CV_32F)
+        self.c0 = n / 2  # the crop's centre, both coordinates
+        # the fit samples every other pixel (the blur makes neighbours alike) away from the crop's rim,
+        # where warping replicates edge pixels
+        border = n // 16
+        self.grid = np.s_[border:n - border:2, border:n - border:2]
+        ys, xs = np.mgrid[0:n, 0:n].astype(np.float32) - np.float32(n / 2)
+        self.xc, self.yc = xs[self.grid].ravel(), ys[self.grid].ravel()
         # ring buffers over the span an interval can need: lag before it, the interval, and the quiet tail
         keep = self.lag + self.max_len + self.quiet + 2
         self.crops: deque[tuple[int, np.ndarray]] = deque(maxlen=keep)  # (index, work crop)
         self.faces: deque[FaceFrame] = deque(maxlen=keep)
         self.signal: deque[tuple[int, float, int]] = deque(maxlen=keep)  # (index, z, argmax region)
         self.eye_gray: deque[float] = deque(maxlen=keep)  # min over both eyes of the raw change
+        self.motion: deque[float] = deque(maxlen=keep)  # how far the registration had to move the crop
         self.history: deque[float] = deque(maxlen=max(2, int(c.history_s * self.fps)))
         self.mu = np.zeros(len(REGIONS), np.float32)
         self.var = np.zeros(len(REGIONS), np.float32)
@@ -107,7 +121,7 @@ class Spotter:
         crop = ff.crop
         if crop.shape[0] != 2 * n:
             crop = cv2.resize(crop, (2 * n, 2 * n), interpolation=cv2.INTER_AREA)
-        work = cv2.pyrDown(crop).astype(np.float32)
+        work = cv2.GaussianBlur(cv2.pyrDown(crop).astype(np.float32), (0, 0), self.cfg.blur_px)
         i = ff.frame.index
         self.crops.append((i, work))
         self.faces.append(ff)
@@ -116,19 +130,19 @@ class Spotter:
         if ref is None:
             self.history.append(0.0)
             return []
-        diff, eye_gray = self._difference(ref[1], work)
-        d = np.array([diff[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in self.boxes.values()], np.float32)
+        d, eye_gray, motion = self._difference(ref[1], work)
         if self.seen <= self.lag + self.warmup:  # learn the noise level first
             self._learn(d, first=self.seen == self.lag + 1)
             self.history.append(0.0)
             return []
         z = (d - self.mu) / np.sqrt(self.var + 1e-4)
-        z -= np.median(z)  # whole-face change is not local motion
+        z -= sorted(z.tolist())[len(z) // 2]  # whole-face change (lighting, residual misalignment) is not local motion
         self.last_z = z
         k = int(np.argmax(z[:6]))
         s = float(z[k])
         self.signal.append((i, s, k))
         self.eye_gray.append(eye_gray)
+        self.motion.append(motion)
         self.history.append(s)
         if self.open is None:
             if s >= self.cfg.z_on and i > self.block_until:
@@ -147,21 +161,52 @@ class Spotter:
             return None  # not enough consecutive frames yet
         return self.crops[-1 - self.lag]
 
-    def _difference(self, ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, float]:
+    def _difference(self, ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Per-region change after registering cur onto ref: the largest mean |cur - ref| over any
+        `cell_px` square in the region (a lip corner moves a small patch, not a whole region); and
+        the smaller of the two eyes' changes; the registration's motion."""
+        aligned, motion = self._register(ref, cur)
+        diff = cv2.blur(cv2.absdiff(aligned, ref), (self.cfg.cell_px, self.cfg.cell_px))
+        d = np.array([cv2.minMaxLoc(diff[y0:y1, x0:x1])[1] for x0, y0, x1, y1 in self.boxes.values()], np.float32)
+        return d, float(min(d[2], d[3])), motion
+
+    def _register(self, ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, float]:
+        """cur warped onto ref by a small similarity, and how far that moved it (pixels at the crop's rim).
+
+        Phase correlation gives the shift, Gauss-Newton (Lucas-Kanade) steps refine shift, rotation and
+        scale, with Huber weights so the few pixels where the face itself moved do not pull the fit."""
         # windowed copies: cv2.phaseCorrelate multiplies its inputs by the window in place
         (dx, dy), _ = cv2.phaseCorrelate(ref * self.window, cur * self.window)
-        m = np.float32([[1, 0, -dx], [0, 1, -dy]])
-        aligned = cv2.warpAffine(cur, m, cur.shape[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        diff = cv2.absdiff(aligned, ref)
-        el, er = (diff[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in (self.boxes["eyes_l"], self.boxes["eyes_r"]))
-        return diff, float(min(el, er))
+        p = np.array([dx, dy, 0.0, 0.0])
+        gx = cv2.Sobel(ref, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+        gy = cv2.Sobel(ref, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+        g = self.grid
+        gx, gy = gx[g].ravel(), gy[g].ravel()
+        jac = np.stack([gx, gy, gx * self.xc + gy * self.yc, gy * self.xc - gx * self.yc])  # (4, N)
+        for _ in range(self.cfg.lk_steps):
+            r = (self._warp(cur, p) - ref)[g].ravel()
+            jw = jac * np.minimum(1.0, self.cfg.huber_gray / (np.abs(r) + 1e-6))
+            p -= np.linalg.solve((jw @ jac.T).astype(np.float64) + 1e-3 * np.eye(4), (jw @ r).astype(np.float64))
+        return self._warp(cur, p), float(np.hypot(p[0], p[1]) + self.c0 * np.hypot(p[2], p[3]))
+
+    def _warp(self, img: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """img sampled at x + t + [[s, -r], [r, s]] (x - c): the crop moved by p = (tx, ty, s, r)."""
+        tx, ty, sc, rot = p
+        c = self.c0
+        m = np.array([[1 + sc, -rot, tx - sc * c + rot * c], [rot, 1 + sc, ty - rot * c - sc * c]], np.float32)
+        return cv2.warpAffine(img, m, img.shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
 
     def _learn(self, d: np.ndarray, first: bool = False) -> None:
         if first:
             self.mu[:], self.var[:] = d, (0.2 * d) ** 2
             return
-        a = self.alpha if self.seen > self.lag + self.warmup else 2.0 / (self.seen - self.lag + 1)
+        warm = self.seen > self.lag + self.warmup
+        a = self.alpha if warm else 2.0 / (self.seen - self.lag + 1)
         delta = d - self.mu
+        if warm:  # winsorised: an unspotted head move or blink must not inflate the noise level
+            sd = np.sqrt(self.var)
+            delta = np.clip(delta, -3 * sd, 3 * sd)
         self.mu += a * delta
         self.var = (1 - a) * (self.var + a * delta * delta)
 
@@ -195,9 +240,11 @@ class Spotter:
                 break
         span = [h for h in history if onset <= h[0] <= offset]
         apex, _, region = max(span, key=lambda h: h[1])
-        eyes = [g for (j, _, _), g in zip(history, self.eye_gray) if onset <= j <= offset]
-        if max(eyes, default=0.0) > self.cfg.blink_gray:
+        inside = [(g, m) for (j, _, _), g, m in zip(history, self.eye_gray, self.motion) if onset <= j <= offset]
+        if max((g for g, _ in inside), default=0.0) > self.cfg.blink_gray:
             return []  # a blink: both eyes changed far more than an eyelid micro-movement can
+        if max((m for _, m in inside), default=0.0) > self.cfg.max_motion_px:
+            return []  # the head moved too fast: what is left after registration cannot be told from a micro-expression
         faces = {f.frame.index: f for f in self.faces}
         if onset not in faces or apex not in faces:
             return []
@@ -211,6 +258,7 @@ class Spotter:
         self.faces.clear()
         self.signal.clear()
         self.eye_gray.clear()
+        self.motion.clear()
         self.seen, self.frozen, self.hold_until, self.open, self.block_until = 0, None, -1, None, -1
 
     # -- end of stream and display ---------------------------------------------------------------

@@ -211,10 +211,10 @@ class _Plan:
         busy: list[tuple[float, float]] = []  # seconds already taken by something planted
 
         def free_slot(length: float, margin: float) -> float | None:
-            if spec.seconds - length - 1.2 <= 0:
+            if spec.seconds - length - 1.6 <= 0:
                 return None
-            for _ in range(200):
-                t0 = rng.uniform(0.6, spec.seconds - length - 0.6)
+            for _ in range(200):  # the first second stays neutral: spotters learn the noise level there
+                t0 = rng.uniform(1.0, spec.seconds - length - 0.6)
                 if all(t0 + length + margin < a or t0 > b + margin for a, b in busy):
                     busy.append((t0, t0 + length))
                     return t0

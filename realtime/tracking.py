@@ -9,8 +9,9 @@ Cost is what matters at 200 fps, so the mediapipe path works in two modes:
 - track: face mesh (one face, video mode) on a square region around the tracked face, scaled to
   `roi_px`, only every `mesh_every` frames. In between, the last transform is reused and the crop is
   compared with the last checked one; a large change (face gone, fast move) runs the mesh at once.
-The transform is only replaced when the new eye positions differ from it by more than `deadband_px`
-crop pixels: landmark jitter would otherwise shake every crop, which the spotter would see as motion.
+The eye (and mouth) positions go through a One Euro filter (Casiez et al. 2012): nearly still when the head is
+still, following closely when it moves. Landmark jitter (about 0.1-0.2 px, with outliers of 1-2 px)
+would otherwise shake every crop, which the spotter would see as motion.
 """
 from __future__ import annotations
 
@@ -24,30 +25,65 @@ from realtime.packets import Frame, FaceFrame
 
 # canonical eye centres as fractions of the crop size: the crop holds brows to chin
 CANONICAL_EYES = np.array([[0.3, 0.36], [0.7, 0.36]], np.float32)
-# face-mesh corner landmarks of the image-left and image-right eye
+# the mouth may sit at most this low in the crop (a frontal face puts it near 0.77)
+MOUTH_LIMIT = 0.86
+# face-mesh landmarks: corners of the image-left and image-right eye; inner upper and lower lip
 MESH_EYE_CORNERS = ((33, 133), (362, 263))
+MESH_MOUTH = (13, 14)
 
 
-def eye_transform(left: np.ndarray, right: np.ndarray, crop_size: int) -> np.ndarray:
-    """2x3 similarity matrix taking the frame's eye centres to the canonical ones in the crop."""
+def eye_transform(left: np.ndarray, right: np.ndarray, crop_size: int, mouth: np.ndarray | None = None) -> np.ndarray:
+    """2x3 similarity matrix taking the frame's eye centres to the canonical ones in the crop.
+
+    A face turned sideways has its eyes close together: scaled by the eyes alone its mouth would fall
+    out of the crop, so the scale is also capped to keep the mouth above MOUTH_LIMIT."""
     dst = CANONICAL_EYES * crop_size
     v, c = right - left, dst[1] - dst[0]
     scale = float(np.hypot(*c) / max(np.hypot(*v), 1e-6))
+    if mouth is not None:
+        drop = float(np.hypot(*(mouth - (left + right) / 2)))
+        scale = min(scale, (MOUTH_LIMIT - CANONICAL_EYES[0, 1]) * crop_size / max(drop, 1e-6))
     angle = float(np.arctan2(c[1], c[0]) - np.arctan2(v[1], v[0]))
     a, b = scale * np.cos(angle), scale * np.sin(angle)
     m = np.array([[a, -b, 0.0], [b, a, 0.0]], np.float64)
-    m[:, 2] = dst[0] - m[:, :2] @ left
+    m[:, 2] = dst.mean(0) - m[:, :2] @ ((left + right) / 2)
     return m
-
-
-def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return pts @ m[:, :2].T + m[:, 2]
 
 
 def _small(gray: np.ndarray) -> np.ndarray:
     s = cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     s -= s.mean()
     return s / (np.linalg.norm(s) + 1e-6)
+
+
+class OneEuro:
+    """One Euro filter: a low-pass whose cutoff rises with speed (jitter removed, lag kept small)."""
+
+    def __init__(self, min_cutoff: float = 0.5, beta: float = 0.1, d_cutoff: float = 1.0):
+        self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
+        self.x: np.ndarray | None = None
+        self.dx: np.ndarray | None = None
+        self.t = 0.0
+
+    @staticmethod
+    def _alpha(cutoff, dt: float):
+        tau = 1.0 / (2 * np.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    def __call__(self, x: np.ndarray, t: float) -> np.ndarray:
+        dt = t - self.t
+        if self.x is None or dt <= 0:
+            self.x, self.dx, self.t = x.astype(np.float64), np.zeros(x.shape), t
+            return self.x
+        dx = (x - self.x) / dt
+        self.dx = self.dx + self._alpha(self.d_cutoff, dt) * (dx - self.dx)
+        cutoff = self.min_cutoff + self.beta * np.abs(self.dx)
+        self.x = self.x + self._alpha(cutoff, dt) * (x - self.x)
+        self.t = t
+        return self.x
+
+    def reset(self) -> None:
+        self.x = None
 
 
 class _MeshBackend:
@@ -104,9 +140,10 @@ class _MeshBackend:
     def _points(face, w: int, h: int) -> np.ndarray:
         return np.array([(p.x * w, p.y * h) for p in face.landmark], np.float32)
 
-    def eyes(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def anchors(self, pts: np.ndarray) -> np.ndarray:
+        """Left eye, right eye, mouth centres: (3, 2)."""
         (a, b), (c, d) = MESH_EYE_CORNERS
-        return (pts[a] + pts[b]) / 2, (pts[c] + pts[d]) / 2
+        return np.stack([(pts[a] + pts[b]) / 2, (pts[c] + pts[d]) / 2, (pts[MESH_MOUTH[0]] + pts[MESH_MOUTH[1]]) / 2])
 
     def forget(self) -> None:
         self.roi = None
@@ -134,8 +171,9 @@ class _HaarBackend:
         # box corners, then the two eye centres (typical positions inside a Haar face box)
         return np.array([[x, y], [x + bw, y + bh], [x + 0.3 * bw, y + 0.38 * bh], [x + 0.7 * bw, y + 0.38 * bh]], np.float32)
 
-    def eyes(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return pts[2], pts[3]
+    def anchors(self, pts: np.ndarray) -> np.ndarray:
+        """Left eye, right eye (no mouth from a box): (2, 2)."""
+        return pts[2:4]
 
     def forget(self) -> None:
         pass
@@ -153,7 +191,7 @@ class FaceTracker:
 
     def __init__(self, crop_size: int = 128, backend: str = "auto", *, mesh_every: int = 2,
                  detect_width: int = 320, roi_px: int = 256, max_faces: int = 2,
-                 deadband_px: float = 0.4, lost_s: float = 0.5):
+                 min_cutoff_hz: float = 0.5, beta: float = 0.1, lost_s: float = 0.5):
         if backend not in ("auto", "mediapipe", "haar"):
             raise ValueError(f"backend must be auto, mediapipe or haar, not {backend!r}")
         if backend in ("auto", "mediapipe"):
@@ -170,7 +208,8 @@ class FaceTracker:
             self.backend = _HaarBackend(detect_width)
         self.name = backend
         self.crop_size = crop_size
-        self.mesh_every, self.deadband_px, self.lost_s = mesh_every, deadband_px, lost_s
+        self.mesh_every, self.lost_s = mesh_every, lost_s
+        self.anchor_filter = OneEuro(min_cutoff_hz, beta)
         self.m: np.ndarray | None = None  # current frame -> crop transform
         self.landmarks: np.ndarray | None = None
         self.reference: np.ndarray | None = None  # small normalised crop at the last landmark check
@@ -202,10 +241,8 @@ class FaceTracker:
         self.since_check = 0
         if pts is None:
             return self._missing(frame)
-        left, right = self.backend.eyes(pts)
-        m = eye_transform(left, right, self.crop_size)
-        if self.m is None or np.abs(_apply(self.m, np.stack([left, right])) - CANONICAL_EYES * self.crop_size).max() > self.deadband_px:
-            self.m = m
+        anchors = self.anchor_filter(self.backend.anchors(pts).ravel(), frame.t_video).reshape(-1, 2)
+        self.m = eye_transform(anchors[0], anchors[1], self.crop_size, anchors[2] if len(anchors) > 2 else None)
         self.landmarks = pts
         crop = self._crop(bgr)
         self.reference = _small(crop)
@@ -230,6 +267,7 @@ class FaceTracker:
             self.state = "no_face"
         self.m, self.reference = None, None
         self.backend.forget()
+        self.anchor_filter.reset()
         return FaceFrame(frame=frame, state=self.state, box=box)
 
     def close(self) -> None:

@@ -1,0 +1,115 @@
+import time
+
+import numpy as np
+import pytest
+
+from realtime.metrics import SpotScore, iou, match, score
+from realtime.packets import FaceFrame, Frame
+from realtime.spotting import Spotter, SpotterConfig
+from realtime.synth import ClipSpec, PlantedEvent, render, truth
+
+
+# -- the metric on hand-made intervals --------------------------------------------------------------
+def test_iou_counts_inclusive_frames():
+    assert iou((10, 19), (10, 19)) == 1.0
+    assert iou((10, 19), (15, 24)) == pytest.approx(5 / 15)
+    assert iou((10, 12), (13, 20)) == 0.0
+    assert iou((10, 12), (10, 13)) == pytest.approx(3 / 4)
+
+
+def test_match_is_one_to_one_at_iou_half():
+    truth_ = [(10, 20), (50, 60)]
+    spotted = [(11, 21), (12, 20), (52, 70), (100, 110)]
+    assert match(spotted, truth_) == [(0, 0)]  # (12, 20) also overlaps (10, 20) but it is taken; (52, 70) has IoU 0.42
+
+
+def test_score_counts_f1_apex_error_and_false_alarms_per_minute():
+    truth_ = [{"onset": 10, "apex": 14, "offset": 20}, {"onset": 50, "apex": 55, "offset": 60},
+              {"onset": 90, "apex": 93, "offset": 96}]
+    spotted = [{"onset": 11, "apex": 15, "offset": 20}, {"onset": 50, "apex": 57, "offset": 61},
+               {"onset": 200, "apex": 202, "offset": 205}]
+    s = score(spotted, truth_, seconds=30.0)
+    assert (s.tp, s.fp, s.fn) == (2, 1, 1)
+    assert s.precision == pytest.approx(2 / 3) and s.recall == pytest.approx(2 / 3) and s.f1 == pytest.approx(2 / 3)
+    assert s.apex_errors == [1, 2] and s.apex_error_max == 2
+    assert s.false_alarms_per_min == pytest.approx(2.0)
+    total = s + score([], [], seconds=30.0)
+    assert total.seconds == 60.0 and total.false_alarms_per_min == pytest.approx(1.0)
+    assert SpotScore().f1 == 1.0  # nothing to find, nothing found
+
+
+# -- the spotter on generated clips (real tracker) ----------------------------------------------------
+def run_clip(spec):
+    pytest.importorskip("mediapipe")
+    from realtime.tracking import FaceTracker
+
+    spotter = Spotter(spec.fps)
+    out, pushed_at = [], {}
+    with FaceTracker() as tracker:
+        for i, image in enumerate(render(spec)):
+            frame = Frame(index=i, t_capture=time.monotonic(), t_video=i / spec.fps, image=image)
+            for c in spotter.push(tracker.track(frame)):
+                pushed_at[id(c)] = i
+                out.append(c)
+            assert "spot" in frame.stage_ms
+    out += spotter.flush()
+    return spotter, out, pushed_at
+
+
+def intervals(cands):
+    return [{"onset": c.onset.frame.index, "apex": c.apex.frame.index, "offset": c.offset_index} for c in cands]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    events = [PlantedEvent("brow_raise", 1.5, 0.25, 2.5), PlantedEvent("lip_corner_pull", 3.0, 0.3, 2.5, side="left"),
+              PlantedEvent("eyelid_tighten", 4.5, 0.2, 2.5)]
+    spec = ClipSpec(fps=30, seconds=6.0, events=events, head_motion=0.5, seed=5)
+    return spec, truth(spec), *run_clip(spec)
+
+
+def test_spotter_finds_planted_events(planted):
+    spec, gt, spotter, cands, _ = planted
+    s = score(intervals(cands), gt["events"], spec.seconds)
+    assert (s.tp, s.fp, s.fn) == (3, 0, 0)
+    assert s.apex_error_max <= 2
+    assert [c.region for c in cands] == ["brows", "mouth", "eyes"]
+
+
+def test_candidates_carry_crops_signal_and_a_bounded_delay(planted):
+    spec, gt, spotter, cands, pushed_at = planted
+    cfg = SpotterConfig()
+    for c in cands:
+        assert c.onset.crop is not None and c.apex.crop is not None
+        assert c.onset.frame.index < c.apex.frame.index < c.offset_index
+        assert c.signal.ndim == 1 and c.signal.max() >= cfg.z_on
+        assert c.t_apex_confirmed <= time.monotonic()
+        delay_s = (pushed_at[id(c)] - c.onset.frame.index) / spec.fps
+        assert delay_s <= cfg.max_event_s + cfg.quiet_s + 1 / spec.fps
+    hist = spotter.signal_history()
+    assert hist.shape == (int(cfg.history_s * spec.fps),)
+    assert set(spotter.region_motion()) == {"brows", "eyes", "mouth"}
+
+
+def test_blinks_and_head_motion_do_not_fire():
+    spec = ClipSpec(fps=30, seconds=10.0, events=0, blinks=4, head_motion=1.0, head_moves=2, seed=11)
+    assert len(truth(spec)["distractors"]) == 6
+    _, cands, _ = run_clip(spec)
+    assert intervals(cands) == []
+
+
+def test_windows_scale_with_fps():
+    spec = ClipSpec(fps=100, seconds=4.0, events=[PlantedEvent("brow_raise", 1.6, 0.2, 2.5),
+                                                  PlantedEvent("lip_corner_depress", 2.8, 0.3, 2.5)], seed=3)
+    _, cands, _ = run_clip(spec)
+    s = score(intervals(cands), truth(spec)["events"], spec.seconds)
+    assert (s.tp, s.fp) == (2, 0)
+
+
+def test_no_face_frames_are_skipped_and_reset():
+    spotter = Spotter(30)
+    for i in range(40):
+        ff = FaceFrame(frame=Frame(i, 0.0, i / 30, np.zeros((4, 4, 3), np.uint8)), state="no_face")
+        assert spotter.push(ff) == []
+    assert spotter.flush() == []
+    assert np.all(spotter.signal_history() == 0)
