@@ -16,6 +16,7 @@ Issue 3 speed targets (one H100, 128x128): one pair <= 2 ms; batches of 256 >= 5
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -128,7 +129,7 @@ def _markdown(env: dict, args, rows: list[dict]) -> str:
     lines = [
         f"# mex-bench flow on {env['machine']} ({env.get('gpu', env['cpu'])}, {env['cpu_count']} CPUs)",
         "",
-        f"{env['when']}; crops {args.size}x{args.size} (solved at {args.size + 16} px with the edge padding); "
+        f"{env['when']}; load average {env['load_average_1min']:.1f} at the start; crops {args.size}x{args.size} (solved at {args.size + 16} px with the edge padding); "
         f"parity on {args.pairs} synthetic face pairs (0.5-2 px smooth motion, noise 1.5 grey levels).",
         "",
         "| backend | device | batch-1 latency ms | batch | pairs/s | EPE vs truth px | EPE / OpenCV's | "
@@ -158,6 +159,8 @@ def run(args) -> int:
 
     torch.set_num_threads(args.torch_threads) if not _has_cuda() else None
     env = environment()
+    # the machine may be shared: the 1-minute load average before the run says how far to trust timings
+    env["load_average_1min"] = os.getloadavg()[0]
     labels = args.backends.split(",") if args.backends else _default_labels()
     pairs = synthetic_pairs(args.pairs, args.size, seed=args.seed)
     onset = np.stack([p.onset for p in pairs]).astype(np.float32)
