@@ -236,9 +236,13 @@ def _run(args) -> int:
         pass
 
     t0 = time.monotonic()
-    engine = load_engine_for(args)
-    warm_up(engine, args.flow)
-    source = open_source(args)
+    source = open_source(args)  # first: a bad file or camera index is reported at once
+    try:
+        engine = load_engine_for(args)
+        warm_up(engine, args.flow)
+    except BaseException:
+        source.close()
+        raise
 
     event_sinks, frame_sinks = [], []
     keep = ListSink()  # every event, for the demo's comparison with the planted ones (a short clip)

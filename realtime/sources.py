@@ -248,7 +248,15 @@ CaptureFactory = Callable[[int], object]
 def _default_capture(index: int):
     import cv2
 
-    return cv2.VideoCapture(index)
+    # OpenCV logs its own warnings for a missing device; mex-live prints one clear message instead
+    old = cv2.getLogLevel() if hasattr(cv2, "getLogLevel") else None
+    if old is not None:
+        cv2.setLogLevel(0)  # silent
+    try:
+        return cv2.VideoCapture(index)
+    finally:
+        if old is not None:
+            cv2.setLogLevel(old)
 
 
 class CameraSource(Source):
