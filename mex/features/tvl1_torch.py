@@ -39,7 +39,7 @@ MIN_LEVEL_SIDE = 16  # OpenCV stops building the pyramid before a level gets a s
 class TVL1Params:
     """OpenCV's DualTVL1OpticalFlow defaults (checked against cv2.optflow 4.11 getters)."""
 
-    tau: float = 0.25  # primal-dual time step; < 1/8 for stability of the dual update
+    tau: float = 0.25  # time step of the dual (Chambolle) update; OpenCV's and IPOL's default
     lam: float = 0.15  # data-term weight (for intensities in 0..255); lower = smoother flow
     theta: float = 0.3  # coupling between u and the auxiliary v
     nscales: int = 5
@@ -47,7 +47,7 @@ class TVL1Params:
     epsilon: float = 0.01
     inner_iterations: int = 30
     outer_iterations: int = 10
-    scale_step: float = 0.8  # the brief said 0.5; OpenCV's default (and the composite set's) is 0.8
+    scale_step: float = 0.8  # OpenCV's default (cv2 4.11 getter), not 0.5
     median_filtering: int = 5
 
 
@@ -110,7 +110,7 @@ def divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     return p1 - F.pad(p1[:, :, :-1], (1, 0)) + p2 - F.pad(p2[:, :-1, :], (0, 0, 1, 0))
 
 
-def median5(u: torch.Tensor, size: int) -> torch.Tensor:
+def median_blur(u: torch.Tensor, size: int) -> torch.Tensor:
     """cv::medianBlur(u, size) on float images: replicated borders."""
     r = size // 2
     padded = F.pad(u[:, None], (r, r, r, r), mode="replicate")[:, 0]
@@ -251,8 +251,8 @@ class TVL1:
                     break
                 active = (error > scaled_epsilon).view(b, 1, 1)
                 if p.median_filtering > 1:
-                    u1 = torch.where(active, median5(u1, p.median_filtering), u1)
-                    u2 = torch.where(active, median5(u2, p.median_filtering), u2)
+                    u1 = torch.where(active, median_blur(u1, p.median_filtering), u1)
+                    u2 = torch.where(active, median_blur(u2, p.median_filtering), u2)
                 for k in range(p.inner_iterations):
                     if self._all_converged(error, scaled_epsilon, k):
                         break
