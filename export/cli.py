@@ -25,6 +25,7 @@ from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx, graph_summary, s
 from .tensorrt import DEFAULT_CACHE, BatchProfile, cuda_device_name, require_tensorrt
 
 SUFFIX = {"onnx": ".onnx", "engine": ".engine"}
+OUT_SUFFIXES = {"onnx": (".onnx",), "engine": (".engine", ".plan")}  # what mex-live's load_engine recognises
 DEFAULT_DATA = "data/megc2019-composite-flow"
 REPO_DATA = Path(__file__).resolve().parents[1] / DEFAULT_DATA  # when run from outside the repo
 
@@ -42,15 +43,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--format", default="onnx", choices=sorted(SUFFIX), help="onnx (default) or a TensorRT engine")
     p.add_argument("--out", metavar="PATH", help="output file (default: CKPT with the format's suffix)")
     p.add_argument("--data", default=None, metavar="DIR", help=f"parity images in the composite format (default {DEFAULT_DATA})")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=int, default=None,
+                   help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET['onnx']} for onnx, {DEFAULT_OPSET['engine']} for engine)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="engine precision (default fp32)")
     p.add_argument("--batch", type=batch_profile, default=BatchProfile(), metavar="MIN,OPT,MAX",
                    help="engine batch optimization profile (default 1,1,256)")
     p.add_argument("--workspace", type=float, default=1.0, metavar="GIB", help="TensorRT builder workspace (default 1 GiB)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR", help=f"engine cache (default {DEFAULT_CACHE})")
     args = p.parse_args(argv)
+    if args.opset is None:
+        args.opset = DEFAULT_OPSET[args.format]
     if args.opset < MIN_OPSET:
         p.error(f"--opset {args.opset}: must be >= {MIN_OPSET} (LayerNormalization as one op)")
+    if args.out and Path(args.out).suffix.lower() not in OUT_SUFFIXES[args.format]:
+        p.error(f"--out {args.out}: a --format {args.format} file must end in {' or '.join(OUT_SUFFIXES[args.format])}")
     if args.workspace <= 0:
         p.error(f"--workspace {args.workspace}: must be positive")
     return args
@@ -60,6 +66,13 @@ def resolve_data(data: str | None) -> Path:
     if data is not None:
         return Path(data)
     return Path(DEFAULT_DATA) if Path(DEFAULT_DATA).is_dir() else REPO_DATA
+
+
+def read_checkpoint(path: Path):
+    try:
+        return load_checkpoint(path)
+    except RuntimeError as e:  # load_state_dict: weights saved by a different version of the model code
+        raise ExportError(f"{path}: weights do not fit this code's model ({str(e).strip().splitlines()[-1].strip()})") from None
 
 
 def provenance(checkpoint: Path, args: argparse.Namespace) -> dict:
@@ -76,7 +89,7 @@ def export(args: argparse.Namespace, console: Console) -> bool:
         require_tensorrt()
         cuda_device_name()
     checkpoint = Path(args.checkpoint)
-    model, info = load_checkpoint(checkpoint)
+    model, info = read_checkpoint(checkpoint)
     images = load_flow_folder(resolve_data(args.data))
     out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
     onnx_path = out if args.format == "onnx" else out.with_suffix(".onnx")

@@ -179,6 +179,8 @@ class TorchEngine(Engine):
             model, ckpt = load_checkpoint(path)
         except CheckpointError as e:
             raise ArtifactError(str(e)) from None
+        except RuntimeError as e:  # load_state_dict: weights saved by a different version of the model code
+            raise ArtifactError(f"{path}: weights do not fit this code's model ({str(e).strip().splitlines()[-1].strip()})") from None
         self.info = check_metadata(artifact_metadata(ckpt["model"], ckpt["config"], ckpt.get("meta", {})), str(path))
         self.torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -120,6 +120,16 @@ def test_truncated_checkpoint(tmp_path, capsys):
     assert code != 0 and "cut.pt" in err and "not a readable checkpoint" in err
 
 
+def test_checkpoint_from_other_model_code(tmp_path, capsys):
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, "ststnet", build_model("ststnet"))
+    blob = torch.load(path, weights_only=True)
+    blob["state_dict"]["fc.weight"] = torch.zeros(3, 7)  # as if the model code had changed since
+    torch.save(blob, path)
+    code, err = run_cli(["--checkpoint", str(path)], capsys)
+    assert code == 1 and "old.pt" in err and "do not fit" in err
+
+
 @pytest.mark.parametrize(
     "flags, named",
     [
@@ -127,6 +137,7 @@ def test_truncated_checkpoint(tmp_path, capsys):
         (["--format", "engine", "--batch", "8,4,1"], "--batch"),
         (["--format", "engine", "--batch", "1,x,256"], "--batch"),
         (["--opset", "16"], "--opset"),
+        (["--format", "engine", "--out", "model.onnx"], "--out"),
     ],
 )
 def test_bad_flags_exit_nonzero_naming_the_flag(tmp_path, capsys, flags, named):
