@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--model", default=None, help="exported model (default: the shipped one)")
     p.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
     p.add_argument("--flow", default="auto", choices=["auto", "cpu", "torch", "opencv-cuda"])
-    p.add_argument("--tracker", default="auto")
+    p.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"])
     p.add_argument("--queue-size", type=int, default=8)
     p.add_argument("--clip", default=None, help="use this video instead of generating one")
 

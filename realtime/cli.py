@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", metavar="PATH", help="exported model (.onnx, or .engine for TensorRT); default: the shipped mex/assets/default.onnx")
     m.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"], help="inference engine (default auto)")
     m.add_argument("--flow", default="auto", choices=["auto", "cpu", "torch", "opencv-cuda"], help="optical-flow backend (default auto)")
-    m.add_argument("--tracker", default="auto", metavar="BACKEND", help="face tracker backend (default auto)")
+    m.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"], help="face tracker (default auto: mediapipe face mesh, else the Haar cascade)")
     o = p.add_argument_group("output")
     o.add_argument("--record", metavar="OUT.mp4", help="write the annotated video")
     o.add_argument("--events", metavar="OUT.jsonl", help="write one JSON object per detected micro-expression")

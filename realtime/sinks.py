@@ -75,8 +75,9 @@ class PrintSink(EventSink):
     def on_event(self, event: Event) -> None:
         p = " ".join(f"{k}={v:.2f}" for k, v in event.probs.items())
         off = "-" if event.offset_frame is None else event.offset_frame
+        frames = f"{event.onset_frame}-{event.apex_frame}-{off}"
         self.stream.write(
-            f"event  frames {event.onset_frame}-{event.apex_frame}-{off}  {event.apex_s:7.2f}s  "
+            f"event  frames {frames:<16s} apex {event.apex_s:7.2f} s  "
             f"{event.label:<8s} [{p}]  latency {event.latency_ms:.1f} ms\n"
         )
         self.stream.flush()
