@@ -120,31 +120,40 @@ def measure(engine, args, rng: np.random.Generator) -> dict:
     }
 
 
+def measure_all(args, workdir: Path, console) -> tuple[str, list[dict], list[dict]]:
+    """(model description, measured rows, skipped engines with the reason)."""
+    onnx_path, checkpoint, model = prepare_model(args.model, workdir)
+    console.print(f"model: {model}")
+    rows, skipped = [], []
+    for name, factory in engine_factories(onnx_path, checkpoint, workdir, args.threads):
+        if isinstance(factory, str):
+            skipped.append({"engine": name, "reason": factory})
+            continue
+        try:
+            engine = factory()
+        except Exception as e:  # an engine that fails to start is reported, the others still run
+            skipped.append({"engine": name, "reason": f"failed to start: {type(e).__name__}: {e}"})
+            continue
+        console.print(f"measuring {engine.name} ...")
+        rows.append({"engine": engine.name, **measure(engine, args, np.random.default_rng(0))})
+    return model, rows, skipped
+
+
 def run(args) -> int:
     import torch
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    torch.set_num_threads(args.threads)  # torch-cpu gets the same thread budget as ONNX Runtime
     env = environment()
     load_before = os.getloadavg()
-    rows, skipped = [], []
-    with tempfile.TemporaryDirectory(prefix="mex-bench-engines-") as tmp:
-        workdir = Path(tmp)
-        onnx_path, checkpoint, model = prepare_model(args.model, workdir)
-        console.print(f"model: {model}")
-        for name, factory in engine_factories(onnx_path, checkpoint, workdir, args.threads):
-            if isinstance(factory, str):
-                skipped.append({"engine": name, "reason": factory})
-                continue
-            try:
-                engine = factory()
-            except Exception as e:  # an engine that fails to start is reported, the others still run
-                skipped.append({"engine": name, "reason": f"failed to start: {type(e).__name__}: {e}"})
-                continue
-            console.print(f"measuring {engine.name} ...")
-            rows.append({"engine": engine.name, **measure(engine, args, np.random.default_rng(0))})
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # torch-cpu gets the same thread budget as ONNX Runtime
+    try:
+        with tempfile.TemporaryDirectory(prefix="mex-bench-engines-") as tmp:
+            model, rows, skipped = measure_all(args, Path(tmp), console)
+    finally:
+        torch.set_num_threads(threads_before)
 
     targets = []
     for name, limit in TARGETS_MS.items():

@@ -178,3 +178,16 @@ def test_torch_cuda_graph_matches_eager(artifacts, batch):
     assert graphed.name == "torch-cuda-graph"
     for n in (1, 7, 1):  # the second batch-1 call replays the captured graph
         assert np.abs(graphed.probs(batch[:n]) - eager.probs(batch[:n])).max() <= 1e-5
+
+
+def test_bench_engines_measures_what_is_present_and_lists_the_rest(artifacts, tmp_path):
+    from benchmarks.cli import main as bench
+
+    assert bench(["engines", "--model", str(artifacts[1]), "--iters", "20", "--warmup", "2", "--batch", "8",
+                  "--batch-iters", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "engines.json").read_text())
+    measured = {r["engine"] for r in result["engines"]}
+    assert {"onnxruntime-cpu", "torch-cpu"} <= measured
+    assert measured | {s["engine"] for s in result["skipped"]} >= {"torch-cuda", "torch-cuda-graph", "tensorrt-fp16"}
+    assert all(s["reason"] for s in result["skipped"]) and (tmp_path / "engines.md").is_file()
+    assert "same architecture, fresh weights" in result["model"]
