@@ -189,8 +189,10 @@ class WindowOverlay:
         self._period = 1.0 / max_hz
         self._last = 0.0
         self._last_index = -1
-        cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+        # resizable, without the Qt toolbar; sized to the frame when the first one arrives
+        cv2.namedWindow(self.title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
         self._open = True
+        self._sized = False
 
     def update(self, pipeline, force: bool = False) -> None:
         import cv2
@@ -208,6 +210,10 @@ class WindowOverlay:
         ff = st.face
         if ff is not None and ff.frame.image is not None and ff.frame.index != self._last_index:
             self._last_index = ff.frame.index
+            if not self._sized:
+                h, w = ff.frame.image.shape[:2]
+                cv2.resizeWindow(self.title, w, h)
+                self._sized = True
             cv2.imshow(self.title, annotate(ff.frame.image, ff, st))
         key = cv2.waitKey(1) & 0xFF
         if key in (ord("q"), 27):

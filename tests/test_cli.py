@@ -187,14 +187,16 @@ def test_demo_runs_end_to_end_and_reports_planted_events(work, capsys):
 
 # ------------------------------------------------------------------------------------------ window
 @pytest.fixture(scope="module")
-def xvfb():
+def xvfb(tmp_path_factory):
+    """A private Xvfb whose screen is also written to a file (-fbdir), so the test can look at it."""
     exe = shutil.which("Xvfb")
     if exe is None:
         pytest.skip("Xvfb is not installed (apt-get install xvfb): window overlay not tested")
     for num in range(71, 99):
         if not Path(f"/tmp/.X11-unix/X{num}").exists() and not Path(f"/tmp/.X{num}-lock").exists():
             break
-    proc = subprocess.Popen([exe, f":{num}", "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+    fbdir = tmp_path_factory.mktemp("xvfb")
+    proc = subprocess.Popen([exe, f":{num}", "-screen", "0", "800x600x24", "-nolisten", "tcp", "-fbdir", str(fbdir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         if Path(f"/tmp/.X11-unix/X{num}").exists():
@@ -203,16 +205,43 @@ def xvfb():
     else:
         proc.kill()
         pytest.skip("Xvfb did not start")
-    yield f":{num}"
+    yield f":{num}", fbdir / "Xvfb_screen0"
     proc.terminate()
     proc.wait(5)
 
 
+def _screen(path: Path):
+    """The Xvfb screen (an XWD file) as an (H, W, 3) array."""
+    import struct
+
+    import numpy as np
+
+    b = path.read_bytes()
+    f = struct.unpack(">25I", b[:100])
+    header, w, h, bytes_per_line, ncolors = f[0], f[4], f[5], f[12], f[19]
+    off = header + 12 * ncolors
+    return np.frombuffer(b[off:off + bytes_per_line * h], np.uint8).reshape(h, bytes_per_line // 4, 4)[:, :w, :3]
+
+
 def test_window_overlay_under_xvfb(work, xvfb):
-    r = _live(["--video", str(work["clip"]), "--model", str(work["model"]), "--window", "--max-frames", "20"],
-              timeout=120, DISPLAY=xvfb, QT_QPA_PLATFORM="xcb")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "window overlay: on" in r.stderr and "not available" not in r.stderr
+    display, screen = xvfb
+    proc = subprocess.Popen([PY, "-m", "realtime.cli", "--video", str(work["clip"]), "--model", str(work["model"]),
+                             "--window", "--realtime", "--max-frames", "60"], cwd=ROOT,
+                            env=_env(DISPLAY=display, QT_QPA_PLATFORM="xcb"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    brightest = 0.0
+    try:
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline:
+            brightest = max(brightest, float(_screen(screen).mean()))  # the frame drawn in the window
+            time.sleep(0.2)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "window overlay: on" in stderr and "not available" not in stderr
+    assert brightest > 20, "nothing was drawn on the X screen"
 
 
 def test_window_without_a_display_falls_back_and_does_not_crash(work, monkeypatch, capsys):
