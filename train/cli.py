@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .datasets import add_prepare_arguments, prepare_command
 from .recipes import PROFILES
 
 console = Console(stderr=True)
@@ -36,6 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, help="models per fold whose probabilities are averaged")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS", help="how often the resumable state is written")
     p.add_argument(
         "--set",
         action="append",
@@ -99,7 +101,9 @@ def cmd_loso(args) -> int:
         f"{prof.model} {prof.model_config}; {prof.recipe.epochs} epochs"
     )
     with _progress() as progress:
-        results = run_loso(data, prof, out, device, seed=args.seed, eval_every=args.eval_every, progress=progress)
+        results = run_loso(
+            data, prof, out, device, seed=args.seed, eval_every=args.eval_every, progress=progress, save_every_s=args.save_every
+        )
     write_reports(out)
     p = results["pooled"]
     console.print(
@@ -120,7 +124,9 @@ def cmd_fit(args) -> int:
     prof = _profile(args)
     data = load_flow_folder(args.data)
     with _progress() as progress:
-        path = fit_all(data, prof, Path(args.out), pick_device(args.device), args.seed, progress, loso_dir=args.loso)
+        path = fit_all(
+            data, prof, Path(args.out), pick_device(args.device), args.seed, progress, loso_dir=args.loso, save_every_s=args.save_every
+        )
     console.print(f"wrote {path}")
     return 0
 
@@ -155,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(p)
     p.add_argument("--loso", help="a LOSO run folder of the same profile, whose numbers go into the model card")
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("prepare", help="raw CASME II / SAMM / SMIC-HS frames -> a composite-format folder (cached)")
+    add_prepare_arguments(p)
+    p.set_defaults(func=prepare_command)
     p = sub.add_parser("report", help="(re)make report.md and plots of LOSO runs from their predictions.csv")
     p.add_argument("runs", nargs="+")
     p.set_defaults(func=cmd_report)

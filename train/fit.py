@@ -12,15 +12,16 @@ from mex.checkpoint import save_checkpoint
 from mex.composite import FlowSet
 from mex.models import build_model
 
-from .loso import train_members
+from .loso import pin_run, train_members
 
 
-def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, progress=None, loso_dir: str | None = None) -> Path:
+def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, progress=None, loso_dir: str | None = None, save_every_s: float = 30.0) -> Path:
     """Same trainer as LOSO with a single fold whose test set is empty; writes OUT/model.pt."""
     out.mkdir(parents=True, exist_ok=True)
     profile = dataclasses.replace(profile, recipe=dataclasses.replace(profile.recipe, seeds=1))
     train_mask = torch.ones(1, len(data), dtype=torch.bool, device=device)
-    members, params, _, wall = train_members(data, train_mask, profile, out, device, seed, progress)
+    pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "fit": True})
+    members, params, _, wall = train_members(data, train_mask, profile, out, device, seed, progress, save_every_s=save_every_s)
     model = members.member(0, params, make=lambda: build_model(profile.model, **profile.model_config))
     loso = {}
     if loso_dir:

@@ -59,12 +59,13 @@ def run_loso(
     seed: int = 0,
     eval_every: int = 10,
     progress=None,
+    save_every_s: float = 30.0,
 ) -> dict:
     """Train and score; writes OUT/predictions.csv, OUT/curve.csv, OUT/results.json. Returns results."""
     out.mkdir(parents=True, exist_ok=True)
     subjects, fold_of = loso_folds(data)
     n_folds, n_seeds = len(subjects), profile.recipe.seeds
-    _pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": subjects})
+    pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": subjects})
 
     fold = torch.from_numpy(fold_of).to(device)
     # member m = (fold m // n_seeds, seed m % n_seeds)
@@ -77,7 +78,7 @@ def run_loso(
         return uf1_uar(*_pooled(_predict(members, params, x, test_idx, n_seeds), y, test_idx))
 
     members, params, curve, wall = train_members(
-        data, train_mask, profile, out, device, seed, progress, evaluate, eval_every
+        data, train_mask, profile, out, device, seed, progress, evaluate, eval_every, save_every_s
     )
     probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds)
     rows = _prediction_rows(data, subjects, probs, test_idx)
@@ -102,7 +103,18 @@ def run_loso(
     return results
 
 
-def train_members(data: FlowSet, train_mask, profile: Profile, out: Path, device, seed: int, progress=None, evaluate=None, eval_every: int = 10):
+def train_members(
+    data: FlowSet,
+    train_mask,
+    profile: Profile,
+    out: Path,
+    device,
+    seed: int,
+    progress=None,
+    evaluate=None,
+    eval_every: int = 10,
+    save_every_s: float = 30.0,
+):
     """Train one model per row of `train_mask` (members x clips, True = train on it), all at once.
 
     Resumes from OUT/state.pt. Returns (members, the weights to evaluate, curve, wall seconds).
@@ -192,14 +204,16 @@ def train_members(data: FlowSet, train_mask, profile: Profile, out: Path, device
             info += f"  pooled UF1 {curve[-1]['uf1']:.3f} UAR {curve[-1]['uar']:.3f} (ep {curve[-1]['epoch']})"
         if progress:
             progress.update(task, completed=done, info=info)
+            if not progress.console.is_terminal and curve and curve[-1]["epoch"] == done:
+                progress.console.print(f"epoch {done}/{recipe.epochs} {info}")  # a log file gets no live bar
         now = time.perf_counter()
-        if now - last_save > 30.0 or done == recipe.epochs:
+        if now - last_save >= save_every_s or done == recipe.epochs:
             save_state(done, wall_before + now - t0)
             last_save = now
     return members, ema or members.params, curve, wall_before + time.perf_counter() - t0
 
 
-def _pin_run(out: Path, run_args: dict) -> None:
+def pin_run(out: Path, run_args: dict) -> None:
     pinned = out / "run.json"
     if pinned.exists():
         before = json.loads(pinned.read_text())

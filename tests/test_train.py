@@ -1,0 +1,169 @@
+"""Training side: metrics, batched folds, LOSO outputs, resume, bad data."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mex.composite import DataError, load_flow_folder
+from mex.models import build_model
+from train.batched import Members, augment
+from train.cli import main as train_main
+from train.loso import read_predictions, score_rows
+from train.metrics import uf1_uar
+from train.recipes import Recipe
+
+COMPOSITE = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
+
+TINY = ["--set", "model.dims=[16,8]", "--set", "model.heads=[2,1]", "--set", "batch_size=16"]
+
+
+def test_composite_set_reads_as_documented():
+    data = load_flow_folder(COMPOSITE)
+    assert data.x.shape == (442, 3, 28, 28) and data.x.dtype == np.float32
+    assert 0.0 <= data.x.min() and data.x.max() <= 1.0
+    assert len(data.subjects) == 68
+    assert np.bincount(data.y).tolist() == [250, 109, 83]
+    assert {d: data.dataset.count(d) for d in set(data.dataset)} == {"casme2": 145, "samm": 133, "smic": 164}
+
+
+def test_uf1_uar_by_hand():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2])
+    # class 0: tp 2 fp 0 fn 1 -> f1 0.8 rec 2/3; class 1: tp 1 fp 1 fn 1 -> 0.5, 0.5; class 2: tp 1 fp 1 fn 0 -> 2/3, 1
+    m = uf1_uar(y, pred)
+    assert m["uf1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["uar"] == pytest.approx((2 / 3 + 0.5 + 1.0) / 3)
+
+
+@pytest.mark.parametrize("name", ["dacrossvit", "crossvit", "ststnet"])
+def test_stacked_members_match_separate_models(name):
+    make = lambda: build_model(name)  # noqa: E731
+    members = Members(make, 3, seed=1, device=torch.device("cpu"))
+    x = torch.rand(3, 5, 3, 28, 28)
+    stacked = members.forward(members.params, x, train=False)
+    for i in range(3):
+        torch.testing.assert_close(stacked[i], members.member(i, make=make)(x[i]), atol=1e-5, rtol=1e-5)
+
+
+def test_members_differ_and_train_independently():
+    make = lambda: build_model("dacrossvit", dims=(16, 8), heads=(2, 1))  # noqa: E731
+    members = Members(make, 2, seed=0, device=torch.device("cpu"))
+    before = {k: v.detach().clone() for k, v in members.params.items()}
+    assert not torch.equal(before["heads.0.weight"][0], before["heads.0.weight"][1])
+    x = torch.rand(2, 4, 3, 28, 28)
+    out = members.forward(members.params, x, train=True)
+    out[0].sum().backward()  # a loss on member 0 only
+    grads = members.params["heads.0.weight"].grad
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() == 0
+
+
+def test_flip_mirrors_horizontal_flow():
+    x = torch.rand(1, 3, 28, 28)
+    gen = torch.Generator().manual_seed(0)
+    outs = [augment(x, Recipe(flip=True), gen) for _ in range(16)]
+    flipped = [o for o in outs if not torch.equal(o, x)]
+    assert flipped, "a flip probability of 0.5 should flip at least once in 16 draws"
+    f = flipped[0]
+    torch.testing.assert_close(f[0, 0], 1 - x[0, 0].flip(-1))  # u mirrored and negated
+    torch.testing.assert_close(f[0, 1:], x[0, 1:].flip(-1))  # v and strain only mirrored
+
+
+def test_loso_writes_predictions_and_results_that_rescore(subset, tmp_path):
+    out = tmp_path / "run"
+    rc = train_main(["loso", "--data", str(subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2", "--eval-every", "1", "--device", "cpu", *TINY])
+    assert rc == 0
+    rows = read_predictions(out / "predictions.csv")
+    data = load_flow_folder(subset)
+    assert len(rows) == len(data)  # every clip predicted exactly once, by the fold that held it out
+    assert {r["subject"] for r in rows} == set(data.subjects)
+    header = next(csv.reader((out / "predictions.csv").open()))
+    assert header[:5] == ["dataset", "subject", "clip", "label", "pred"]
+    assert header[5:] == ["p_negative", "p_positive", "p_surprise"]
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["pooled"]) == {"full", "casme2", "samm", "smic"}
+    assert res["pooled"] == score_rows(rows)["pooled"]
+    assert res["folds"] == 6 and res["epochs"] == 2 and res["device"] == "cpu"
+    for r in rows:
+        p = [r["p_negative"], r["p_positive"], r["p_surprise"]]
+        assert abs(sum(float(v) for v in p) - 1) < 1e-4 and int(np.argmax([float(v) for v in p])) == r["pred"]
+    for f in ("report.md", "confusion.png", "curve.png", "curve.csv"):
+        assert (out / f).stat().st_size > 0
+    assert "DA-CrossViT, the paper" in (out / "report.md").read_text()
+
+
+def test_rerun_with_other_arguments_is_refused(tiny_subset, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "1", "--device", "cpu", *TINY]
+    assert train_main(args) == 0
+    assert train_main([*args, "--seed", "5"]) == 2
+    assert "other arguments" in capsys.readouterr().err
+
+
+def _run_cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "train.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_subset, tmp_path):
+    common = ["loso", "--data", str(tiny_subset), "--profile", "cpu-quick", "--epochs", "6", "--eval-every", "2", "--device", "cpu", "--save-every", "0", *TINY]
+    straight = tmp_path / "straight"
+    assert _run_cli([*common, "--out", str(straight)]).wait(timeout=300) == 0
+
+    killed = tmp_path / "killed"
+    proc = _run_cli([*common, "--out", str(killed)])
+    state = killed / "state.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and torch.load(state, weights_only=False)["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = torch.load(state, weights_only=False)["epoch"]
+    assert 2 <= epoch_at_kill < 6
+    assert _run_cli([*common, "--out", str(killed)]).wait(timeout=300) == 0
+    a = (straight / "predictions.csv").read_text()
+    b = (killed / "predictions.csv").read_text()
+    assert a == b  # same RNG streams, same weights: the restart recomputed nothing and lost nothing
+
+
+def _write_labels(folder: Path, rows: list[list[str]]) -> None:
+    with (folder / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "subject", "clip", "label", "emotion", "file"])
+        w.writerows(rows)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d, rows: (d / rows[0][5]).unlink(), "image file is missing"),
+        (lambda d, rows: (d / rows[0][5]).write_bytes(b"not a png"), "unreadable image"),
+        (lambda d, rows: _write_labels(d, [rows[0][:3] + ["7"] + rows[0][4:]] + rows[1:]), "unknown label 7"),
+        (lambda d, rows: _write_labels(d, rows + [rows[0]]), "duplicate clip"),
+        (lambda d, rows: _write_labels(d, [[rows[0][0], ""] + rows[0][2:]] + rows[1:]), "empty 'subject'"),
+        (lambda d, rows: (d / "labels.csv").write_text("dataset,subject\nx,y\n"), "missing column"),
+    ],
+)
+def test_bad_folders_name_the_problem(subset, mutate, message, capsys):
+    with (subset / "labels.csv").open(newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    mutate(subset, rows)
+    with pytest.raises(DataError, match=message):
+        load_flow_folder(subset)
+    rc = train_main(["loso", "--data", str(subset), "--out", str(subset.parent / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message.split()[0] in err and str(subset) in err.replace("\n", "")
+
+
+def test_unknown_override_is_refused(capsys):
+    assert train_main(["loso", "--out", "/tmp/never", "--set", "model.nope=1"]) == 2
+    assert "nope" in capsys.readouterr().err
