@@ -267,9 +267,10 @@ class Recognizer:
         p = np.asarray(self.engine.probs(x), dtype=np.float64)
         t2 = time.perf_counter()
         now = time.monotonic()
-        if stats is not None:
-            stats.add("encode", (t1 - t0) * 1000.0 / len(cands))
-            stats.add("infer", (t2 - t1) * 1000.0 / len(cands))
+        if stats is not None:  # per candidate: a batch's time shared out, one sample per candidate
+            for _ in cands:
+                stats.add("encode", (t1 - t0) * 1000.0 / len(cands))
+                stats.add("infer", (t2 - t1) * 1000.0 / len(cands))
         events = []
         for c, row in zip(cands, p):
             k = int(np.argmax(row))
