@@ -56,8 +56,9 @@ class SpotterConfig:
     max_event_s: float = 0.5  # longer movements are not micro-expressions
     quiet_s: float = 0.02  # the signal stays at the floor this long (at least one frame) to end an interval
     stats_s: float = 3.0  # time constant of each region's running noise level
-    warmup_s: float = 0.5  # noise statistics are learnt this long before anything is spotted
-    z_on: float = 4.0  # regional z that opens an interval
+    warmup_s: float = 0.7  # noise statistics are learnt this long before anything is spotted
+    z_on: float = 5.0  # regional z that opens an interval
+    noise_floor_gray: float = 0.25  # the noise level used for z is at least this (gray levels)
     z_floor: float = 1.5  # regional z taken as "no motion" (onset / offset boundaries)
     blink_gray: float = 12.0  # both eyes changing this much (gray levels, largest cell) = a blink
     max_motion_px: float = 2.0  # intervals during which registration moved the crop further are head motion
@@ -135,7 +136,9 @@ class Spotter:
             self._learn(d, first=self.seen == self.lag + 1)
             self.history.append(0.0)
             return []
-        z = (d - self.mu) / np.sqrt(self.var + 1e-4)
+        # the noise level has a floor: on a clean, still clip the running spread gets so small that
+        # sub-gray-level interpolation residue would count as motion
+        z = (d - self.mu) / np.maximum(np.sqrt(self.var), self.cfg.noise_floor_gray)
         z -= sorted(z.tolist())[len(z) // 2]  # whole-face change (lighting, residual misalignment) is not local motion
         self.last_z = z
         k = int(np.argmax(z[:6]))
@@ -194,7 +197,7 @@ class Spotter:
         tx, ty, sc, rot = p
         c = self.c0
         m = np.array([[1 + sc, -rot, tx - sc * c + rot * c], [rot, 1 + sc, ty - rot * c - sc * c]], np.float32)
-        return cv2.warpAffine(img, m, img.shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        return cv2.warpAffine(img, m, img.shape[::-1], flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE)
 
     def _learn(self, d: np.ndarray, first: bool = False) -> None:

@@ -225,9 +225,12 @@ class FaceTracker:
         return ff
 
     def _crop(self, bgr: np.ndarray) -> np.ndarray:
-        crop = cv2.warpAffine(bgr, self.m, (self.crop_size, self.crop_size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
-        return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+        """Warp at twice the size, then halve with a Gaussian: a face larger than the crop would
+        otherwise alias, and aliasing patterns change with sub-pixel position (false motion at edges)."""
+        m = self.m * 2
+        n = 2 * self.crop_size
+        crop = cv2.warpAffine(bgr, m, (n, n), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.pyrDown(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY))
 
     def _track(self, frame: Frame) -> FaceFrame:
         bgr = frame.image
