@@ -291,9 +291,14 @@ def _run(args) -> int:
               f"ready in {time.monotonic() - t0:.1f} s", flush=True)
 
     last_state = [source.state]
+    told_stopping = [False]
 
     def tick(p):
         nonlocal window
+        if p.stopping and not told_stopping[0] and p.running:
+            told_stopping[0] = True
+            print(f"mex-live: stopping: finishing {len(p.q_frames) + len(p.q_faces)} queued frames and "
+                  f"{len(p.q_candidates)} candidates (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
         if terminal is None and source.state != last_state[0]:  # e.g. a camera unplugged / back
             if source.state in ("reconnecting", "ok") and last_state[0] in ("reconnecting", "ok"):
                 print(f"mex-live: {source.name}: {source.state}"

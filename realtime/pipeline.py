@@ -364,6 +364,10 @@ class Pipeline:
         return any(t.is_alive() for t in self._threads)
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
     def aborted(self) -> bool:
         return self._abort.is_set()
 
