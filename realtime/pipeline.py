@@ -309,7 +309,9 @@ class Pipeline:
         self.event_sinks = list(event_sinks)
         self.frame_sinks = list(frame_sinks)
         self.want_display = want_display or bool(self.frame_sinks)
-        self.batch_max = batch_max
+        # a file is recognised one candidate at a time: an engine may round differently at another
+        # batch size, and how many candidates wait together depends on timing (determinism first)
+        self.batch_max = batch_max if getattr(source, "live", False) else 1
         self.max_frames = max_frames
         self.live = bool(getattr(source, "live", False))
         self._abort = threading.Event()
