@@ -152,6 +152,14 @@ class VideoSource(Source):
             self.state = "eof" if not self._stop.is_set() else "closed"
 
 
+    def close(self) -> None:
+        super().close()
+        if self._cap is not None and self._first is not None:  # opened but never read: release now
+            self._cap.release()
+            self._cap = None
+            self._first = None
+
+
 class ArraySource(Source):
     """Frames from memory (an iterable of BGR images): the demo, tests and benchmarks.
 
