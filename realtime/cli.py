@@ -226,6 +226,11 @@ def _run(args) -> int:
 
     if args.camera is not None and args.camera < 0:
         raise CliError(f"--camera {args.camera}: a camera index is 0 or more")
+    if args.camera is None and any(v is not None for v in (args.width, args.height, args.fps)):
+        print("mex-live: note: --width/--height/--fps set the camera's capture; ignored for a file or the demo",
+              file=sys.stderr)
+    if args.camera is not None and args.realtime:
+        print("mex-live: note: --realtime paces a file; a camera is always real time", file=sys.stderr)
     if args.queue_size < 1:
         raise CliError("--queue-size must be at least 1")
     if args.video is not None and not Path(args.video).is_file():
