@@ -97,6 +97,8 @@ def export(args: argparse.Namespace, console: Console) -> bool:
     metadata["mex.export"] = json.dumps(provenance(checkpoint, args))
 
     console.print(f"exporting {checkpoint} ({info['model']}) -> {onnx_path}")
+    console.print(f"metadata: encoding {metadata['mex.encoding_version']}, classes {metadata['mex.classes']}, "
+                  f"training keys {sorted(info.get('meta', {}))}")
     proto = export_onnx(model, metadata, opset=args.opset)
     summary = graph_summary(proto)
     save_onnx(proto, onnx_path)
