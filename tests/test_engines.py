@@ -84,6 +84,21 @@ def test_mismatching_metadata_is_refused_naming_the_file(artifacts, tmp_path, ch
     assert str(bad) in str(e.value)
 
 
+def test_graph_whose_real_input_differs_from_its_metadata_is_refused(tmp_path):
+    """Metadata can claim 3x28x28 while the graph takes something else; the graph is checked too."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["flow"], ["logits"], axes=[2, 3], keepdims=0)], "g",
+                              [helper.make_tensor_value_info("flow", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.helper.set_model_props(proto, artifact_metadata("ststnet", {}, {}))
+    path = tmp_path / "lying.onnx"
+    onnx.save(proto, path)
+    with pytest.raises(ArtifactError, match=r"lying.onnx: graph inputs .* expected one 'flow'"):
+        load_engine(path)
+
+
 @pytest.mark.parametrize("cut", [0, 100, 0.5])
 def test_truncated_onnx_is_refused_naming_the_file(artifacts, tmp_path, cut):
     data = artifacts[1].read_bytes()
