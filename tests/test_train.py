@@ -167,3 +167,27 @@ def test_bad_folders_name_the_problem(subset, mutate, message, capsys):
 def test_unknown_override_is_refused(capsys):
     assert train_main(["loso", "--out", "/tmp/never", "--set", "model.nope=1"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, tmp_path):
+    out = tmp_path / "study"
+    rc = train_main(["study", "fusion", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "1", "--seeds", "2", "--device", "cpu"])
+    assert rc == 0
+    table = (out / "fusion.md").read_text()
+    for name in ("da-paper", "da-aoa", "cross-attention"):
+        assert f"| {name} | 2 |" in table
+    assert "±" in table
+    models = {json.loads((out / f"{n}_seed0" / "run.json").read_text())["profile"]["model"] for n in ("da-paper", "cross-attention")}
+    assert models == {"dacrossvit", "crossvit"}
+
+
+def test_fit_writes_a_checkpoint_that_loads(tiny_subset, tmp_path):
+    from mex.checkpoint import load_checkpoint
+
+    out = tmp_path / "fit"
+    assert train_main(["fit", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2", "--device", "cpu", *TINY]) == 0
+    model, info = load_checkpoint(out / "model.pt")
+    assert info["model"] == "dacrossvit" and tuple(info["config"]["dims"]) == (16, 8)
+    assert info["meta"]["data"]["clips"] == len(load_flow_folder(tiny_subset))
+    probs = model(torch.from_numpy(load_flow_folder(tiny_subset).x[:4])).softmax(-1)
+    assert probs.shape == (4, 3)

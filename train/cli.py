@@ -131,6 +131,19 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from mex.composite import load_flow_folder
+
+    from .loso import pick_device
+    from .studies import run_study
+
+    data = load_flow_folder(args.data)
+    with _progress() as progress:
+        table = run_study(args.study, args.profile, data, Path(args.out), pick_device(args.device), args.seeds, args.epochs, progress)
+    print(table.read_text())
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_reports
 
@@ -161,6 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(p)
     p.add_argument("--loso", help="a LOSO run folder of the same profile, whose numbers go into the model card")
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("study", help="a comparison table: fusion (Table 4), patches (Table 3) or ablation")
+    p.add_argument("study", choices=["fusion", "patches", "ablation"])
+    p.add_argument("--data", default="data/megc2019-composite-flow")
+    p.add_argument("--out", required=True)
+    p.add_argument("--profile", default="ours", choices=sorted(PROFILES))
+    p.add_argument("--seeds", type=int, default=3, help="runs per configuration (seeds 0..N-1) for mean ± std")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_study)
     p = sub.add_parser("prepare", help="raw CASME II / SAMM / SMIC-HS frames -> a composite-format folder (cached)")
     add_prepare_arguments(p)
     p.set_defaults(func=prepare_command)

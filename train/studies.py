@@ -1,0 +1,65 @@
+"""The paper's comparison tables as runs: each study is a list of LOSO configurations around a profile.
+
+`mex-train study NAME --profile P --out DIR` runs every configuration (each its own resumable run
+folder, DIR/<config>_seed<k>) and writes DIR/<NAME>.md with mean ± std over seeds. A configuration
+changes one thing relative to the profile; the table reports, it does not choose.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .recipes import Profile, resolve
+
+# study -> [(configuration name, recipe overrides, model family or None, model-config overrides)]
+STUDIES: dict[str, list[tuple[str, dict, str | None, dict]]] = {
+    # Table 4: dual attention against CrossViT's cross-attention, and the AoA form of DA.
+    "fusion": [
+        ("da-paper", {}, "dacrossvit", {"da_form": "paper"}),
+        ("da-aoa", {}, "dacrossvit", {"da_form": "aoa"}),
+        ("cross-attention", {}, "crossvit", {}),
+    ],
+    # Table 3: patches per branch (La, Sm).
+    "patches": [(f"patches-{a}-{b}", {}, None, {"patches": (a, b)}) for a, b in ((1, 1), (1, 4), (1, 16), (4, 4), (4, 16))],
+    # Each small-data idea removed (or added) one at a time, single models, so seeds show the spread.
+    "ablation": [
+        ("recipe", {"seeds": 1}, None, {}),
+        ("no-flip", {"seeds": 1, "flip": False}, None, {}),
+        ("no-shift-rotate", {"seeds": 1, "shift_px": 0.0, "rotate_deg": 0.0}, None, {}),
+        ("no-mixup", {"seeds": 1, "mixup": 0.0}, None, {}),
+        ("no-label-smoothing", {"seeds": 1, "label_smoothing": 0.0}, None, {}),
+        ("no-ema", {"seeds": 1, "ema": 0.0}, None, {}),
+        ("no-dropout-droppath", {"seeds": 1}, None, {"drop": 0.0, "drop_path": 0.0}),
+        ("plus-class-balanced", {"seeds": 1, "class_balanced": True}, None, {}),
+        ("ensemble-3-seeds", {"seeds": 3}, None, {}),
+    ],
+}
+
+
+def configurations(study: str, profile_name: str, epochs: int | None) -> list[tuple[str, Profile]]:
+    if study not in STUDIES:
+        raise ValueError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
+    out = []
+    for name, recipe_changes, family, model_changes in STUDIES[study]:
+        prof = resolve(profile_name, family, epochs, **recipe_changes)
+        prof = dataclasses.replace(prof, model_config={**prof.model_config, **model_changes})
+        out.append((name, prof))
+    return out
+
+
+def run_study(study: str, profile_name: str, data, out: Path, device, seeds: int, epochs: int | None, progress=None) -> Path:
+    from .loso import run_loso
+    from .report import ablation_table, write_reports
+
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for name, prof in configurations(study, profile_name, epochs):
+        for seed in range(seeds):
+            run = out / f"{name}_seed{seed}"
+            if not (run / "results.json").exists():
+                run_loso(data, prof, run, device, seed=seed, progress=progress)
+                write_reports(run)
+            runs.append(run)
+    table = out / f"{study}.md"
+    table.write_text(ablation_table(runs, f"{study} study around profile {profile_name!r} ({seeds} seed(s) each)"))
+    return table
