@@ -5,19 +5,21 @@ BIN := $(VENV)/bin
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-.PHONY: venv demo test train-quick
+.PHONY: venv demo test xvfb
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/mex-live --demo --no-display
 
-test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+# The window overlay is tested under a virtual display; without Xvfb those tests skip with the reason.
+xvfb:
+	@command -v Xvfb >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq xvfb >/dev/null) ; } || \
+	  echo "Xvfb not installed (needs root: apt-get install xvfb); window tests will be skipped"
 
-train-quick: $(VENV)/.installed
-	$(BIN)/mex-train loso --data data/megc2019-composite-flow --out runs/quick --profile cpu-quick
+test: $(VENV)/.installed xvfb
+	$(BIN)/python -m pytest -q
