@@ -193,7 +193,10 @@ class Spotter:
         return self._warp(cur, p), float(np.hypot(p[0], p[1]) + self.c0 * np.hypot(p[2], p[3]))
 
     def _warp(self, img: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """img sampled at x + t + [[s, -r], [r, s]] (x - c): the crop moved by p = (tx, ty, s, r)."""
+        """img sampled at x + t + [[s, -r], [r, s]] (x - c): the crop moved by p = (tx, ty, s, r).
+
+        Cubic: bilinear sampling at half a pixel blurs, and the blur of a sub-pixel shift would read
+        as motion at every edge (and bias the fit)."""
         tx, ty, sc, rot = p
         c = self.c0
         m = np.array([[1 + sc, -rot, tx - sc * c + rot * c], [rot, 1 + sc, ty - rot * c - sc * c]], np.float32)

@@ -208,7 +208,7 @@ class _Plan:
         self.face = _Face(keypoints(str(spec.photo)))
         shape = self.photo.shape[:2]
         self.scale = spec.face_px / self.face.height  # photo px -> frame px
-        busy: list[tuple[float, float]] = []  # seconds already taken by something planted
+        busy: list[tuple[float, float]] = []  # seconds already taken by something planted (events first)
 
         def free_slot(length: float, margin: float) -> float | None:
             if spec.seconds - length - 1.6 <= 0:
@@ -220,31 +220,7 @@ class _Plan:
                     return t0
             return None
 
-        self.distractors: list[dict] = []
-        self.head_moves = []  # (start frame, end frame, dx px, dy px, rotation deg)
-        for _ in range(spec.head_moves):
-            length = rng.uniform(0.3, 0.8)
-            t0 = free_slot(length, 0.5)
-            if t0 is None:
-                break
-            a, b = _frames(t0, fps), _frames(t0 + length, fps)
-            ang = rng.uniform(0, 2 * math.pi)
-            mag = rng.uniform(6, 15)
-            self.head_moves.append((a, b, mag * math.cos(ang), mag * math.sin(ang), rng.uniform(-3, 3)))
-            self.distractors.append({"kind": "head_move", "start": a, "end": b})
-
         self.warps: list[_Warp] = []
-        for _ in range(spec.blinks):
-            length = rng.uniform(0.1, 0.3)
-            t0 = free_slot(length, 0.5)
-            if t0 is None:
-                break
-            a = _frames(t0, fps)
-            b = max(a + 2, _frames(t0 + length, fps))
-            apex = a + max(1, round((b - a) * 0.4))  # closing is faster than opening
-            self.warps.append(_Warp(_blink_bumps(self.face, shape), a, min(apex, b - 1), b, 1.0))
-            self.distractors.append({"kind": "blink", "start": a, "end": b})
-
         planted = spec.events
         if isinstance(planted, int):
             drawn = []
@@ -267,6 +243,30 @@ class _Plan:
             self.warps.append(_Warp(_event_bumps(self.face, ev.kind, ev.side, shape), onset, apex, offset, peak))
             self.events.append({"onset": onset, "apex": apex, "offset": offset, "region": KINDS[ev.kind],
                                 "kind": ev.kind, "side": ev.side, "amplitude_px": round(ev.amplitude_px, 3)})
+
+        self.distractors: list[dict] = []
+        self.head_moves = []  # (start frame, end frame, dx px, dy px, rotation deg)
+        for _ in range(spec.head_moves):
+            length = rng.uniform(0.3, 0.8)
+            t0 = free_slot(length, 0.5)
+            if t0 is None:
+                break
+            a, b = _frames(t0, fps), _frames(t0 + length, fps)
+            ang = rng.uniform(0, 2 * math.pi)
+            mag = rng.uniform(6, 15)
+            self.head_moves.append((a, b, mag * math.cos(ang), mag * math.sin(ang), rng.uniform(-3, 3)))
+            self.distractors.append({"kind": "head_move", "start": a, "end": b})
+
+        for _ in range(spec.blinks):
+            length = rng.uniform(0.1, 0.3)
+            t0 = free_slot(length, 0.5)
+            if t0 is None:
+                break
+            a = _frames(t0, fps)
+            b = max(a + 2, _frames(t0 + length, fps))
+            apex = a + max(1, round((b - a) * 0.4))  # closing is faster than opening
+            self.warps.append(_Warp(_blink_bumps(self.face, shape), a, min(apex, b - 1), b, 1.0))
+            self.distractors.append({"kind": "blink", "start": a, "end": b})
 
         # slow drift: two sinusoids per degree of freedom with random phases
         self.drift = rng.uniform(0, 2 * math.pi, size=(4, 2)), rng.uniform(0.08, 0.5, size=(4, 2))
