@@ -1,28 +1,32 @@
 """Online onset/apex spotting on aligned face crops.
 
-Per frame (well under a millisecond):
-1. The crop is reduced to `work_px` (noise averages out; sub-pixel motion survives as intensity change).
+Per frame (a fraction of a millisecond; no future frames needed):
+1. The crop is reduced to `work_px` and blurred (noise averages out; sub-pixel motion survives as
+   intensity change).
 2. It is compared with a reference crop from `ref_lag_s` earlier, after registering the two: what the
    tracker's alignment leaves of head motion (lag, landmark jitter) is a small similarity, and it
    must not count as a micro-expression. Phase correlation gives the shift, two robust Lucas-Kanade
    steps add rotation and scale; Huber weights keep the moving brow or lip corner out of the fit.
 3. Per face sub-region (left/right brow, eye, mouth corner, plus control regions on nose and cheeks)
-   the largest local mean absolute difference is turned into a z-score against that region's own running noise
-   level; the median z over all regions is subtracted, so what moves the whole face (residual
-   rotation/scale of the alignment, lighting) cancels and only local motion remains.
-4. The motion signal is the largest regional z. It crossing `z_on` opens an interval; the onset is
-   the last frame before it at or below `z_floor`, the offset the first frame after the peak back at
-   the floor, the apex the peak between them.
-The reference is frozen from the trigger until the interval has slid out of the lag window, so the
+   the largest local mean absolute difference (over `cell_px` squares) becomes a z-score against that
+   region's own running noise level; the median z over all regions is subtracted, so what changes
+   the whole face (lighting, residual misalignment) cancels and only local motion remains.
+4. The motion signal is the largest regional z. It crossing `z_on` opens an interval; the offset is
+   the first frame after the peak back at `z_floor` (for `quiet_s`), the onset the last frame before
+   the crossing at the floor, the apex the peak between them.
+The reference is frozen from the crossing until the interval has slid out of the lag window, so the
 reference never shows the movement itself (no echo `ref_lag_s` later).
 
-Rejected intervals: longer than `max_event_s` (an expression or a pose change, not a micro one), and
-blinks: both eye regions changing by more than `blink_gray` gray levels (a closing lid covers the iris,
-far more change than any eyelid micro-movement), or the eye regions carrying the interval while both
-eyes move together far above the brows.
+Rejected intervals:
+- longer than `max_event_s`: an expression or a pose change, not a micro one;
+- blinks: both eyes changing by more than `blink_gray` gray levels (a closing lid covers the iris,
+  far more change than any eyelid micro-movement, and one eye alone is not a blink);
+- fast head motion: the registration had to move the crop by more than `max_motion_px` (at the crop's
+  rim, working pixels), where what it leaves behind cannot be told from a micro-expression.
 
-Delay: a candidate is emitted when its offset is seen, at most `max_event_s + quiet_s` after its
-onset (0.53 s with the defaults), whatever the fps.
+Delay: a candidate (onset, apex and offset together) is emitted `quiet_s` after its offset, and at
+most `max_event_s` (0.5 s) after the signal first crossed `z_on`, whatever the fps. Spotting starts
+`ref_lag_s + warmup_s` (1.0 s) after a face appears.
 """
 from __future__ import annotations
 

@@ -2,16 +2,17 @@
 
 The crop is a similarity transform of the frame that puts the two eye centres (the mean of each
 eye's two corners: corners do not move when the eye blinks) at fixed canonical positions, so the
-same pixel of the crop is the same place on the face from frame to frame.
+same pixel of the crop is the same place on the face from frame to frame. (A face turned sideways
+has its eyes close together; its scale is capped so that the mouth stays inside the crop.)
 
 Cost is what matters at 200 fps, so the mediapipe path works in two modes:
 - acquire: face mesh (up to `max_faces`) on the frame scaled to `detect_width`; keeps the largest face.
 - track: face mesh (one face, video mode) on a square region around the tracked face, scaled to
   `roi_px`, only every `mesh_every` frames. In between, the last transform is reused and the crop is
   compared with the last checked one; a large change (face gone, fast move) runs the mesh at once.
-The eye (and mouth) positions go through a One Euro filter (Casiez et al. 2012): nearly still when the head is
-still, following closely when it moves. Landmark jitter (about 0.1-0.2 px, with outliers of 1-2 px)
-would otherwise shake every crop, which the spotter would see as motion.
+The eye and mouth positions go through a One Euro filter (Casiez et al. 2012): nearly still when
+the head is still, following closely when it moves. Landmark jitter (about 0.1-0.2 px, with
+outliers of 1-2 px) would otherwise shake every crop, which the spotter would see as motion.
 """
 from __future__ import annotations
 
