@@ -88,8 +88,9 @@ class Spotter:
         self.c0 = n / 2  # the crop's centre, both coordinates
         # the fit samples every other pixel (the blur makes neighbours alike) away from the crop's rim,
         # where warping replicates edge pixels
-        border = n // 16
+        self.border = border = n // 16
         self.grid = np.s_[border:n - border:2, border:n - border:2]
+        self.grid_n = len(range(border, n - border, 2))
         ys, xs = np.mgrid[0:n, 0:n].astype(np.float32) - np.float32(n / 2)
         self.xc, self.yc = xs[self.grid].ravel(), ys[self.grid].ravel()
         # ring buffers over the span an interval can need: lag before it, the interval, and the quiet tail
@@ -190,21 +191,28 @@ class Spotter:
         g = self.grid
         gx, gy = gx[g].ravel(), gy[g].ravel()
         jac = np.stack([gx, gy, gx * self.xc + gy * self.yc, gy * self.xc - gx * self.yc])  # (4, N)
+        ref_g = ref[g].ravel()
         for _ in range(self.cfg.lk_steps):
-            r = (self._warp(cur, p) - ref)[g].ravel()
+            r = self._warp(cur, p, on_grid=True).ravel() - ref_g
             jw = jac * np.minimum(1.0, self.cfg.huber_gray / (np.abs(r) + 1e-6))
             p -= np.linalg.solve((jw @ jac.T).astype(np.float64) + 1e-3 * np.eye(4), (jw @ r).astype(np.float64))
         return self._warp(cur, p), float(np.hypot(p[0], p[1]) + self.c0 * np.hypot(p[2], p[3]))
 
-    def _warp(self, img: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """img sampled at x + t + [[s, -r], [r, s]] (x - c): the crop moved by p = (tx, ty, s, r).
+    def _warp(self, img: np.ndarray, p: np.ndarray, on_grid: bool = False) -> np.ndarray:
+        """img sampled at x + t + [[s, -r], [r, s]] (x - c): the crop moved by p = (tx, ty, s, r);
+        `on_grid`: only at the fit's sample points (a quarter of the pixels: the fit's cost).
 
         Cubic: bilinear sampling at half a pixel blurs, and the blur of a sub-pixel shift would read
         as motion at every edge (and bias the fit)."""
         tx, ty, sc, rot = p
         c = self.c0
         m = np.array([[1 + sc, -rot, tx - sc * c + rot * c], [rot, 1 + sc, ty - rot * c - sc * c]], np.float32)
-        return cv2.warpAffine(img, m, img.shape[::-1], flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+        size = img.shape[::-1]
+        if on_grid:  # x = border + step * u
+            m[:, 2] += m[:, :2] @ np.full(2, self.border, np.float32)
+            m[:, :2] *= 2
+            size = (self.grid_n, self.grid_n)
+        return cv2.warpAffine(img, m, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE)
 
     def _learn(self, d: np.ndarray, first: bool = False) -> None:
