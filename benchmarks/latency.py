@@ -40,6 +40,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"])
     p.add_argument("--queue-size", type=int, default=8)
     p.add_argument("--clip", default=None, help="use this video instead of generating one")
+    p.add_argument("--note", default=None, help="a line added to the report (e.g. how the run was made)")
 
 
 def _rss_mb() -> float:
@@ -165,7 +166,7 @@ def run(args) -> int:
         stop.set()
         if sampler:
             sampler.join()
-            rss.append((rss[-1][0] if rss else 0.0, pipe.frames_processed, _rss_mb()))
+        rss_after = _rss_mb()
         close = getattr(pipe.tracker, "close", None)
         if close:
             close()
@@ -200,8 +201,9 @@ def run(args) -> int:
         "confirm_to_label_p95_ms": None if confirm_p95 is None else round(confirm_p95, 3),
         "events": summary["events"],
         "candidates": summary["candidates"],
+        "note": args.note,
     }
-    if truth is not None:
+    if truth is not None and not memory_mode:  # the truth covers one pass of the clip
         planted = planted_events(truth)
         tp, _ = match_events(keep.events, planted)
         result["spotting"] = {"planted": len(planted), "found": len(keep.events), "true_positives": tp}
@@ -212,14 +214,7 @@ def run(args) -> int:
         f"confirm_p95<={limit_confirm:g}ms": confirm_p95 is not None and confirm_p95 <= limit_confirm,
     }
     if memory_mode:
-        warm = [r for r in rss if r[1] >= 0.1 * n] or rss
-        result["memory"] = {
-            "samples": [[round(t, 2), f, round(m, 1)] for t, f, m in rss],
-            "rss_start_mb": round(warm[0][2], 1),
-            "rss_end_mb": round(rss[-1][2], 1),
-            "rss_max_mb": round(max(r[2] for r in rss), 1),
-            "growth_mb_after_10pct": round(rss[-1][2] - warm[0][2], 1),
-        }
+        result["memory"] = memory_summary(rss, n, rss_after)
     stem = "latency-memory" if memory_mode else "latency"
     write_json(out / f"{stem}.json", result)
     title = (f"mex-bench latency, {env['machine']} ({env['cpu_count']} cpu), {result['engine']}, "
@@ -230,6 +225,25 @@ def run(args) -> int:
     print(md)
     print(f"results in {out}/{stem}.json (.md, .png)")
     return 0
+
+
+def memory_summary(rss: list, n: int, rss_after: float | None = None) -> dict:
+    """RSS at 10 %, 50 % and the end of the run (while it runs), growth over the second half; at most
+    ~200 samples kept for the plot."""
+    def at(frac):
+        return min(rss, key=lambda r: abs(r[1] - frac * n))[2]
+
+    step = max(1, len(rss) // 200)
+    kept = rss[::step] + ([rss[-1]] if (len(rss) - 1) % step else [])
+    return {
+        "samples": [[round(t, 2), int(f), round(m, 1)] for t, f, m in kept],
+        "rss_10pct_mb": round(at(0.1), 1),
+        "rss_50pct_mb": round(at(0.5), 1),
+        "rss_end_mb": round(rss[-1][2], 1),
+        "rss_max_mb": round(max(r[2] for r in rss), 1),
+        "growth_second_half_mb": round(rss[-1][2] - at(0.5), 1),
+        "rss_after_shutdown_mb": None if rss_after is None else round(rss_after, 1),
+    }
 
 
 def _markdown(r: dict) -> str:
@@ -269,12 +283,15 @@ def _markdown(r: dict) -> str:
         "emitted; latency = apex frame captured -> label emitted (includes the frames the spotter must wait for "
         "after the apex; in offline mode those arrive faster than real time).",
     ]
+    if r.get("note"):
+        lines += ["", f"Note: {r['note']}"]
     if "spotting" in r:
         s = r["spotting"]
         lines += ["", f"Spotting on this clip: {s['true_positives']} of {s['planted']} planted found (IoU >= 0.5), "
                       f"{s['found']} events in all."]
     if "memory" in r:
         m = r["memory"]
-        lines += ["", f"Memory: RSS {m['rss_start_mb']} MiB after 10 % of the frames, {m['rss_end_mb']} MiB at the end "
-                      f"(max {m['rss_max_mb']}, growth {m['growth_mb_after_10pct']} MiB)."]
+        lines += ["", f"Memory over {r['frames']} frames (RSS sampled once a second while running): "
+                      f"{m['rss_10pct_mb']} MiB at 10 %, {m['rss_50pct_mb']} MiB at 50 %, {m['rss_end_mb']} MiB at "
+                      f"the end (max {m['rss_max_mb']}); growth over the second half {m['growth_second_half_mb']} MiB."]
     return "\n".join(lines) + "\n"
