@@ -129,6 +129,14 @@ def test_bad_inputs_exit_non_zero_with_a_message(work, tmp_path, capsys):
     bad_model = tmp_path / "bad.onnx"
     bad_model.write_bytes(b"not an onnx file")
     cases.append((["--video", str(work["clip"]), "--model", str(bad_model)], "bad.onnx"))
+    import onnx
+
+    other = onnx.load(str(work["model"]))  # a model made for another feature encoding
+    for prop in other.metadata_props:
+        if prop.key == "mex.encoding_version":
+            prop.value = "some-other-encoding-v9"
+    onnx.save(other, str(tmp_path / "other.onnx"))
+    cases.append((["--video", str(work["clip"]), "--model", str(tmp_path / "other.onnx")], "some-other-encoding-v9"))
     for argv, needle in cases:
         rc = cli.main([*argv, "--no-display"])
         err = capsys.readouterr().err
