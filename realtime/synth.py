@@ -26,7 +26,7 @@ import numpy as np
 FACES = Path(__file__).resolve().parent.parent / "mex" / "assets" / "faces"
 PHOTOS = ("astronaut.jpg", "camera.png")
 
-# Face-mesh landmark indices of the points the warps are placed at (subject's left = image right).
+# Face-mesh landmark indices of the points the warps are placed at (_l / _r: image left / right).
 KEYPOINTS = {
     "eye_l_out": 33, "eye_l_in": 133, "eye_r_in": 362, "eye_r_out": 263,
     "lid_l_up": 159, "lid_l_lo": 145, "lid_r_up": 386, "lid_r_lo": 374,
@@ -187,13 +187,12 @@ def _blink_bumps(face: _Face, shape) -> list[_Bump]:
         opening = float(np.linalg.norm(kp[f"lid_{s}_lo"] - kp[f"lid_{s}_up"]))
         width = float(np.linalg.norm(kp[f"eye_{s}_out"] - kp[f"eye_{s}_in"]))
         center = (kp[f"lid_{s}_up"] + kp[f"lid_{s}_lo"]) / 2
-        b = _Bump(center, -face.up * opening * 1.3, 0.55 * width, 0.9 * opening, face.axis, shape)
-        bumps.append(b)
+        bumps.append(_Bump(center, -face.up * opening * 1.3, 0.55 * width, 0.9 * opening, face.axis, shape))
     return bumps
 
 
-def _frames(seconds_or_s, fps) -> int:
-    return int(round(seconds_or_s * fps))
+def _frames(seconds: float, fps: float) -> int:
+    return int(round(seconds * fps))
 
 
 class _Plan:
