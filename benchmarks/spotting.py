@@ -53,7 +53,7 @@ def conditions(quick: bool) -> list[Condition]:
     ]
 
 
-def spot_clip(spec, config=None, progress=None) -> dict:
+def spot_clip(spec, config=None, progress=None, mesh_every: int = 4) -> dict:
     """Run tracker + spotter over one generated clip; the truth, what was spotted and the per-frame costs."""
     from realtime.metrics import score
     from realtime.packets import Frame
@@ -62,7 +62,7 @@ def spot_clip(spec, config=None, progress=None) -> dict:
     from realtime.tracking import FaceTracker
 
     gt = truth(spec)
-    tracker, spotter = FaceTracker(), Spotter(spec.fps, config)
+    tracker, spotter = FaceTracker(mesh_every=mesh_every), Spotter(spec.fps, config)
     found, track_ms, spot_ms, spot_cpu_ms, faceless = [], [], [], [], 0
     for i, image in enumerate(render(spec)):
         frame = Frame(index=i, t_capture=time.monotonic(), t_video=i / spec.fps, image=image)
@@ -88,6 +88,7 @@ def spot_clip(spec, config=None, progress=None) -> dict:
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="one clip per condition, shorter neutral clips")
     parser.add_argument("--seed", type=int, default=100, help="first clip seed")
+    parser.add_argument("--mesh-every", type=int, default=4, help="tracker: face mesh on every Nth frame")
 
 
 def run(args) -> int:
@@ -109,7 +110,7 @@ def run(args) -> int:
         for ci, cond in enumerate(conds):
             summed, spot_ms, spot_cpu_ms, track_ms = SpotScore(), [], [], []
             for spec in cond.specs(args.seed + 1000 * ci):
-                res = spot_clip(spec, progress=lambda: bar.advance(task))
+                res = spot_clip(spec, progress=lambda: bar.advance(task), mesh_every=args.mesh_every)
                 summed = summed + res["score"]
                 spot_ms.append(res["spot_ms"])
                 spot_cpu_ms.append(res["spot_cpu_ms"])
@@ -146,6 +147,7 @@ def run(args) -> int:
     env = environment()
     out = results_dir(args.out)
     payload = {"benchmark": "spotting", "environment": env, "config": asdict(SpotterConfig()),
+               "tracker": {"mesh_every": args.mesh_every},
                "wall_s": round(wall, 1), "quick": bool(args.quick), "conditions": rows, "clips": clips}
     write_json(out / "spotting.json", payload)
     (out / "spotting.md").write_text(markdown(rows, env, wall))

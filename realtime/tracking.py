@@ -190,7 +190,7 @@ class FaceTracker:
     "no_face" (nothing, or missing for longer), "reacquired" (the first frame with a face again).
     """
 
-    def __init__(self, crop_size: int = 128, backend: str = "auto", *, mesh_every: int = 2,
+    def __init__(self, crop_size: int = 128, backend: str = "auto", *, mesh_every: int = 4,
                  detect_width: int = 320, roi_px: int = 256, max_faces: int = 2,
                  min_cutoff_hz: float = 0.5, beta: float = 0.1, lost_s: float = 0.5):
         if backend not in ("auto", "mediapipe", "haar"):
