@@ -16,43 +16,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
-for mod in ("realtime.synth", "realtime.tracking", "realtime.spotting", "realtime.engines", "mex.features"):
-    pytest.importorskip(mod, reason=f"{mod} has not landed yet")
+from realtime import cli, synth
 
-from realtime import cli, synth  # noqa: E402
-
-
-def _export_random_model(path: Path) -> Path:
-    """A random-init DA-CrossViT as an ONNX artifact with valid metadata (the shipped model may not exist yet)."""
-    import onnx
-    import torch
-
-    from mex.artifact import INPUT_NAME, OUTPUT_NAME, artifact_metadata
-    from mex.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("dacrossvit").eval()
-    meta = artifact_metadata("dacrossvit", model.cfg.to_dict(), {"note": "random init, tests only"})
-    x = torch.rand(1, 3, 28, 28)
-    try:  # the TorchScript exporter: ~2 s here, where export/'s torch.export path takes ~1 min on 2 cores
-        torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, dynamo=False)
-    except Exception:  # a torch without it: the export app's exporter
-        from export.onnx_export import export_onnx, save_onnx
-
-        return save_onnx(export_onnx(model, meta), path)
-    m = onnx.load(str(path))
-    for k, v in meta.items():
-        p = m.metadata_props.add()
-        p.key, p.value = k, v
-    onnx.save(m, str(path))
-    return path
+DEFAULT_MODEL = ROOT / "mex" / "assets" / "default.onnx"
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    model = _export_random_model(d / "model.onnx")
+    model = Path(shutil.copy(DEFAULT_MODEL, d / "model.onnx"))  # the shipped model, as users get it
     spec = synth.ClipSpec(fps=30.0, seconds=4.0, size=(320, 240), events=2, duration_s=(0.2, 0.3),
                           amplitude_px=(2.0, 3.0), face_px=90.0, seed=3)
     clip = d / "clip.mp4"
