@@ -17,7 +17,8 @@ def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     return inter / ((a[1] - a[0] + 1) + (b[1] - b[0] + 1) - inter)
 
 
-def match(spotted: list[tuple[int, int]], truth: list[tuple[int, int]], threshold: float = 0.5) -> list[tuple[int, int]]:
+def match(spotted: list[tuple[int, int]], truth: list[tuple[int, int]],
+          threshold: float = 0.5) -> list[tuple[int, int]]:
     """(spotted index, true index) pairs with IoU >= threshold, one-to-one, best IoU first."""
     pairs = sorted(((iou(s, t), i, j) for i, s in enumerate(spotted) for j, t in enumerate(truth)), reverse=True)
     used_s, used_t, out = set(), set(), []

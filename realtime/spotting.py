@@ -82,7 +82,8 @@ class Spotter:
         self.lag, self.max_len, self.quiet = frames(c.ref_lag_s), frames(c.max_event_s), frames(c.quiet_s)
         self.warmup, self.alpha = frames(c.warmup_s), 1.0 / frames(c.stats_s)
         n = c.work_px
-        self.boxes = {k: (int(x0 * n), int(y0 * n), int(x1 * n), int(y1 * n)) for k, (x0, y0, x1, y1) in REGIONS.items()}
+        self.boxes = {k: (int(x0 * n), int(y0 * n), int(x1 * n), int(y1 * n))
+                      for k, (x0, y0, x1, y1) in REGIONS.items()}
         self.names = list(REGIONS)
         self.window = cv2.createHanningWindow((n // 2, n // 2), cv2.CV_32F)
         self.c0 = n / 2  # the crop's centre, both coordinates

@@ -170,7 +170,8 @@ class _HaarBackend:
             return None
         x, y, bw, bh = max(boxes, key=lambda b: b[2] * b[3]) / scale
         # box corners, then the two eye centres (typical positions inside a Haar face box)
-        return np.array([[x, y], [x + bw, y + bh], [x + 0.3 * bw, y + 0.38 * bh], [x + 0.7 * bw, y + 0.38 * bh]], np.float32)
+        return np.array([[x, y], [x + bw, y + bh], [x + 0.3 * bw, y + 0.38 * bh], [x + 0.7 * bw, y + 0.38 * bh]],
+                        np.float32)
 
     def anchors(self, pts: np.ndarray) -> np.ndarray:
         """Left eye, right eye (no mouth from a box): (2, 2)."""
