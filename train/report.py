@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,7 @@ def ablation_table(runs: list[Path], title: str) -> str:
         pinned = json.loads((run / "run.json").read_text())
         key = json.dumps(pinned["profile"], sort_keys=True)
         groups.setdefault(key, []).append(score_rows(read_predictions(run / "predictions.csv"))["pooled"])
-        labels.setdefault(key, run.name.rsplit("_seed", 1)[0])
+        labels.setdefault(key, re.sub(r"[-_]seed\d+$", "", run.name))
     head = f"### {title}\n\n| configuration | seeds | " + " | ".join(f"{COLUMN_TITLES[c]} UF1 / UAR" for c in COLUMNS) + " |"
     lines = [head, "|---" * (len(COLUMNS) + 2) + "|"]
     for key, scores in groups.items():
