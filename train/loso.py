@@ -142,10 +142,10 @@ def train_members(
             for k, v in (st["ema"] or {}).items():
                 ema[k].copy_(v)
         opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"])
-        torch.set_rng_state(st["torch_rng"])
+        gen.set_state(st["gen"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
+        torch.set_rng_state(st["torch_rng"].cpu())
         if device.type == "cuda" and "cuda_rng" in st:
-            torch.cuda.set_rng_state(st["cuda_rng"])
+            torch.cuda.set_rng_state(st["cuda_rng"].cpu())
         start_epoch, curve, wall_before = st["epoch"], st["curve"], st["wall_s"]
 
     def save_state(epoch: int, wall: float) -> None:
