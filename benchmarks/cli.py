@@ -1,10 +1,11 @@
-"""mex-bench SUBCOMMAND: each benchmark is a module here with `add_arguments(parser)` and `run(args)`."""
+"""mex-bench BENCHMARK: speed, latency and accuracy benchmarks; results go to benchmarks/results/<machine>/."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
+# Each benchmark is a module here with `add_arguments(parser)` and `run(args)`.
 # subcommand -> module under benchmarks/ (imported only when chosen, so one missing extra breaks one benchmark)
 BENCHMARKS = {
     "train": ("benchmarks.train_speed", "LOSO training speed: all folds batched vs one fold"),
