@@ -1,7 +1,6 @@
 """Training side: metrics, batched folds, LOSO outputs, resume, bad data."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys

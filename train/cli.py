@@ -85,7 +85,6 @@ def _profile(args):
 
 
 def cmd_loso(args) -> int:
-    import torch
 
     from mex.composite import load_flow_folder
 

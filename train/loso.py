@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

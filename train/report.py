@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mex.labels import CLASSES, DATASETS
+from mex.labels import CLASSES
 
 from .loso import read_predictions, score_rows
 from .metrics import confusion
