@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mex.models import build_model, num_params
-from train.batched import Members
+from train.batched import Members, autocast, optimizer
 from train.recipes import PROFILES, resolve
 
 from .common import environment, results_dir, write_json
@@ -26,6 +26,8 @@ def add_arguments(p) -> None:
     p.add_argument("--profiles", default="cpu-quick,ours,paper", help="comma-separated profile names (train/recipes.py)")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after 2 warm-up steps)")
+    p.add_argument("--precisions", default="auto",
+                   help="comma-separated fp32,bf16 (forward-pass precision); auto = fp32 on the CPU, fp32,bf16 on CUDA")
 
 
 def _time_steps(step, n: int, device) -> float:
@@ -41,28 +43,32 @@ def _time_steps(step, n: int, device) -> float:
     return (time.perf_counter() - t) / n
 
 
-def measure(profile_name: str, device: torch.device, steps: int) -> dict:
+def measure(profile_name: str, device: torch.device, steps: int, precision: str = "fp32") -> dict:
+    """One training step as train/loso.py takes it (forward under `precision`, fp32 loss, AdamW)."""
     prof = resolve(profile_name)
     r = prof.recipe
     make = lambda: build_model(prof.model, **prof.model_config)  # noqa: E731
     members_n = FOLDS * r.seeds
     stacked = Members(make, members_n, 0, device)
-    opt = torch.optim.AdamW(stacked.params.values(), lr=r.lr)
+    opt = optimizer(stacked.params.values(), r, device)
     x = torch.rand(members_n, r.batch_size, 3, 28, 28, device=device)
     y = torch.randint(0, 3, (members_n, r.batch_size), device=device)
 
     def stacked_step():
-        logits = stacked.forward(stacked.params, x, train=True)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / r.batch_size
+        with autocast(device, precision):
+            logits = stacked.forward(stacked.params, x, train=True)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum") / r.batch_size
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     single = make().to(device).train()
-    opt1 = torch.optim.AdamW(single.parameters(), lr=r.lr)
+    opt1 = optimizer(single.parameters(), r, device)
 
     def single_step():
-        loss = torch.nn.functional.cross_entropy(single(x[0]), y[0])
+        with autocast(device, precision):
+            logits = single(x[0])
+        loss = torch.nn.functional.cross_entropy(logits.float(), y[0])
         opt1.zero_grad(set_to_none=True)
         loss.backward()
         opt1.step()
@@ -73,6 +79,7 @@ def measure(profile_name: str, device: torch.device, steps: int) -> dict:
     schedule_steps = r.epochs * steps_per_epoch
     return {
         "profile": profile_name,
+        "precision": precision,
         "model": prof.model,
         "params": num_params(single),
         "models_stacked": members_n,
@@ -94,18 +101,25 @@ def run(args) -> int:
     unknown = [n for n in names if n not in PROFILES]
     if unknown:
         raise SystemExit(f"--profiles: unknown profile(s) {', '.join(unknown)}; known: {', '.join(PROFILES)}")
+    precisions = (["fp32", "bf16"] if device.type == "cuda" else ["fp32"]) if args.precisions == "auto" \
+        else [p.strip() for p in args.precisions.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in ("fp32", "bf16")]
+    if bad:
+        raise SystemExit(f"--precisions: unknown {', '.join(bad)}; use fp32 and/or bf16")
     console = Console()
     rows = []
     for name in names:
-        console.print(f"timing {name} on {device} ...")
-        rows.append(measure(name, device, args.steps))
+        for precision in precisions:
+            console.print(f"timing {name} ({precision}) on {device} ...")
+            rows.append(measure(name, device, args.steps, precision))
     env = environment()
     table = Table(title=f"LOSO training speed on {env['machine']} ({device})")
-    for col in ("profile", "params", "models", "step stacked", "step 1 model", "schedule stacked", "one after another", "speed-up"):
+    for col in ("profile", "precision", "params", "models", "step stacked", "step 1 model", "schedule stacked", "one after another", "speed-up"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
             r["profile"],
+            r["precision"],
             f"{r['params']:,}",
             str(r["models_stacked"]),
             f"{r['step_ms_stacked']:.1f} ms",
@@ -124,12 +138,12 @@ def run(args) -> int:
         "",
         "Schedule times are extrapolated from timed steps: epochs x ceil(441 / batch) steps.",
         "",
-        "| profile | params | models stacked | step, stacked | step, one model | whole schedule, stacked | one fold after another | speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        "| profile | precision | params | models stacked | step, stacked | step, one model | whole schedule, stacked | one fold after another | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         md.append(
-            f"| {r['profile']} | {r['params']:,} | {r['models_stacked']} | {r['step_ms_stacked']:.1f} ms | {r['step_ms_one_model']:.1f} ms "
+            f"| {r['profile']} | {r['precision']} | {r['params']:,} | {r['models_stacked']} | {r['step_ms_stacked']:.1f} ms | {r['step_ms_one_model']:.1f} ms "
             f"| {_hms(r['schedule_s_stacked'])} | {_hms(r['schedule_s_one_after_another'])} | {r['speedup']:.1f}x |"
         )
     (out / "train_speed.md").write_text("\n".join(md) + "\n")

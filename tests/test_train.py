@@ -13,7 +13,7 @@ import torch
 
 from mex.composite import DataError, load_flow_folder
 from mex.models import build_model
-from train.batched import Members, augment
+from train.batched import Members, augment, resolve_precision
 from train.cli import main as train_main
 from train.loso import read_predictions, score_rows
 from train.metrics import uf1_uar
@@ -89,13 +89,32 @@ def test_loso_writes_predictions_and_results_that_rescore(subset, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert set(res["pooled"]) == {"full", "casme2", "samm", "smic"}
     assert res["pooled"] == score_rows(rows)["pooled"]
-    assert res["folds"] == 6 and res["epochs"] == 2 and res["device"] == "cpu"
+    assert res["folds"] == 6 and res["epochs"] == 2 and res["device"] == "cpu" and res["precision"] == "fp32"
     for r in rows:
         p = [r["p_negative"], r["p_positive"], r["p_surprise"]]
         assert abs(sum(float(v) for v in p) - 1) < 1e-4 and int(np.argmax([float(v) for v in p])) == r["pred"]
     for f in ("report.md", "confusion.png", "curve.png", "curve.csv"):
         assert (out / f).stat().st_size > 0
     assert "DA-CrossViT, the paper" in (out / "report.md").read_text()
+
+
+def test_bf16_forward_trains_and_differs_from_fp32_only_by_rounding(tiny_subset, tmp_path):
+    """--precision bf16 (the default on CUDA) runs the same schedule under autocast; on the CPU it
+    is only checked to train sanely and to stay close to fp32 (the weights and AdamW stay fp32)."""
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="--precision"):
+        resolve_precision("fp16", torch.device("cpu"))
+    probs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2",
+                "--device", "cpu", "--precision", precision, *TINY]
+        assert train_main(args) == 0
+        assert json.loads((out / "results.json").read_text())["precision"] == precision
+        rows = read_predictions(out / "predictions.csv")
+        probs[precision] = np.array([[float(r[c]) for c in ("p_negative", "p_positive", "p_surprise")] for r in rows])
+    assert np.isfinite(probs["bf16"]).all()
+    assert 0 < np.abs(probs["bf16"] - probs["fp32"]).max() < 0.1
 
 
 def test_rerun_with_other_arguments_is_refused(tiny_subset, tmp_path, capsys):

@@ -8,6 +8,7 @@ the sum of the members' own losses (no global-norm clipping, which would couple 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -16,6 +17,31 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .recipes import Recipe
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """"auto" is bf16 on a CUDA GPU that supports it (tensor cores; the weights, AdamW and the loss
+    stay fp32) and fp32 elsewhere (a CPU runs bf16 matmuls slower than fp32)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    """The context the forward pass runs in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def optimizer(params, recipe: Recipe, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the stacked tensors; on CUDA the fused kernel (a few launches per step, not one per tensor)."""
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=device.type == "cuda")
 
 
 class Members:

@@ -37,6 +37,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, help="models per fold whose probabilities are averaged")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="forward-pass precision; auto = bf16 on a CUDA GPU, fp32 on the CPU")
     p.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS", help="how often the resumable state is written")
     p.add_argument(
         "--set",
@@ -101,7 +103,8 @@ def cmd_loso(args) -> int:
     )
     with _progress() as progress:
         results = run_loso(
-            data, prof, out, device, seed=args.seed, eval_every=args.eval_every, progress=progress, save_every_s=args.save_every
+            data, prof, out, device, seed=args.seed, eval_every=args.eval_every, progress=progress, save_every_s=args.save_every,
+            precision=args.precision,
         )
     write_reports(out)
     p = results["pooled"]
@@ -124,7 +127,8 @@ def cmd_fit(args) -> int:
     data = load_flow_folder(args.data)
     with _progress() as progress:
         path = fit_all(
-            data, prof, Path(args.out), pick_device(args.device), args.seed, progress, loso_dir=args.loso, save_every_s=args.save_every
+            data, prof, Path(args.out), pick_device(args.device), args.seed, progress, loso_dir=args.loso, save_every_s=args.save_every,
+            precision=args.precision,
         )
     console.print(f"wrote {path}")
     return 0
@@ -138,7 +142,8 @@ def cmd_study(args) -> int:
 
     data = load_flow_folder(args.data)
     with _progress() as progress:
-        table = run_study(args.study, args.profile, data, Path(args.out), pick_device(args.device), args.seeds, args.epochs, progress)
+        table = run_study(args.study, args.profile, data, Path(args.out), pick_device(args.device), args.seeds, args.epochs, progress,
+                           args.precision)
     print(table.read_text())
     return 0
 
@@ -181,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="runs per configuration (seeds 0..N-1) for mean ± std")
     p.add_argument("--epochs", type=int)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.set_defaults(func=cmd_study)
     p = sub.add_parser("prepare", help="raw CASME II / SAMM / SMIC-HS frames -> a composite-format folder (cached)")
     add_prepare_arguments(p)

@@ -12,16 +12,21 @@ from mex.checkpoint import save_checkpoint
 from mex.composite import FlowSet
 from mex.models import build_model
 
+from .batched import resolve_precision
 from .loso import pin_run, train_members
 
 
-def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, progress=None, loso_dir: str | None = None, save_every_s: float = 30.0) -> Path:
+def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, progress=None, loso_dir: str | None = None, save_every_s: float = 30.0,
+            precision: str = "auto") -> Path:
     """Same trainer as LOSO with a single fold whose test set is empty; writes OUT/model.pt."""
     out.mkdir(parents=True, exist_ok=True)
     profile = dataclasses.replace(profile, recipe=dataclasses.replace(profile.recipe, seeds=1))
     train_mask = torch.ones(1, len(data), dtype=torch.bool, device=device)
-    pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "fit": True})
-    members, params, _, wall = train_members(data, train_mask, profile, out, device, seed, progress, save_every_s=save_every_s)
+    precision = resolve_precision(precision, device)
+    pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "fit": True,
+                  "precision": precision})
+    members, params, _, wall = train_members(data, train_mask, profile, out, device, seed, progress,
+                                             save_every_s=save_every_s, precision=precision)
     model = members.member(0, params, make=lambda: build_model(profile.model, **profile.model_config))
     loso = {}
     if loso_dir:
@@ -31,6 +36,7 @@ def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, 
         "data": {"folder": str(data.root), "clips": len(data), "subjects": len(data.subjects), "classes_count": np.bincount(data.y).tolist()},
         "profile": profile.to_dict(),
         "seed": seed,
+        "precision": precision,
         "wall_s": round(wall, 1),
         "loso": loso,
     }

@@ -22,7 +22,7 @@ from mex.composite import FlowSet
 from mex.labels import CLASSES, DATASETS, NUM_CLASSES
 from mex.models import build_model, num_params
 
-from .batched import Members, augment, lr_factor
+from .batched import Members, augment, autocast, lr_factor, optimizer, resolve_precision
 from .metrics import uf1_uar
 from .recipes import Profile
 
@@ -59,12 +59,15 @@ def run_loso(
     eval_every: int = 10,
     progress=None,
     save_every_s: float = 30.0,
+    precision: str = "auto",
 ) -> dict:
     """Train and score; writes OUT/predictions.csv, OUT/curve.csv, OUT/results.json. Returns results."""
     out.mkdir(parents=True, exist_ok=True)
     subjects, fold_of = loso_folds(data)
     n_folds, n_seeds = len(subjects), profile.recipe.seeds
-    pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": subjects})
+    precision = resolve_precision(precision, device)
+    pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": subjects,
+                  "precision": precision})
 
     fold = torch.from_numpy(fold_of).to(device)
     # member m = (fold m // n_seeds, seed m % n_seeds)
@@ -77,7 +80,7 @@ def run_loso(
         return uf1_uar(*_pooled(_predict(members, params, x, test_idx, n_seeds), y, test_idx))
 
     members, params, curve, wall = train_members(
-        data, train_mask, profile, out, device, seed, progress, evaluate, eval_every, save_every_s
+        data, train_mask, profile, out, device, seed, progress, evaluate, eval_every, save_every_s, precision
     )
     probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds)
     rows = _prediction_rows(data, subjects, probs, test_idx)
@@ -93,6 +96,7 @@ def run_loso(
         epochs=recipe.epochs,
         seed=seed,
         device=str(device) + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""),
+        precision=precision,
         wall_s=round(wall, 1),
         params_per_model=num_params(build_model(profile.model, **profile.model_config)),
         profile=profile.to_dict(),
@@ -113,17 +117,19 @@ def train_members(
     evaluate=None,
     eval_every: int = 10,
     save_every_s: float = 30.0,
+    precision: str = "fp32",
 ):
     """Train one model per row of `train_mask` (members x clips, True = train on it), all at once.
 
-    Resumes from OUT/state.pt. Returns (members, the weights to evaluate, curve, wall seconds).
+    `precision` ("fp32" | "bf16", see batched.resolve_precision) is the forward pass's; weights, AdamW
+    state and the loss are fp32 either way. Resumes from OUT/state.pt. Returns (members, the weights to evaluate, curve, wall seconds).
     `evaluate(members, params, x) -> {"uf1", "uar"}` draws the curve every `eval_every` epochs.
     """
     recipe = profile.recipe
     x = torch.from_numpy(data.x).to(device)
     y = torch.from_numpy(data.y).to(device)
     members = Members(lambda: build_model(profile.model, **profile.model_config), train_mask.shape[0], seed, device)
-    opt = torch.optim.AdamW(members.params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    opt = optimizer(members.params.values(), recipe, device)
     ema = {k: v.detach().clone() for k, v in members.params.items()} if recipe.ema > 0 else None
     class_w = _class_weights(y, train_mask) if recipe.class_balanced else None
     gen = torch.Generator(device=device)
@@ -170,6 +176,7 @@ def train_members(
     task = progress.add_task(f"{members.n} models", total=recipe.epochs, completed=start_epoch, info="") if progress else None
     t0 = last_save = time.perf_counter()
     loss_value = float("nan")
+    ema_pairs = (list(ema.values()), list(members.params.values())) if ema is not None else None
     for epoch in range(start_epoch, recipe.epochs):
         order, valid = _epoch_order(train_mask, n_train_max, gen)
         for step in range(steps_per_epoch):
@@ -184,17 +191,18 @@ def train_members(
             if recipe.mixup > 0:
                 xb, target = _mixup(xb, target, ok, recipe.mixup, gen)
             weight = ok if class_w is None else ok * (target * class_w[:, None, :]).sum(-1)
-            logits = members.forward(members.params, xb, train=True)
-            ce = -(target * logits.log_softmax(-1)).sum(-1)  # (members, B)
+            with autocast(device, precision):
+                logits = members.forward(members.params, xb, train=True)
+            ce = -(target * logits.float().log_softmax(-1)).sum(-1)  # (members, B)
             loss = ((ce * weight).sum(1) / weight.sum(1).clamp_min(1e-6)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if ema is not None:
+            if ema_pairs is not None:
                 with torch.no_grad():
-                    for k, v in members.params.items():
-                        ema[k].lerp_(v, 1 - recipe.ema)
-            loss_value = loss.item() / members.n
+                    torch._foreach_lerp_(*ema_pairs, 1 - recipe.ema)
+        # read once per epoch: .item() waits for the device, which would stall a GPU every step
+        loss_value = loss.item() / members.n
         done = epoch + 1
         info = f"loss {loss_value:.4f}"
         if evaluate and (done % eval_every == 0 or done == recipe.epochs):

@@ -47,7 +47,8 @@ def configurations(study: str, profile_name: str, epochs: int | None) -> list[tu
     return out
 
 
-def run_study(study: str, profile_name: str, data, out: Path, device, seeds: int, epochs: int | None, progress=None) -> Path:
+def run_study(study: str, profile_name: str, data, out: Path, device, seeds: int, epochs: int | None, progress=None,
+              precision: str = "auto") -> Path:
     from .loso import run_loso
     from .report import ablation_table, write_reports
 
@@ -57,7 +58,7 @@ def run_study(study: str, profile_name: str, data, out: Path, device, seeds: int
         for seed in range(seeds):
             run = out / f"{name}_seed{seed}"
             if not (run / "results.json").exists():
-                run_loso(data, prof, run, device, seed=seed, progress=progress)
+                run_loso(data, prof, run, device, seed=seed, progress=progress, precision=precision)
                 write_reports(run)
             runs.append(run)
     table = out / f"{study}.md"
