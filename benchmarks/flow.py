@@ -43,6 +43,11 @@ def add_arguments(p) -> None:
                    help="torch CPU threads for torch-cpu (default 1: the solve is many tiny ops, and OpenMP "
                         "fork/join on a shared 2-core machine made it ~15x slower)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-reference", metavar="NPZ",
+                   help="also save the synthetic pairs, their true flow and OpenCV's CPU flow to this file")
+    p.add_argument("--reference", metavar="NPZ",
+                   help="take pairs, truth and OpenCV's flow from a --save-reference file instead: parity "
+                        "against OpenCV on a machine without opencv-contrib (the GPU machine)")
 
 
 def _backend(label: str):
@@ -125,6 +130,18 @@ def _measure(label: str, args, onset, apex, truth, reference, reference_features
     return row
 
 
+def _load_reference(args):
+    """(onset, apex, truth, OpenCV flow) from a --save-reference file; its size and seed replace the flags'."""
+    try:
+        ref = np.load(args.reference)
+        onset, apex, truth, flow = (ref[k] for k in ("onset", "apex", "truth", "opencv_flow"))
+        args.size, args.seed = int(ref["size"]), int(ref["seed"])
+    except (OSError, KeyError, ValueError) as e:
+        raise SystemExit(f"--reference {args.reference}: not a file written by --save-reference ({e})") from None
+    args.pairs = len(onset)
+    return onset.astype(np.float32), apex.astype(np.float32), truth, flow
+
+
 def _markdown(env: dict, args, rows: list[dict]) -> str:
     lines = [
         f"# mex-bench flow on {env['machine']} ({env.get('gpu', env['cpu'])}, {env['cpu_count']} CPUs)",
@@ -162,14 +179,26 @@ def run(args) -> int:
     # the machine may be shared: the 1-minute load average before the run says how far to trust timings
     env["load_average_1min"] = os.getloadavg()[0]
     labels = args.backends.split(",") if args.backends else _default_labels()
-    pairs = synthetic_pairs(args.pairs, args.size, seed=args.seed)
-    onset = np.stack([p.onset for p in pairs]).astype(np.float32)
-    apex = np.stack([p.apex for p in pairs]).astype(np.float32)
-    truth = np.stack([p.flow for p in pairs])
     reference = reference_features = None
-    if "cpu" in labels:
-        u, v = crop_flow(onset, apex, _backend("cpu"))
-        reference, reference_features = np.stack([u, v], axis=1), flow_to_features(u, v)
+    if args.reference:
+        onset, apex, truth, reference = _load_reference(args)
+        reference_features = flow_to_features(reference[:, 0], reference[:, 1])
+        env["reference"] = args.reference
+    else:
+        pairs = synthetic_pairs(args.pairs, args.size, seed=args.seed)
+        onset = np.stack([p.onset for p in pairs]).astype(np.float32)
+        apex = np.stack([p.apex for p in pairs]).astype(np.float32)
+        truth = np.stack([p.flow for p in pairs])
+        if "cpu" in labels or args.save_reference:
+            u, v = crop_flow(onset, apex, _backend("cpu"))
+            reference, reference_features = np.stack([u, v], axis=1), flow_to_features(u, v)
+        if args.save_reference:
+            import cv2
+
+            np.savez_compressed(args.save_reference, onset=onset.astype(np.uint8), apex=apex.astype(np.uint8),
+                                truth=truth, opencv_flow=reference, size=args.size, seed=args.seed,
+                                opencv=cv2.__version__)
+            print(f"wrote {args.save_reference}")
 
     rows = [_measure(label, args, onset, apex, truth, reference, reference_features) for label in labels]
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA GPU, as one prepared run for a session lent one (about 7.5 minutes at most).
+#
+# The GPU machine has torch + CUDA, Triton, numpy 2, onnxruntime (CPU) and OpenCV without contrib: no
+# mediapipe, no TensorRT, no cv2.optflow. So flow parity against OpenCV's CPU TV-L1 uses a reference
+# file made beforehand on a CPU machine (ignored by git, carried to the GPU machine):
+#
+#   echo /.gpu/ >> .git/info/exclude
+#   .venv/bin/mex-bench flow --backends cpu --save-reference .gpu/flow-reference.npz --out .gpu/cpu-flow
+#
+# then, on the GPU machine, from the repository root (the `device` tool: carry [".gpu"], timeout 540):
+#
+#   bash benchmarks/gpu_session.sh
+#
+# Results: $OUT/gpu-results.tgz (benchmark folders, the LOSO run's small files) and $OUT/log.txt.
+# Each step has its own time limit, so one slow step cannot eat the others' time.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/gpu-session}
+work=/tmp/gpu-session-work
+mkdir -p "$OUT" "$work/results"
+log=$OUT/log.txt
+py=python3
+
+step() {  # step SECONDS command...: run, log, and go on whatever it returns
+  local limit=$1; shift
+  echo "== $(date -u +%T) [$limit s] $*" | tee -a "$log"
+  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  echo "== exit ${PIPESTATUS[0]}" | tee -a "$log"
+}
+
+step 30 $py -c "import torch, numpy, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+torch.cuda.get_device_name(0), '| numpy', numpy.__version__, '| triton', triton.__version__)"
+step 20 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used --format=csv
+
+# Tests that only run with CUDA (they skip on the CPU machines): CUDA-graph engine, torch/Triton TV-L1.
+step 90 $py -m pytest -q -p no:cacheprovider -x tests/test_engines.py tests/test_features.py -k "cuda or triton or torch"
+
+if [ -f .gpu/flow-reference.npz ]; then
+  step 60 $py -m benchmarks.cli flow --reference .gpu/flow-reference.npz --out "$work/results/flow"
+else
+  echo "no .gpu/flow-reference.npz (see the top of this script): flow without OpenCV parity" | tee -a "$log"
+  step 60 $py -m benchmarks.cli flow --out "$work/results/flow"
+fi
+step 45 $py -m benchmarks.cli engines --iters 2000 --out "$work/results/engines"
+step 60 $py -m benchmarks.cli train --device cuda --profiles ours,paper --out "$work/results/train"
+
+# The recipe's real LOSO run: 68 folds x 3 seeds, bf16; resumable, so a cut-off run can be continued.
+step 150 $py -m train.cli loso --profile ours --device cuda --out "$work/loso-ours-cuda"
+mkdir -p "$work/results/loso-ours-cuda"
+cp "$work"/loso-ours-cuda/{results.json,predictions.csv,curve.csv,report.md,confusion.png,curve.png,run.json} \
+  "$work/results/loso-ours-cuda/" 2>/dev/null
+
+tar -czf "$OUT/gpu-results.tgz" -C "$work" results
+echo "wrote $OUT/gpu-results.tgz and $log"
