@@ -129,55 +129,159 @@ def test_masked_iterations_do_not_change_the_flow(check_every):
     torch.testing.assert_close(v_rarely, v_every)
 
 
-FUSED_STEP_CHECK = textwrap.dedent("""
+FUSED_SOLVE_CHECK = textwrap.dedent("""
+    import numpy as np
     import torch
-    from mex.features.tvl1_torch import FLOAT_EPS, inner_step
-    from mex.features.tvl1_triton import fused_inner_step
+    from mex.features import tvl1_triton
+    from mex.features.synthetic import synthetic_pairs
+    from mex.features.tvl1_torch import FLOAT_EPS, TVL1, TVL1Params, median_blur
 
+    torch.set_num_threads(1)
+    # Tiles smaller than the images and not dividing them (the GPU configs are 512 / 1024 px).
+    tvl1_triton.SMALL_BATCH_CONFIG = tvl1_triton.LARGE_BATCH_CONFIG = (256, 4)
+
+    # The median: one launch with no inner iterations applies it once per outer iteration.
     g = torch.Generator().manual_seed(0)
-    b, h, w = 2, 19, 37  # 16 x 32 tiles that do not divide the image
-    rand = lambda scale: torch.randn(b, h, w, generator=g) * scale
-    u1, u2, p11, p12, p21, p22, i1wx, i1wy, rho_c = (rand(s) for s in (0.5, 0.5, .1, .1, .1, .1, 20, 20, 10))
-    grad = i1wx ** 2 + i1wy ** 2
-    state = [u1, u2, p11, p12, p21, p22, torch.tensor([float("inf"), 1e-9])]  # pair 1 has converged
-    eager = list(state)
-    kw = dict(l_t=0.045, theta=0.3, taut=0.25 / 0.3, scaled_epsilon=1e-4 * h * w, float_eps=FLOAT_EPS)
-    for _ in range(2):
-        state = fused_inner_step(*state[:6], i1wx, i1wy, grad, rho_c, state[6], **kw)
-        eager = inner_step(*eager[:6], i1wx, i1wy, grad, rho_c, eager[6], **kw)
-    for name, a, e in zip("u1 u2 p11 p12 p21 p22 error".split(), state, eager):
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=name)
-    assert torch.equal(state[0][1], u1[1]), "a converged pair must stay frozen"
-    print("fused step ok")
+    u1, u2 = torch.randn(2, 2, 19, 23, generator=g)
+    u2[1, :, 7] = 1.5  # ties
+    zeros = [torch.zeros_like(u1) for _ in range(8)]
+    iterations = torch.zeros(2, dtype=torch.int32)
+    kw = dict(l_t=0.045, theta=0.3, taut=0.25 / 0.3, scaled_epsilon=1.0, float_eps=FLOAT_EPS, inner_iterations=0)
+    for outer in (1, 2):
+        m1, m2 = u1.clone(), u2.clone()
+        tvl1_triton.solve_warp(m1, m2, *zeros, iterations, outer_iterations=outer, median_filtering=5, **kw)
+        e1, e2 = u1, u2
+        for _ in range(outer):
+            e1, e2 = median_blur(e1, 5), median_blur(e2, 5)
+        assert torch.equal(m1, e1) and torch.equal(m2, e2), f"median x{outer} differs from median_blur"
+
+    # The whole solve against the eager solver: 2 pairs of 24x28, levels 24x28 and 19x22.
+    items = synthetic_pairs(1, 28, seed=5)
+    onset = torch.tensor(items[0].onset, dtype=torch.float32)[2:26]
+    apex = torch.tensor(items[0].apex, dtype=torch.float32)[2:26]
+    i0 = torch.stack([onset, onset])
+    i1 = torch.stack([apex, onset + 0.1 * (apex - onset)])  # pair 1: a tenth of the motion, converges early
+    params = TVL1Params(nscales=2, warps=2, inner_iterations=8, outer_iterations=3, epsilon=0.03)
+    fused = TVL1(params, fused=True)
+    u_fused, v_fused = fused(i0, i1)
+    eager = TVL1(params, check_every=1)
+    u_eager, v_eager = eager(i0, i1)
+    torch.testing.assert_close(u_fused, u_eager, rtol=0, atol=1e-4)
+    torch.testing.assert_close(v_fused, v_eager, rtol=0, atol=1e-4)
+    assert u_eager.abs().max() > 0.5  # a real flow, not two zero fields
+    # Each pair stopped exactly where the eager solver stops it when it is solved alone.
+    alone = []
+    for k in range(2):
+        solver = TVL1(params, check_every=1)
+        solver(i0[k:k + 1], i1[k:k + 1])
+        alone.append(solver.inner_iterations_run)
+    per_pair = fused.iterations_per_pair.tolist()
+    assert per_pair == alone, (per_pair, alone)
+    full = params.nscales * params.warps * params.outer_iterations * params.inner_iterations
+    # pair 0 runs some warps to the full count and converges in others; pair 1 converges early
+    assert full - 3 * params.inner_iterations < per_pair[0] < full and per_pair[1] < full // 2, per_pair
+    print("fused solve ok", per_pair)
 """)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-def test_fused_triton_step_equals_eager_step():
-    """The fused Triton kernel, run by Triton's CPU interpreter (it has not run on a GPU here)."""
+def test_fused_triton_solve_equals_eager_solver():
+    """The per-(level, warp) Triton kernel, run by Triton's CPU interpreter (it has not run on a GPU):
+    its 5x5 median equals median_blur exactly, its flow equals the eager solver's up to float rounding,
+    and each pair runs as many inner iterations as the eager solver gives it (one pair converges early)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when kernels are decorated: own process
-    done = subprocess.run([sys.executable, "-c", FUSED_STEP_CHECK], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", FUSED_SOLVE_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def median25_network() -> list[tuple[int, int, str]]:
+    """The comparator network of tvl1_triton._median25, read from its source (no Triton import):
+    (a, b, kind) per statement, kind "both" for `va, vb = min, max`, "min" / "max" for one output."""
+    import ast
+
+    source = open(os.path.join(os.path.dirname(__file__), "..", "mex", "features", "tvl1_triton.py")).read()
+    function = next(f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef) and f.name == "_median25")
+
+    def call(node, name):  # tl.<name>(vA, vB) -> (A, B)
+        assert isinstance(node, ast.Call) and ast.unparse(node.func) == f"tl.{name}", ast.unparse(node)
+        return tuple(int(arg.id[1:]) for arg in node.args)
+
+    network = []
+    for statement in function.body[1:-1]:  # between the docstring and the return
+        assert isinstance(statement, ast.Assign), ast.unparse(statement)
+        target, value = statement.targets[0], statement.value
+        if isinstance(target, ast.Tuple):
+            a, b = call(value.elts[0], "minimum")
+            assert call(value.elts[1], "maximum") == (a, b) and [t.id for t in target.elts] == [f"v{a}", f"v{b}"]
+            network.append((a, b, "both"))
+        elif isinstance(value, ast.Call) and ast.unparse(value.func) == "tl.minimum":
+            a, b = call(value, "minimum")
+            assert target.id == f"v{a}", ast.unparse(statement)
+            network.append((a, b, "min"))
+        else:
+            a, b = call(value, "maximum")
+            assert target.id == f"v{b}", ast.unparse(statement)
+            network.append((a, b, "max"))
+    assert ast.unparse(function.body[-1]) == "return v12"
+    return network
+
+
+def test_median_network_selects_the_median_of_25():
+    """0-1 principle: a min/max network that returns the 13th smallest of every 0/1 input does so for
+    every input. All 2^25 inputs, bit-parallel: wires 0..19 enumerate 2^20 inputs as bits of uint64
+    words, wires 20..24 are constant per round. Then random floats against numpy's median."""
+    network = median25_network()
+    assert len(network) == 113
+    n = np.arange(1 << 20, dtype=np.uint32)
+    popcount = np.zeros(n.shape, np.int64)
+    for bit in range(20):
+        popcount += (n >> bit) & 1
+    low = [np.packbits(((n >> bit) & 1).astype(bool), bitorder="little").view(np.uint64) for bit in range(20)]
+    ones, zeros = np.full_like(low[0], np.iinfo(np.uint64).max), np.zeros_like(low[0])
+    for high in range(32):
+        v = low + [ones if (high >> bit) & 1 else zeros for bit in range(5)]
+        for a, b, kind in network:
+            lo, hi = v[a] & v[b], v[a] | v[b]
+            if kind != "max":
+                v[a] = lo
+            if kind != "min":
+                v[b] = hi
+        expected = np.packbits(popcount + bin(high).count("1") >= 13, bitorder="little").view(np.uint64)
+        assert np.array_equal(v[12], expected), f"wrong median for some input with high bits {high:05b}"
+
+    values = np.random.default_rng(0).standard_normal((25, 1000)).astype(np.float32)
+    values[:, :10] = np.round(values[:, :10])  # ties
+    v = list(values)
+    for a, b, kind in network:
+        lo, hi = np.minimum(v[a], v[b]), np.maximum(v[a], v[b])
+        v[a], v[b] = (lo if kind != "max" else v[a]), (hi if kind != "min" else v[b])
+    np.testing.assert_array_equal(v[12], np.median(values, axis=0))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 @pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 def test_fused_triton_kernel_compiles_for_h100():
-    """Ahead-of-time compile to an sm_90 cubin (Triton's bundled ptxas): no GPU needed, none used."""
+    """Ahead-of-time compile to sm_90 cubins (Triton's bundled ptxas) in both launch configurations,
+    without spilling: no GPU needed, none used."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from mex.features.tvl1_triton import BLOCK_H, BLOCK_W, _inner_step_kernel
+    from mex.features.tvl1_triton import LARGE_BATCH_CONFIG, SMALL_BATCH_CONFIG, _warp_kernel
 
-    pointers = ("u1 u2 p11 p12 p21 p22 i1wx i1wy grad rho error_in u1o u2o p11o p12o p21o p22o error_out").split()
+    pointers = "u1 u2 p11 p12 p21 p22 i1wx i1wy grad rho m1 m2".split()
     signature = {f"{name}_ptr": "*fp32" for name in pointers}
-    signature.update(H="i32", W="i32", l_t="fp32", theta="fp32", taut="fp32", scaled_epsilon="fp32",
-                     float_eps="fp32", BLOCK_H="constexpr", BLOCK_W="constexpr")
-    source = ASTSource(fn=_inner_step_kernel, signature=signature, constexprs={"BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W})
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-    assert kernel.asm["cubin"]
+    signature.update(iterations_ptr="*i32", H="i32", W="i32", outer_iterations="i32", inner_iterations="i32",
+                     l_t="fp32", theta="fp32", taut="fp32", scaled_epsilon="fp32", float_eps="fp32",
+                     MEDIAN="constexpr", BLOCK="constexpr")
+    for block, num_warps in (SMALL_BATCH_CONFIG, LARGE_BATCH_CONFIG):
+        source = ASTSource(fn=_warp_kernel, signature=signature, constexprs={"MEDIAN": True, "BLOCK": block})
+        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": num_warps, "num_stages": 1})
+        assert kernel.asm["cubin"]
+        assert "bar.sync" in kernel.asm["ptx"]  # the phase barriers survived compilation
+        assert ".local" not in kernel.asm["ptx"], f"BLOCK={block}, {num_warps} warps spills registers"
 
 
 def test_resize_weights_match_opencv():

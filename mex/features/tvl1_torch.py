@@ -16,8 +16,12 @@ Batching: every pair keeps its own stopping state. A pair that has converged is 
 (torch.where) instead of a Python branch, so extra iterations never change a result. The host asks
 "has every pair converged?" every `check_every` inner iterations (and before each outer iteration)
 and stops early if so: 1 on the CPU, where the check is free; larger on a GPU, where each check is a
-device synchronisation; None never asks: fixed iteration counts, no host synchronisation, so the
-solve can be captured whole in a CUDA graph.
+device synchronisation; None never asks: fixed iteration counts, no host synchronisation.
+
+fused=True (CUDA + Triton; tvl1_triton.py) replaces the outer and inner loops of each warp by one
+Triton launch for the whole batch, which applies the same stopping rule per pair on the device: no
+host synchronisation and no wasted iterations, so the whole solve can be captured in a CUDA graph
+(backends.TorchFlow does). `check_every` is then unused.
 
 Only the default gamma = 0 (no illumination term) and useInitialFlow = false are implemented.
 """
@@ -172,14 +176,20 @@ class TVL1:
         self.params = params
         self.check_every = check_every
         self.fused = fused
-        if fused:  # Triton is optional: imported only when the fused step is asked for
-            from .tvl1_triton import fused_inner_step
+        if fused:  # Triton is optional: imported only when the fused solve is asked for
+            from .tvl1_triton import MEDIAN_SIZE, solve_warp
 
-            self._inner_step = fused_inner_step
-        else:
-            self._inner_step = inner_step
+            if params.median_filtering > 1 and params.median_filtering != MEDIAN_SIZE:
+                raise ValueError(f"fused=True implements only a {MEDIAN_SIZE}x{MEDIAN_SIZE} median, "
+                                 f"not median_filtering={params.median_filtering}")
+            self._solve_warp = solve_warp
         self._plans: dict[tuple, list] = {}
-        self.inner_iterations_run = 0  # inner iterations executed in the last call (all levels)
+        # Eager: inner iterations the batch ran in the last call (all levels; a batch iterates while any
+        # of its pairs does). Fused: None, see iterations_per_pair.
+        self.inner_iterations_run: int | None = 0
+        # Fused only: (B,) int32 on the device, inner iterations each pair ran in the last call (all
+        # levels and warps), written by the kernel (reading it synchronises).
+        self.iterations_per_pair: torch.Tensor | None = None
 
     def _plan(self, height: int, width: int, device: torch.device) -> list:
         """Per level: (size, down-resize rows/cols from the finer level, up-resize to the finer level)."""
@@ -213,12 +223,17 @@ class TVL1:
             rows, cols = down
             pyramid.append((_resize(pyramid[-1][0], rows, cols), _resize(pyramid[-1][1], rows, cols)))
 
-        self.inner_iterations_run = 0
+        if self.fused:
+            self.inner_iterations_run = None
+            self.iterations_per_pair = torch.zeros(b, dtype=torch.int32, device=i0.device)
+        else:
+            self.inner_iterations_run = 0
         (ch, cw), _, _ = plan[-1]
         u1 = i0.new_zeros(b, ch, cw)
         u2 = i0.new_zeros(b, ch, cw)
         for level in range(len(plan) - 1, -1, -1):
-            u1, u2 = self._solve_level(*pyramid[level], u1, u2)
+            solve = self._solve_level_fused if self.fused else self._solve_level
+            u1, u2 = solve(*pyramid[level], u1, u2)
             if level > 0:
                 rows, cols = plan[level][2]
                 u1 = _resize(u1, rows, cols) / self.params.scale_step
@@ -240,8 +255,7 @@ class TVL1:
         p11, p12, p21, p22 = (torch.zeros_like(i0) for _ in range(4))
 
         for _ in range(p.warps):
-            # contiguous: the fused step indexes every (B, H, W) buffer as b * H * W + y * W + x
-            i1w, i1wx, i1wy = (t.contiguous() for t in warp_bicubic(source, u1, u2).unbind(dim=1))
+            i1w, i1wx, i1wy = warp_bicubic(source, u1, u2).unbind(dim=1)
             grad = i1wx * i1wx + i1wy * i1wy
             rho_c = i1w - i1wx * u1 - i1wy * u2 - i0
             # Per-pair squared update of the last inner iteration; +inf = "not converged yet".
@@ -257,7 +271,29 @@ class TVL1:
                     if self._all_converged(error, scaled_epsilon, k):
                         break
                     self.inner_iterations_run += 1
-                    u1, u2, p11, p12, p21, p22, error = self._inner_step(
+                    u1, u2, p11, p12, p21, p22, error = inner_step(
                         u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, error,
                         l_t=l_t, theta=p.theta, taut=taut, scaled_epsilon=scaled_epsilon, float_eps=FLOAT_EPS)
+        return u1, u2
+
+    def _solve_level_fused(self, i0, i1, u1, u2):
+        """_solve_level with each warp's outer and inner loops in one Triton launch (tvl1_triton)."""
+        p = self.params
+        h, w = i0.shape[1:]
+        i1x, i1y = centred_gradient(i1)
+        source = torch.stack((i1, i1x, i1y), dim=1)
+        # The kernel updates u and p in place (u1, u2 are __call__'s own) and indexes every (B, H, W)
+        # buffer as b * H * W + y * W + x: contiguous.
+        u1, u2 = u1.contiguous(), u2.contiguous()
+        duals = [torch.zeros_like(u1) for _ in range(4)]
+        scratch = (torch.empty_like(u1), torch.empty_like(u1))
+        for _ in range(p.warps):
+            i1w, i1wx, i1wy = (t.contiguous() for t in warp_bicubic(source, u1, u2).unbind(dim=1))
+            grad = i1wx * i1wx + i1wy * i1wy
+            rho_c = i1w - i1wx * u1 - i1wy * u2 - i0
+            self._solve_warp(u1, u2, *duals, i1wx, i1wy, grad, rho_c, self.iterations_per_pair,
+                             l_t=p.lam * p.theta, theta=p.theta, taut=p.tau / p.theta,
+                             scaled_epsilon=p.epsilon * p.epsilon * h * w, float_eps=FLOAT_EPS,
+                             inner_iterations=p.inner_iterations, outer_iterations=p.outer_iterations,
+                             median_filtering=p.median_filtering, scratch=scratch)
         return u1, u2
