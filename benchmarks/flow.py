@@ -12,6 +12,11 @@ Per backend, in one run on one machine:
   backend's EPE as a ratio of OpenCV's (issue 3 target <= 1.10), and the lowest and mean correlation
   of its encoded 3x28x28 features with the CPU path's (target >= 0.98).
 
+Backend labels: cpu, opencv-cuda, torch (on CUDA with Triton: one Triton launch per pyramid level
+and warp, the whole solve replayed as a CUDA graph), torch-nograph (the same kernels without the
+graph), torch-eager (the eager torch loop on CUDA), torch-cpu (the torch solver on the CPU). The
+torch variants on CUDA report the inner iterations of the last batch (per pair for the Triton path).
+
 Issue 3 speed targets (one H100, 128x128): one pair <= 2 ms; batches of 256 >= 5,000 pairs/s.
 """
 from __future__ import annotations
@@ -38,7 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cpu-batch", type=int, default=16, help="throughput batch for CPU backends (default 16)")
     p.add_argument("--repeats", type=int, default=5, help="batch-1 calls for the latency median (default 5)")
     p.add_argument("--backends", default=None,
-                   help="comma-separated: cpu, opencv-cuda, torch, torch-cpu (default: all available here)")
+                   help="comma-separated: cpu, opencv-cuda, torch, torch-nograph, torch-eager, torch-cpu "
+                        "(default: all available here; the torch-* variants are only run when named)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch CPU threads for torch-cpu (default 1: the solve is many tiny ops, and OpenMP "
                         "fork/join on a shared 2-core machine made it ~15x slower)")
@@ -51,11 +57,15 @@ def add_arguments(p) -> None:
 
 
 def _backend(label: str):
-    """A backend label -> FlowBackend. torch-cpu forces the torch solver onto the CPU."""
+    """A backend label -> FlowBackend. torch-cpu forces the torch solver onto the CPU; torch-nograph
+    and torch-eager are the CUDA solver without the CUDA graph and without the Triton kernel."""
     from mex.features import get_backend
     from mex.features.backends import TorchFlow
 
-    return TorchFlow("cpu") if label == "torch-cpu" else get_backend(label)
+    variants = {"torch-cpu": lambda: TorchFlow("cpu"),
+                "torch-nograph": lambda: TorchFlow("cuda", cuda_graph=False),
+                "torch-eager": lambda: TorchFlow("cuda", fused=False)}
+    return variants[label]() if label in variants else get_backend(label)
 
 
 def _default_labels() -> list[str]:
@@ -123,8 +133,14 @@ def _measure(label: str, args, onset, apex, truth, reference, reference_features
     row["pairs_per_s"] = batch / (time.perf_counter() - t0)
     solver = getattr(backend, "solver", None)
     if solver is not None:
-        row["inner_iterations_last_batch"] = solver.inner_iterations_run
-        row["fused_triton_step"] = solver.fused
+        row["fused_triton_level"] = solver.fused
+        row["cuda_graph"] = bool(backend.cuda_graph and not backend._graph_failed)
+        if solver.fused:  # per pair, all levels and warps (the batch runs as long as its slowest pair)
+            per_pair = solver.iterations_per_pair.cpu().numpy()
+            row["inner_iterations_per_pair_max"] = int(per_pair.max())
+            row["inner_iterations_per_pair_mean"] = float(per_pair.mean())
+        else:
+            row["inner_iterations_last_batch"] = solver.inner_iterations_run
     if label == "torch-cpu":
         row["torch_threads"] = torch.get_num_threads()
     return row
@@ -157,7 +173,7 @@ def _markdown(env: dict, args, rows: list[dict]) -> str:
         corr = f"{r['feature_corr_min']:.4f} / {r['feature_corr_mean']:.4f}" if "feature_corr_min" in r else "n/a"
         ratio = f"{r['epe_ratio_vs_opencv']:.3f}" if "epe_ratio_vs_opencv" in r else "n/a"
         vs = f"{r['epe_vs_opencv_px']:.4f}" if "epe_vs_opencv_px" in r else "n/a"
-        lines.append(f"| {r['backend']} | {r['device']} | {r['latency_ms_p50']:.1f} | {r['batch']} | "
+        lines.append(f"| {r['backend']} | {r['device']} | {r['latency_ms_p50']:.2f} | {r['batch']} | "
                      f"{r['pairs_per_s']:.1f} | {r['epe_truth_px']:.4f} | {ratio} | {vs} | {corr} |")
     lines += ["", f"Targets (issue 3, one H100): batch-1 <= {TARGET_LATENCY_MS} ms, batch 256 >= "
               f"{TARGET_PAIRS_PER_S:.0f} pairs/s; parity: EPE / OpenCV's <= {TARGET_EPE_RATIO}, "
@@ -207,7 +223,7 @@ def run(args) -> int:
                 "EPE vs OpenCV px", "feat corr min"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["backend"], r["device"], f"{r['latency_ms_p50']:.1f}", str(r["batch"]),
+        table.add_row(r["backend"], r["device"], f"{r['latency_ms_p50']:.2f}", str(r["batch"]),
                       f"{r['pairs_per_s']:.1f}", f"{r['epe_truth_px']:.4f}",
                       f"{r.get('epe_ratio_vs_opencv', float('nan')):.3f}", f"{r.get('epe_vs_opencv_px', float('nan')):.4f}",
                       f"{r.get('feature_corr_min', float('nan')):.4f}")

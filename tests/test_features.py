@@ -57,12 +57,16 @@ def gpu_backends() -> list:
         reason_cv = None
     except BackendUnavailable as e:
         reason_cv = str(e)
-    return [pytest.param("torch-cuda", marks=pytest.mark.skipif(reason_torch is not None, reason=str(reason_torch))),
-            pytest.param("opencv-cuda", marks=pytest.mark.skipif(reason_cv is not None, reason=str(reason_cv)))]
+    torch_marks = pytest.mark.skipif(reason_torch is not None, reason=str(reason_torch))
+    return [pytest.param(label, marks=torch_marks) for label in ("torch-cuda", "torch-cuda-nograph", "torch-cuda-eager")] + [
+        pytest.param("opencv-cuda", marks=pytest.mark.skipif(reason_cv is not None, reason=str(reason_cv)))]
 
 
 def make_backend(label: str) -> FlowBackend:
+    """torch-cuda is the default (Triton kernel per level and warp + CUDA graph where Triton is installed)."""
     return {"torch-cpu": lambda: TorchFlow("cpu"), "torch-cuda": lambda: TorchFlow("cuda"),
+            "torch-cuda-nograph": lambda: TorchFlow("cuda", cuda_graph=False),
+            "torch-cuda-eager": lambda: TorchFlow("cuda", fused=False),
             "opencv-cuda": lambda: get_backend("opencv-cuda")}[label]()
 
 
@@ -193,6 +197,48 @@ def test_fused_triton_solve_equals_eager_solver():
     done = subprocess.run([sys.executable, "-c", FUSED_SOLVE_CHECK], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+                    reason="needs CUDA and Triton")
+def test_fused_cuda_solve_equals_eager_cuda_solve():
+    """On a GPU: the Triton path, with and without the CUDA graph (replayed twice: static buffers), gives
+    the eager loop's flow, and each pair the iterations the eager solver gives it alone."""
+    items = synthetic_pairs(3, 48, seed=5)
+    i0 = torch.tensor(np.stack([p.onset for p in items]), dtype=torch.float32, device="cuda")
+    i1 = torch.tensor(np.stack([p.apex for p in items]), dtype=torch.float32, device="cuda")
+    i1[2] = i0[2]  # converges at once
+    eager = TVL1(TVL1Params(), check_every=1)
+    u_eager, v_eager = eager(i0, i1)
+    alone = []
+    for k in range(3):
+        eager(i0[k:k + 1], i1[k:k + 1])
+        alone.append(eager.inner_iterations_run)
+    for flow in (TorchFlow("cuda", cuda_graph=False), TorchFlow("cuda", cuda_graph=True)):
+        for _ in range(2):
+            u, v = flow.solve(i0, i1)
+            # GPU rounding (FMA, sqrt for hypot) may move a pair's stop by an iteration, whose update is
+            # ~epsilon = 0.01 px RMS; a race between the kernel's phases would show as far more
+            for ours, theirs in ((u, u_eager), (v, v_eager)):
+                assert (ours - theirs).abs().max() < 2e-2 and (ours - theirs).abs().mean() < 1e-3
+            assert np.abs(flow.solver.iterations_per_pair.cpu().numpy() - alone).max() <= 5, alone
+        assert flow.cuda_graph == bool(flow._graphs) and not flow._graph_failed
+
+
+def test_failed_cuda_graph_capture_falls_back_with_one_warning(caplog):
+    """No CUDA here: the capture fails, one warning is logged and the flow is the eager solve's."""
+    params = TVL1Params(nscales=1, warps=1, inner_iterations=3, outer_iterations=1)
+    items = synthetic_pairs(1, 32, seed=2)
+    onset, apex = items[0].onset[None].astype(np.float32), items[0].apex[None].astype(np.float32)
+    flow = TorchFlow("cpu", params=params)
+    expected = flow.flow(onset, apex)
+    flow.cuda_graph = True  # as on CUDA; the capture needs CUDA, so it fails here
+    with caplog.at_level("WARNING", logger="mex.features.backends"):
+        for _ in range(2):
+            got = flow.flow(onset, apex)
+            np.testing.assert_array_equal(got[0], expected[0])
+    assert [r.message.startswith("CUDA-graph capture of the TV-L1 solve failed") for r in caplog.records] == [True]
+    assert flow._graph_failed and "CUDA graph" not in repr(flow)
 
 
 def median25_network() -> list[tuple[int, int, str]]:

@@ -9,6 +9,8 @@ same parameters (`TVL1Params`, OpenCV's defaults). Choose one by name with `get_
   never are). Its CUDA implementation has no median filtering and a single iteration count
   (inner x outer), so it is the same algorithm but not bit-for-bit the CPU one.
 - "torch": `tvl1_torch.TVL1`, batched, on CUDA when there is one, else on the CPU (slow; for tests).
+  On CUDA with Triton installed: one Triton launch per (pyramid level, warp) (tvl1_triton.py) and the
+  whole solve captured as a CUDA graph per batch shape (NOT yet run on a GPU; see docs/features.md).
 - "auto": opencv-cuda, else torch on CUDA, else cpu.
 
 cv2 is imported lazily: the GPU image has torch + numpy and may have OpenCV without contrib.
@@ -121,31 +123,107 @@ class OpenCVCudaFlow(FlowBackend):
         return u, v
 
 
+class _GraphedSolve:
+    """The whole solve for one (B, H, W), captured once as a CUDA graph; each call copies the images
+    into static inputs, replays the graph and returns its static outputs (overwritten by the next call).
+
+    Follows torch's documented recipe (torch.cuda.CUDAGraph): warm-up calls on a side stream, which
+    compile the Triton kernels and build the solver's resize matrices (no host-to-device copies may
+    happen during capture), then one capture. Needs a solve with no host synchronisation: TVL1(fused=True).
+    """
+
+    def __init__(self, solver: TVL1, shape: tuple[int, int, int], device: str):
+        import torch
+
+        self.i0 = torch.zeros(shape, device=device)
+        self.i1 = torch.zeros(shape, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                solver(self.i0, self.i1)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: CUDA work of other threads (the live pipeline's model) may go on during capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.u1, self.u2 = solver(self.i0, self.i1)
+        self.iterations_per_pair = solver.iterations_per_pair
+
+    def __call__(self, i0, i1):
+        self.i0.copy_(i0)
+        self.i1.copy_(i1)
+        self.graph.replay()
+        return self.u1, self.u2
+
+
 class TorchFlow(FlowBackend):
-    """Our TV-L1 in torch. On CUDA with Triton installed each inner iteration is one fused Triton
-    kernel (tvl1_triton.py); otherwise the eager torch step."""
+    """Our TV-L1 in torch.
+
+    fused (default: on CUDA when Triton is importable): one Triton launch per (pyramid level, warp)
+    runs all of the warp's iterations with the per-pair stopping rule on the device
+    (tvl1_triton.py); otherwise the eager torch loop, which checks convergence on the host every 10
+    inner iterations on CUDA (a guess, not tuned) and after every one on the CPU.
+    cuda_graph (default: whenever fused): the whole solve is captured as a CUDA graph per (B, H, W),
+    at most MAX_GRAPHS kept (oldest dropped); if a capture fails, one warning is logged and every
+    later call solves without a graph.
+    """
 
     name = "torch"
+    MAX_GRAPHS = 8
 
-    def __init__(self, device: str | None = None, params: TVL1Params = DEFAULT_PARAMS):
+    def __init__(self, device: str | None = None, params: TVL1Params = DEFAULT_PARAMS,
+                 fused: bool | None = None, cuda_graph: bool | None = None):
         import torch
 
         self._torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailable("flow backend 'torch' on cuda: torch sees no CUDA device")
         on_gpu = self.device.startswith("cuda")
-        fused = on_gpu and importlib.util.find_spec("triton") is not None
-        # On a GPU each convergence check is a sync; every 10 inner iterations is a guess, not tuned.
+        if on_gpu and not torch.cuda.is_available():
+            raise BackendUnavailable("flow backend 'torch' on cuda: torch sees no CUDA device")
+        if fused is None:
+            fused = on_gpu and importlib.util.find_spec("triton") is not None
+        if cuda_graph is None:
+            cuda_graph = fused and on_gpu
+        if cuda_graph and not (fused and on_gpu):
+            raise ValueError("cuda_graph=True needs CUDA and fused=True (the eager loop synchronises with the host)")
+        self.cuda_graph = cuda_graph
         self.solver = TVL1(params, check_every=10 if on_gpu else 1, fused=fused)
+        self._graphs: dict[tuple, _GraphedSolve] = {}
+        self._graph_failed = False
 
     def __repr__(self) -> str:
-        step = "fused Triton step" if self.solver.fused else "eager torch step"
-        return f"TorchFlow(device={self.device!r}, {step})"
+        step = "Triton kernel per level and warp" if self.solver.fused else "eager torch loop"
+        graph = ", CUDA graph" if self.cuda_graph and not self._graph_failed else ""
+        return f"TorchFlow(device={self.device!r}, {step}{graph})"
+
+    def _graphed(self, shape: tuple[int, int, int]) -> _GraphedSolve | None:
+        """The captured solve for this shape (captured on first use), or None once a capture failed."""
+        if shape not in self._graphs and not self._graph_failed:
+            try:
+                graphed = _GraphedSolve(self.solver, shape, self.device)
+            except Exception as e:  # noqa: BLE001 - any capture failure: fall back to the eager solve
+                log.warning("CUDA-graph capture of the TV-L1 solve failed (%s: %s); solving without a graph "
+                            "from now on", type(e).__name__, e)
+                self._graph_failed = True
+                return None
+            if len(self._graphs) >= self.MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[shape] = graphed
+        return self._graphs.get(shape)
+
+    def solve(self, i0, i1):
+        """(B, H, W) float32 tensors on self.device -> (u1, u2) tensors (a graph's are overwritten by the
+        next call of the same shape)."""
+        graphed = self._graphed(tuple(i0.shape)) if self.cuda_graph else None
+        if graphed is None:
+            return self.solver(i0, i1)
+        u1, u2 = graphed(i0, i1)
+        self.solver.iterations_per_pair = graphed.iterations_per_pair
+        return u1, u2
 
     def flow(self, onset, apex):
         torch = self._torch
-        u, v = self.solver(torch.from_numpy(onset).to(self.device), torch.from_numpy(apex).to(self.device))
+        u, v = self.solve(torch.from_numpy(onset).to(self.device), torch.from_numpy(apex).to(self.device))
         return u.cpu().numpy(), v.cpu().numpy()
 
 
