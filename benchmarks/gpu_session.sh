@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, as one prepared run for a session lent one (about 7.5 minutes at most).
+# Everything that needs a CUDA GPU, as one prepared run for a session lent one (about 8 minutes at most).
 #
 # The GPU machine has torch + CUDA, Triton, numpy 2, onnxruntime (CPU) and OpenCV without contrib: no
 # mediapipe, no TensorRT, no cv2.optflow. So flow parity against OpenCV's CPU TV-L1 uses a reference
@@ -38,10 +38,11 @@ step 20 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memor
 step 90 $py -m pytest -q -p no:cacheprovider -x tests/test_engines.py tests/test_features.py -k "cuda or triton or torch"
 
 if [ -f .gpu/flow-reference.npz ]; then
-  step 60 $py -m benchmarks.cli flow --reference .gpu/flow-reference.npz --out "$work/results/flow"
+  step 90 $py -m benchmarks.cli flow --backends torch,torch-nograph,torch-eager --repeats 20 \
+    --reference .gpu/flow-reference.npz --out "$work/results/flow"
 else
   echo "no .gpu/flow-reference.npz (see the top of this script): flow without OpenCV parity" | tee -a "$log"
-  step 60 $py -m benchmarks.cli flow --out "$work/results/flow"
+  step 90 $py -m benchmarks.cli flow --backends torch,torch-nograph,torch-eager --repeats 20 --out "$work/results/flow"
 fi
 step 45 $py -m benchmarks.cli engines --iters 2000 --out "$work/results/engines"
 step 60 $py -m benchmarks.cli train --device cuda --profiles ours,paper --out "$work/results/train"
