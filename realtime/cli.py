@@ -181,7 +181,8 @@ def print_summary(out, summary: dict, source, events, console_ok=True) -> None:
     w(f"  events      {summary['events']} found ({summary['candidates']} candidates"
       + (f", {skipped} could not be encoded" if skipped else "") + ")\n")
     if source.truth is not None:
-        planted = planted_events(source.truth)
+        # a run cut short (--max-frames, Ctrl-C) is scored on the planted events it got to see
+        planted = [p for p in planted_events(source.truth) if p["offset"] < summary["frames_read"]]
         tp, pairs = match_events(list(events), planted)
         labelled = [(p, f) for p, f in pairs if p["label"] is not None]
         agree = f"; label agrees on {sum(str(p['label']) == f.label for p, f in labelled)} of {len(labelled)}" if labelled else ""

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..labels import INPUT_SHAPE
 from .backends import BackendUnavailable, FlowBackend, available_backends, get_backend
-from .tvl1_torch import TVL1Params
+from .params import TVL1Params
 
 __all__ = ["encode", "encode_batch", "crop_flow", "flow_to_features", "get_backend", "available_backends", "FlowBackend",
            "BackendUnavailable", "TVL1Params", "CROP_SIZE", "FLOW_PAD", "MIN_CROP_SIZE", "MIN_RANGE"]

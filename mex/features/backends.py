@@ -13,17 +13,23 @@ same parameters (`TVL1Params`, OpenCV's defaults). Choose one by name with `get_
   whole solve captured as a CUDA graph per batch shape (NOT yet run on a GPU; see docs/features.md).
 - "auto": opencv-cuda, else torch on CUDA, else cpu.
 
-cv2 is imported lazily: the GPU image has torch + numpy and may have OpenCV without contrib.
+cv2 and torch are imported lazily: the GPU image has torch + numpy and may have OpenCV without
+contrib, and mex-live on the CPU starts seconds faster without torch.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
 import logging
+import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .tvl1_torch import TVL1, TVL1Params
+from .params import TVL1Params
+
+if TYPE_CHECKING:
+    from .tvl1_torch import TVL1
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +193,8 @@ class TorchFlow(FlowBackend):
         if cuda_graph and not (fused and on_gpu):
             raise ValueError("cuda_graph=True needs CUDA and fused=True (the eager loop synchronises with the host)")
         self.cuda_graph = cuda_graph
+        from .tvl1_torch import TVL1  # torch is imported only when this backend is used
+
         self.solver = TVL1(params, check_every=10 if on_gpu else 1, fused=fused)
         self._graphs: dict[tuple, _GraphedSolve] = {}
         self._graph_failed = False
@@ -227,7 +235,14 @@ class TorchFlow(FlowBackend):
         return u.cpu().numpy(), v.cpu().numpy()
 
 
+# Device nodes an NVIDIA driver creates (Linux, containers, WSL). Where none exists, "auto" need not
+# import torch (seconds) to learn that there is no CUDA.
+NVIDIA_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/proc/driver/nvidia/version")
+
+
 def _torch_cuda() -> bool:
+    if not any(os.path.exists(node) for node in NVIDIA_DEVICE_NODES):
+        return False
     try:
         import torch
     except ImportError:

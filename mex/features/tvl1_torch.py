@@ -28,31 +28,16 @@ Only the default gamma = 0 (no illumination term) and useInitialFlow = false are
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .params import TVL1Params
+
 FLOAT_EPS = float(np.finfo(np.float32).eps)  # OpenCV's "grad > numeric_limits<float>::epsilon()"
 REMAP_STEPS = 32  # cv::remap's sub-pixel resolution (INTER_TAB_SIZE)
 MIN_LEVEL_SIDE = 16  # OpenCV stops building the pyramid before a level gets a side below this
-
-
-@dataclass(frozen=True)
-class TVL1Params:
-    """OpenCV's DualTVL1OpticalFlow defaults (checked against cv2.optflow 4.11 getters)."""
-
-    tau: float = 0.25  # time step of the dual (Chambolle) update; OpenCV's and IPOL's default
-    lam: float = 0.15  # data-term weight (for intensities in 0..255); lower = smoother flow
-    theta: float = 0.3  # coupling between u and the auxiliary v
-    nscales: int = 5
-    warps: int = 5
-    epsilon: float = 0.01
-    inner_iterations: int = 30
-    outer_iterations: int = 10
-    scale_step: float = 0.8  # OpenCV's default (cv2 4.11 getter), not 0.5
-    median_filtering: int = 5
 
 
 def pyramid_sizes(height: int, width: int, params: TVL1Params) -> list[tuple[int, int]]:
