@@ -199,6 +199,29 @@ def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, t
     assert models == {"dacrossvit", "crossvit"}
 
 
+def test_seed_ensemble_averages_probabilities_of_separate_runs(tmp_path):
+    from train.report import ablation_table, ensemble_rows
+
+    header = "dataset,subject,clip,label,pred,p_negative,p_positive,p_surprise\n"
+    # two "seeds" that each get one clip wrong; their average gets both right
+    runs = {"a_seed0": ["casme2,s1,c1,0,1,0.4,0.6,0.0", "casme2,s2,c2,1,1,0.1,0.9,0.0"],
+            "a_seed1": ["casme2,s1,c1,0,0,0.9,0.1,0.0", "casme2,s2,c2,1,0,0.6,0.4,0.0"]}
+    for name, rows in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.csv").write_text(header + "\n".join(rows) + "\n")
+        (tmp_path / name / "run.json").write_text(json.dumps({"profile": {"model": "x"}, "seed": name[-1]}))
+    paths = [tmp_path / n for n in runs]
+    rows = ensemble_rows(paths)
+    assert [r["pred"] for r in rows] == [0, 1]
+    assert rows[0]["p_negative"] == pytest.approx(0.65)
+    table = ablation_table(paths, "t")
+    assert "| a | 2 | 0.333 / 0.500 ± 0.000 / 0.000 |" in table  # each seed alone: one of two right
+    assert "| a, probability average of the 2 seeds | 2 | 1.000 / 1.000 |" in table
+    (tmp_path / "a_seed1" / "predictions.csv").write_text(header + runs["a_seed1"][0] + "\n")
+    with pytest.raises(ValueError, match="a_seed1.*other clips"):
+        ensemble_rows(paths)
+
+
 def test_fit_writes_a_checkpoint_that_loads(tiny_subset, tmp_path):
     from mex.checkpoint import load_checkpoint
 

@@ -130,23 +130,52 @@ def plot_curve(curve_csv: Path, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def ensemble_rows(runs: list[Path]) -> list[dict]:
+    """The runs' predictions with each clip's class probabilities averaged over the runs (a seed
+    ensemble assembled from separate runs, e.g. one seed per session on a small machine)."""
+    keyed = []
+    for run in runs:
+        rows = {(r["dataset"], r["subject"], r["clip"]): r for r in read_predictions(run / "predictions.csv")}
+        if keyed and rows.keys() != keyed[0][1].keys():
+            raise ValueError(f"{run}: predicts other clips than {keyed[0][0]}; an ensemble needs runs on the same data")
+        keyed.append((run, rows))
+    columns = [f"p_{c}" for c in CLASSES]
+    out = []
+    for key, first in keyed[0][1].items():
+        probs = np.mean([[float(rows[key][c]) for c in columns] for _, rows in keyed], axis=0)
+        row = {k: first[k] for k in ("dataset", "subject", "clip", "label")}
+        row["pred"] = int(np.argmax(probs))
+        row.update({c: round(float(p), 6) for c, p in zip(columns, probs)})
+        out.append(row)
+    return out
+
+
 def ablation_table(runs: list[Path], title: str) -> str:
-    """One row per configuration; runs that differ only in --seed are pooled into mean ± std."""
-    groups: dict[str, list[dict]] = {}
+    """One row per configuration; runs that differ only in --seed are pooled into mean ± std, and
+    their probability average (the seed ensemble) gets a row of its own."""
+    groups: dict[str, list[Path]] = {}
     labels: dict[str, str] = {}
     for run in runs:
         pinned = json.loads((run / "run.json").read_text())
         key = json.dumps(pinned["profile"], sort_keys=True)
-        groups.setdefault(key, []).append(score_rows(read_predictions(run / "predictions.csv"))["pooled"])
+        groups.setdefault(key, []).append(run)
         labels.setdefault(key, re.sub(r"[-_]seed\d+$", "", run.name))
     head = f"### {title}\n\n| configuration | seeds | " + " | ".join(f"{COLUMN_TITLES[c]} UF1 / UAR" for c in COLUMNS) + " |"
     lines = [head, "|---" * (len(COLUMNS) + 2) + "|"]
-    for key, scores in groups.items():
+    for key, group in groups.items():
+        scores = [score_rows(read_predictions(run / "predictions.csv"))["pooled"] for run in group]
         cells = []
         for c in COLUMNS:
+            if not all(c in s for s in scores):
+                cells.append("–")
+                continue
             f1 = np.array([s[c]["uf1"] for s in scores])
             ar = np.array([s[c]["uar"] for s in scores])
             spread = f" ± {f1.std(ddof=1):.3f} / {ar.std(ddof=1):.3f}" if len(scores) > 1 else ""
             cells.append(f"{f1.mean():.3f} / {ar.mean():.3f}{spread}")
         lines.append(f"| {labels[key]} | {len(scores)} | " + " | ".join(cells) + " |")
+        if len(group) > 1:
+            pooled = score_rows(ensemble_rows(group))["pooled"]
+            cells = [f"{pooled[c]['uf1']:.3f} / {pooled[c]['uar']:.3f}" if c in pooled else "–" for c in COLUMNS]
+            lines.append(f"| {labels[key]}, probability average of the {len(group)} seeds | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
