@@ -9,6 +9,7 @@ with an ArtifactError naming the file. This module imports mex only, never the e
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,14 @@ class Engine:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    if len(logits) == 1:
+        # batch 1, the live case: plain Python floats on the one short row beat five numpy calls
+        # (~15 us of a ~0.5 ms ONNX Runtime call on the 2-core machine); same values to 3e-8
+        row = logits[0].tolist()
+        top = max(row)
+        e = [math.exp(v - top) for v in row]
+        total = sum(e)
+        return np.array([[v / total for v in e]], dtype=np.float32)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 

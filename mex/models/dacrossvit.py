@@ -41,6 +41,8 @@ class DACrossViTConfig:
             raise ValueError(f"fusion must be 'da' or 'cross', got {self.fusion!r}")
         if self.da_form not in ("paper", "aoa"):
             raise ValueError(f"da_form must be 'paper' or 'aoa', got {self.da_form!r}")
+        if self.blocks < 1:
+            raise ValueError(f"blocks must be >= 1 (the last one hands the heads its CLS tokens), got {self.blocks}")
         for n in self.patches:
             side = round(n**0.5)
             if side * side != n or self.img_size % side:
@@ -83,7 +85,10 @@ class Attention(nn.Module):
 
     def forward(self, x):
         b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        h = self.heads
+        # (b, n, 3d) -> (b, 3h, n, d/h) -> three (b, h, n, d/h): one Reshape, Transpose and Split in
+        # ONNX (a permute to (3, b, h, n, d/h) and unbind adds a Squeeze per tensor)
+        q, k, v = self.qkv(x).reshape(b, n, 3 * h, d // h).transpose(1, 2).split(h, dim=1)
         y = attend(q, k, v)
         return self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
 
@@ -109,7 +114,8 @@ class Encoder(nn.Module):
 
 
 class ClsAttention(nn.Module):
-    """Attention whose query is the CLS position only (x[:, :1]); keys and values are all of x.
+    """Attention whose query is the CLS position only (x[:, 0]); keys and values are all of x.
+    (b, n, d) -> (b, d): the CLS path stays 2-D, where a Linear exports as one Gemm (MatMul + Add on 3-D).
 
     `fusion="cross"`: CrossViT's cross-attention, out = W_o (A v).
     `fusion="da"`: dual attention, out = gate ⊙ info with v_hat = A v and
@@ -132,11 +138,13 @@ class ClsAttention(nn.Module):
     def forward(self, x):
         b, n, d = x.shape
         h = self.heads
-        q = self.wq(x[:, :1])  # (b, 1, d)
-        k = self.wk(x).reshape(b, n, h, d // h).transpose(1, 2)
-        v = self.wv(x).reshape(b, n, h, d // h).transpose(1, 2)
-        v_hat = attend(q.reshape(b, 1, h, d // h).transpose(1, 2), k, v)
-        v_hat = v_hat.transpose(1, 2).reshape(b, 1, d)
+        q = self.wq(x[:, 0])  # (b, d)
+        # k and v from one matmul with the two weights stacked (one node instead of two in ONNX,
+        # where the concatenation of constant weights folds away), split after the head transpose
+        kv = F.linear(x, torch.cat([self.wk.weight, self.wv.weight]), torch.cat([self.wk.bias, self.wv.bias]))
+        k, v = kv.reshape(b, n, 2 * h, d // h).transpose(1, 2).split(h, dim=1)
+        # one query token: (b, d) <-> (b, h, 1, d/h) is a pure reshape, no transpose needed
+        v_hat = attend(q.reshape(b, h, 1, d // h), k, v).reshape(b, d)
         if self.fusion == "cross":
             out = self.proj(v_hat)
         elif self.da_form == "paper":
@@ -151,7 +159,10 @@ def _projector(d_in: int, d_out: int) -> nn.Sequential:
 
 
 class CrossFusion(nn.Module):
-    """Fuse branch i's CLS into branch j's tokens and back: new cls_i = g_i(f_i(cls_i) + Attn(LN(x')))."""
+    """Fuse branch i's CLS into branch j's tokens and back: new cls_i = g_i(f_i(cls_i) + Attn(LN(x'))).
+
+    The CLS path is (b, d), not (b, 1, d): five Linears each export as one Gemm instead of MatMul + Add.
+    """
 
     def __init__(self, d_i: int, d_j: int, heads_j: int, cfg: DACrossViTConfig, drop_path: float):
         super().__init__()
@@ -161,11 +172,12 @@ class CrossFusion(nn.Module):
         self.attn = ClsAttention(d_j, heads_j, cfg.fusion, cfg.da_form, cfg.drop)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x_i, x_j):
-        cls = self.f(x_i[:, :1])
-        xp = torch.cat([cls, x_j[:, 1:]], dim=1)
-        y = cls + self.drop_path(self.attn(self.norm(xp)))
-        return torch.cat([self.g(y), x_i[:, 1:]], dim=1)
+    def forward(self, x_i, x_j, cls_only: bool = False):
+        """New x_i (b, n_i, d_i); with cls_only its CLS token alone, (b, d_i) (the last block: the heads read nothing else)."""
+        cls = self.f(x_i[:, 0])
+        xp = torch.cat([cls.unsqueeze(1), x_j[:, 1:]], dim=1)
+        y = self.g(cls + self.drop_path(self.attn(self.norm(xp))))
+        return y if cls_only else torch.cat([y.unsqueeze(1), x_i[:, 1:]], dim=1)
 
 
 class MultiScaleBlock(nn.Module):
@@ -178,9 +190,9 @@ class MultiScaleBlock(nn.Module):
         (d0, d1), (h0, h1) = cfg.dims, cfg.heads
         self.fuse = nn.ModuleList([CrossFusion(d0, d1, h1, cfg, drop_path), CrossFusion(d1, d0, h0, cfg, drop_path)])
 
-    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, xs: list[torch.Tensor], cls_only: bool = False) -> list[torch.Tensor]:
         a, b = (branch(x) for branch, x in zip(self.branches, xs))
-        return [self.fuse[0](a, b), self.fuse[1](b, a)]
+        return [self.fuse[0](a, b, cls_only), self.fuse[1](b, a, cls_only)]
 
 
 class PatchEmbed(nn.Module):
@@ -199,6 +211,8 @@ class PatchEmbed(nn.Module):
     def forward(self, x):
         b, c = x.shape[:2]
         g, s = self.grid, self.side
+        if g == 1:  # one patch: the permute moves size-1 axes only, a plain reshape gives the same tensor
+            return self.proj(x.reshape(b, 1, c * s * s))
         x = x.reshape(b, c, g, s, g, s).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * s * s)
         return self.proj(x)
 
@@ -226,10 +240,10 @@ class DACrossViT(nn.Module):
         for embed, cls, pos in zip(self.embeds, self.cls, self.pos):
             t = embed(x)
             xs.append(self.drop(torch.cat([cls.expand(t.shape[0], -1, -1), t], dim=1) + pos))
-        for block in self.blocks:
-            xs = block(xs)
-        logits = [head(self.drop(norm(t[:, 0]))) for t, norm, head in zip(xs, self.norms, self.heads)]
-        return torch.stack(logits).mean(0)
+        for i, block in enumerate(self.blocks):
+            xs = block(xs, cls_only=i == len(self.blocks) - 1)  # the last block: CLS tokens (b, d) only
+        la, sm = (head(self.drop(norm(cls))) for cls, norm, head in zip(xs, self.norms, self.heads))
+        return (la + sm) / 2  # the mean of the two; two ONNX nodes where stack + mean takes four
 
 
 def _init_weights(m):
