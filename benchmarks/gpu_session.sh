@@ -35,7 +35,7 @@ torch.cuda.get_device_name(0), '| numpy', numpy.__version__, '| triton', triton.
 step 20 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used --format=csv
 
 # Tests that only run with CUDA (they skip on the CPU machines): CUDA-graph engine, torch/Triton TV-L1.
-step 90 $py -m pytest -q -p no:cacheprovider -x tests/test_engines.py tests/test_features.py -k "cuda or triton or torch"
+step 90 $py -m pytest -q -rs -p no:cacheprovider tests/test_engines.py tests/test_features.py -k "cuda or triton or torch"
 
 if [ -f .gpu/flow-reference.npz ]; then
   step 90 $py -m benchmarks.cli flow --backends torch,torch-nograph,torch-eager --repeats 20 \

@@ -189,6 +189,9 @@ FUSED_SOLVE_CHECK = textwrap.dedent("""
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) >= "2.0.0",
+                    reason="Triton's CPU interpreter turns 1-element arrays into loop bounds with int(), which "
+                           "numpy 2 refuses (seen with triton 3.6); this check runs on the numpy 1.26 machines")
 def test_fused_triton_solve_equals_eager_solver():
     """The per-(level, warp) Triton kernel, run by Triton's CPU interpreter (it has not run on a GPU):
     its 5x5 median equals median_blur exactly, its flow equals the eager solver's up to float rounding,
