@@ -158,6 +158,9 @@ class _HaarBackend:
     """OpenCV's frontal-face Haar cascade; eyes placed at fixed fractions of the face box."""
 
     def __init__(self, detect_width: int):
+        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the cascades out of the main package
+            raise RuntimeError(f"the installed OpenCV {cv2.__version__} has no Haar cascade (cv2.CascadeClassifier); "
+                               "install mediapipe (pip install 'mex-live[face]') or opencv-contrib-python 4.x")
         self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
         self.detect_width = detect_width
 

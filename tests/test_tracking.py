@@ -76,3 +76,14 @@ def test_haar_fallback_with_a_warning_when_mediapipe_is_missing(monkeypatch):
     assert {ff.state for ff in out} == {"face"} and out[-1].crop.shape == (128, 128)
     x, y, w, h = out[-1].box
     assert abs(x + w / 2 - 320) < 60
+
+
+def test_haar_fallback_without_cascades_says_what_to_install(monkeypatch):
+    """OpenCV 5 dropped cv2.CascadeClassifier from the main package: a clear error, not an AttributeError."""
+    import cv2
+
+    from realtime.tracking import FaceTracker
+
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    with pytest.raises(RuntimeError, match="no Haar cascade.*mediapipe"):
+        FaceTracker(backend="haar")
