@@ -45,10 +45,13 @@ else
   step 90 $py -m benchmarks.cli flow --backends torch,torch-nograph,torch-eager --repeats 20 --out "$work/results/flow"
 fi
 step 45 $py -m benchmarks.cli engines --iters 2000 --out "$work/results/engines"
+# apex confirmed -> label with GPU flow and the CUDA-graph engine (issue 5: p95 <= 5 ms); no tracker needed
+step 45 $py -m benchmarks.cli latency --recognizer-only 200 --model mex/assets/default.pt --engine torch \
+  --out "$work/results/latency"
 step 60 $py -m benchmarks.cli train --device cuda --profiles ours,paper --out "$work/results/train"
 
 # The recipe's real LOSO run: 68 folds x 3 seeds, bf16; resumable, so a cut-off run can be continued.
-step 150 $py -m train.cli loso --profile ours --device cuda --out "$work/loso-ours-cuda"
+step 120 $py -m train.cli loso --profile ours --device cuda --out "$work/loso-ours-cuda"
 mkdir -p "$work/results/loso-ours-cuda"
 cp "$work"/loso-ours-cuda/{results.json,predictions.csv,curve.csv,report.md,confusion.png,curve.png,run.json} \
   "$work/results/loso-ours-cuda/" 2>/dev/null

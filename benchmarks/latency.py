@@ -11,6 +11,12 @@ Measured in one run, on one machine:
 `--frames N` longer than the clip loops the file and samples the process RSS once a second
 (memory-flatness run; writes latency-memory.*).
 
+`--recognizer-only N` times the last stage alone: N candidates (onset/apex crops from
+mex.features.synthetic, 0.5-2 px motion) through the pipeline's Recognizer one at a time, each
+stamped "apex confirmed" just before it is handed over, so confirm -> label is features + engine
+with nothing queued ahead and no other stage competing. It needs no face tracker (the GPU machine has
+no mediapipe) and writes latency-recognizer.*.
+
 Targets (issue 5 §7, CPU, 2 cores): >= 200 fps, pipeline time <= 2x decode-only, confirm p95 <= 50 ms.
 """
 from __future__ import annotations
@@ -41,6 +47,8 @@ def add_arguments(p) -> None:
     p.add_argument("--queue-size", type=int, default=8)
     p.add_argument("--clip", default=None, help="use this video instead of generating one")
     p.add_argument("--note", default=None, help="a line added to the report (e.g. how the run was made)")
+    p.add_argument("--recognizer-only", type=int, default=0, metavar="N",
+                   help="time only apex confirmed -> label on N synthetic candidates (no clip, no tracker)")
 
 
 def _rss_mb() -> float:
@@ -109,7 +117,62 @@ def _plot(path: Path, summary: dict, rss: list[tuple[float, int, float]] | None,
     plt.close(fig)
 
 
+def recognizer_only(args) -> int:
+    """Confirm -> label of the Recognizer alone (features + engine), one candidate at a time."""
+    import numpy as np
+
+    from mex.features import CROP_SIZE, get_backend
+    from mex.features.synthetic import synthetic_pairs
+    from realtime.cli import warm_up
+    from realtime.engines import load_engine
+    from realtime.packets import Candidate, FaceFrame, Frame
+    from realtime.pipeline import Recognizer
+
+    env = environment()
+    load_before = os.getloadavg()
+    engine = load_engine(args.model, kind=args.engine)
+    warm_up(engine, args.flow)
+    flow = get_backend(args.flow)
+    recognizer = Recognizer(engine, flow=args.flow)
+    pairs = synthetic_pairs(min(args.recognizer_only, 16), CROP_SIZE, seed=args.seed)
+    blank = np.zeros((1, 1, 3), np.uint8)
+    confirm = []
+    for k in range(args.recognizer_only):
+        pair = pairs[k % len(pairs)]
+        onset = FaceFrame(Frame(2 * k, time.monotonic(), 0.0, blank), "face", crop=pair.onset)
+        apex = FaceFrame(Frame(2 * k + 1, time.monotonic(), 0.0, blank), "face", crop=pair.apex)
+        cand = Candidate(onset, apex, None, np.zeros(1, np.float32), t_apex_confirmed=time.monotonic())
+        (event,) = recognizer([cand])
+        confirm.append(event.confirm_ms)
+    confirm = np.array(confirm)
+    on_gpu = flow.device.startswith("cuda")
+    limit = TARGET_CONFIRM_P95_GPU if on_gpu else TARGET_CONFIRM_P95_CPU
+    stats = {q: round(float(np.percentile(confirm, p)), 3) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+    result = {
+        "benchmark": "latency --recognizer-only", "environment": env, "engine": getattr(engine, "name", "?"),
+        "flow": repr(flow), "candidates": len(confirm), "crop_px": CROP_SIZE,
+        "load_avg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "confirm_to_label_ms": stats, "target_p95_ms": limit, "target_met": stats["p95"] <= limit,
+    }
+    out = results_dir(args.out)
+    write_json(out / "latency-recognizer.json", result)
+    md = "\n".join([
+        f"# mex-bench latency --recognizer-only ({env['machine']})", "",
+        f"{env['when']}: {env['cpu']} x{env['cpu_count']}" + (f", GPU {env['gpu']}" if "gpu" in env else "")
+        + f"; load average before/after {result['load_avg_before_after']}.", "",
+        f"{len(confirm)} synthetic candidates ({CROP_SIZE} px crops) through the live Recognizer one at a time; "
+        f"flow {result['flow']}, engine {result['engine']}.", "",
+        "| apex confirmed -> label | p50 | p95 | p99 | target (p95) |", "|---|---|---|---|---|",
+        f"| ms | {stats['p50']} | {stats['p95']} | {stats['p99']} | <= {limit:g} ms ({'GPU' if on_gpu else 'CPU'} flow): "
+        f"{'met' if result['target_met'] else 'NOT met'} |", ""])
+    (out / "latency-recognizer.md").write_text(md)
+    print(md)
+    return 0
+
+
 def run(args) -> int:
+    if args.recognizer_only:
+        return recognizer_only(args)
     from realtime.cli import make_pipeline, match_events, planted_events, warm_up
     from realtime.engines import load_engine
     from realtime.sinks import ListSink

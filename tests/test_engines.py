@@ -206,3 +206,15 @@ def test_bench_engines_measures_what_is_present_and_lists_the_rest(artifacts, tm
     assert measured | {s["engine"] for s in result["skipped"]} >= {"torch-cuda", "torch-cuda-graph", "tensorrt-fp16"}
     assert all(s["reason"] for s in result["skipped"]) and (tmp_path / "engines.md").is_file()
     assert "same architecture, fresh weights" in result["model"]
+
+
+def test_bench_recognizer_only_times_confirm_to_label(tmp_path):
+    """The stage the GPU target is about, measurable where there is no face tracker."""
+    from benchmarks.cli import main as bench
+
+    assert bench(["latency", "--recognizer-only", "3", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "latency-recognizer.json").read_text())
+    stats = result["confirm_to_label_ms"]
+    assert result["candidates"] == 3 and 0 < stats["p50"] <= stats["p95"] <= stats["p99"]
+    assert result["target_p95_ms"] == (5.0 if "cuda" in result["flow"] else 50.0)
+    assert "apex confirmed -> label" in (tmp_path / "latency-recognizer.md").read_text()
