@@ -21,7 +21,7 @@ OUT=${OUT:-/tmp/gpu-session}
 work=/tmp/gpu-session-work
 mkdir -p "$OUT" "$work/results"
 log=$OUT/log.txt
-py=python3
+py=${PYTHON:-python3}  # the GPU machine: the python3 that holds torch
 
 step() {  # step SECONDS command...: run, log, and go on whatever it returns
   local limit=$1; shift
