@@ -218,3 +218,46 @@ def test_bench_recognizer_only_times_confirm_to_label(tmp_path):
     assert result["candidates"] == 3 and 0 < stats["p50"] <= stats["p95"] <= stats["p99"]
     assert result["target_p95_ms"] == (5.0 if "cuda" in result["flow"] else 50.0)
     assert "apex confirmed -> label" in (tmp_path / "latency-recognizer.md").read_text()
+
+
+def test_bench_encoding_matches_clips_and_scores_the_difference(subset, tmp_path):
+    """A 'prepared' folder standing in for mex-train prepare's output: the subset's real images with
+    noise added to one channel, plus a clip the composite set does not have."""
+    import csv
+
+    from benchmarks.cli import main as bench
+    from mex.composite import load_flow_folder, write_png_rgb
+
+    rows = list(csv.DictReader((subset / "labels.csv").open(newline="")))
+    data = load_flow_folder(subset)
+    rng = np.random.default_rng(0)
+    for r, x in zip(rows, data.x):
+        noisy = x.copy()
+        noisy[2] = np.clip(noisy[2] + rng.normal(0, 0.2, noisy[2].shape), 0, 1)  # strain: the noisy channel
+        write_png_rgb(subset / r["file"], noisy)
+    extra = dict(rows[0], subject="casme2_sub99", clip="EP99_01", file="flow/casme2_sub99_EP99_01.png")
+    write_png_rgb(subset / extra["file"], data.x[0])
+    with (subset / "labels.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + [extra])
+
+    assert bench(["encoding", "--prepared", str(subset), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "encoding.json").read_text())
+    overall = result["summary"][0]
+    assert overall["set"] == "all" and overall["clips"] == len(rows)  # the extra clip has no match
+    assert overall["u_median"] > 0.99 and overall["v_median"] > 0.99  # untouched channels (8-bit rounding only)
+    assert 0.2 < overall["strain_median"] < 0.95
+    assert {s["set"] for s in result["summary"]} == {"all", "casme2", "samm", "smic"}
+    assert 0 <= overall["same_class"] <= 1 and "corr u" in (tmp_path / "encoding.md").read_text()
+
+
+def test_bench_encoding_without_common_clips_says_so(tmp_path, capsys):
+    from benchmarks.cli import main as bench
+    from mex.composite import write_png_rgb
+
+    (tmp_path / "flow").mkdir()
+    write_png_rgb(tmp_path / "flow" / "x.png", np.zeros((3, 28, 28), np.float32))
+    (tmp_path / "labels.csv").write_text("dataset,subject,clip,label,emotion,file\ncasme2,casme2_sub99,EP1,0,negative,flow/x.png\n")
+    with pytest.raises(SystemExit, match="none of the 1 clips"):
+        bench(["encoding", "--prepared", str(tmp_path), "--out", str(tmp_path / "out")])
