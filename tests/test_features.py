@@ -478,3 +478,16 @@ def test_encode_end_to_end_on_opencv():
     for k in range(2):
         # u and v against the true motion's encoding (noise and TV smoothing keep this well below 1)
         assert correlation(out[k, :2], truth[k, :2]) > 0.6
+
+
+@pytest.mark.skipif(not hasattr(__import__("cv2"), "optflow"), reason="OpenCV contrib (cv2.optflow) is not installed")
+def test_bench_flow_recipes_compares_every_recipe_with_the_default(tmp_path):
+    import json
+
+    from benchmarks.cli import main as bench
+
+    assert bench(["flow-recipes", "--pairs", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "flow-recipes.json").read_text())["results"]
+    assert rows[0]["recipe"].startswith("default") and rows[0]["corr_min_pair"] == pytest.approx(1.0)
+    assert all(r["ms_per_pair"] > 0 and r["epe_truth_px"] > 0 for r in rows)
+    assert any(r["crop_px"] == 64 and not r["faithful"] for r in rows)  # half-size crops change the features
