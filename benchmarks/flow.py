@@ -82,7 +82,8 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _epe(flow: np.ndarray, truth: np.ndarray, margin: int) -> float:
+def interior_epe(flow: np.ndarray, truth: np.ndarray, margin: int) -> float:
+    """Mean end-point error of a (2, H, W) flow against the truth, `margin` px in from every edge."""
     return float(np.sqrt(((flow - truth) ** 2).sum(0))[margin:-margin, margin:-margin].mean())
 
 
@@ -103,12 +104,12 @@ def _measure(label: str, args, onset, apex, truth, reference, reference_features
     row = {
         "backend": label,
         "device": backend.device,
-        "epe_truth_px": float(np.mean([_epe(f, t, margin) for f, t in zip(flows, truth)])),
+        "epe_truth_px": float(np.mean([interior_epe(f, t, margin) for f, t in zip(flows, truth)])),
         "first_call_s": first_call_s,
     }
     if reference is not None:
-        row["epe_vs_opencv_px"] = float(np.mean([_epe(f, r, margin) for f, r in zip(flows, reference)]))
-        row["epe_ratio_vs_opencv"] = row["epe_truth_px"] / np.mean([_epe(r, t, margin) for r, t in zip(reference, truth)])
+        row["epe_vs_opencv_px"] = float(np.mean([interior_epe(f, r, margin) for f, r in zip(flows, reference)]))
+        row["epe_ratio_vs_opencv"] = row["epe_truth_px"] / np.mean([interior_epe(r, t, margin) for r, t in zip(reference, truth)])
         corr = [float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(features, reference_features)]
         row["feature_corr_min"], row["feature_corr_mean"] = min(corr), float(np.mean(corr))
 

@@ -16,10 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .recipes import Recipe
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
+from .recipes import PRECISIONS, Recipe
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

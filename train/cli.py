@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .datasets import add_prepare_arguments, prepare_command
-from .recipes import PROFILES
+from .recipes import PRECISIONS, PROFILES
 
 console = Console(stderr=True)
 
@@ -37,7 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, help="models per fold whose probabilities are averaged")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="forward-pass precision; auto = bf16 on a CUDA GPU, fp32 on the CPU")
     p.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS", help="how often the resumable state is written")
     p.add_argument(
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="runs per configuration (seeds 0..N-1) for mean ± std")
     p.add_argument("--epochs", type=int)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.set_defaults(func=cmd_study)
     p = sub.add_parser("prepare", help="raw CASME II / SAMM / SMIC-HS frames -> a composite-format folder (cached)")
     add_prepare_arguments(p)

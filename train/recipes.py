@@ -9,6 +9,10 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 
+# How a run executes its recipe on the device (train/batched.py resolve_precision); not part of a profile.
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass
 class Recipe:
     epochs: int = 800
