@@ -12,7 +12,7 @@ Per backend, in one run on one machine:
   backend's EPE as a ratio of OpenCV's (issue 3 target <= 1.10), and the lowest and mean correlation
   of its encoded 3x28x28 features with the CPU path's (target >= 0.98).
 
-Backend labels: cpu, opencv-cuda, torch (on CUDA with Triton: one Triton launch per pyramid level
+Backend labels: cpu, numba, opencv-cuda, torch (on CUDA with Triton: one Triton launch per pyramid level
 and warp, the whole solve replayed as a CUDA graph), torch-nograph (the same kernels without the
 graph), torch-eager (the eager torch loop on CUDA), torch-cpu (the torch solver on the CPU). The
 torch variants on CUDA report the inner iterations of the last batch (per pair for the Triton path).
@@ -43,7 +43,7 @@ def add_arguments(p) -> None:
     p.add_argument("--cpu-batch", type=int, default=16, help="throughput batch for CPU backends (default 16)")
     p.add_argument("--repeats", type=int, default=5, help="batch-1 calls for the latency median (default 5)")
     p.add_argument("--backends", default=None,
-                   help="comma-separated: cpu, opencv-cuda, torch, torch-nograph, torch-eager, torch-cpu "
+                   help="comma-separated: cpu, numba, opencv-cuda, torch, torch-nograph, torch-eager, torch-cpu "
                         "(default: all available here; the torch-* variants are only run when named)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch CPU threads for torch-cpu (default 1: the solve is many tiny ops, and OpenMP "
@@ -133,7 +133,9 @@ def _measure(label: str, args, onset, apex, truth, reference, reference_features
     row["batch"] = batch
     row["pairs_per_s"] = batch / (time.perf_counter() - t0)
     solver = getattr(backend, "solver", None)
-    if solver is not None:
+    if label == "numba":
+        row["inner_iterations_last_pair"] = solver.inner_iterations_run
+    elif solver is not None:
         row["fused_triton_level"] = solver.fused
         row["cuda_graph"] = bool(backend.cuda_graph and not backend._graph_failed)
         if solver.fused:  # per pair, all levels and warps (the batch runs as long as its slowest pair)

@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from mex.features.backends import BACKENDS as FLOW_BACKENDS
+
 from .common import environment, results_dir, write_json
 
 TARGET_FPS = 200.0
@@ -42,7 +44,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="exported model (default: the shipped one)")
     p.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
-    p.add_argument("--flow", default="auto", choices=["auto", "cpu", "torch", "opencv-cuda"])
+    p.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS])
     p.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"])
     p.add_argument("--queue-size", type=int, default=8)
     p.add_argument("--clip", default=None, help="use this video instead of generating one")

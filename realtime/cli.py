@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from mex.features.backends import BACKENDS as FLOW_BACKENDS
+
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT = 0, 1, 2
 
 
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("recognition")
     m.add_argument("--model", metavar="PATH", help="exported model (.onnx, or .engine for TensorRT); default: the shipped mex/assets/default.onnx")
     m.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"], help="inference engine (default auto)")
-    m.add_argument("--flow", default="auto", choices=["auto", "cpu", "torch", "opencv-cuda"], help="optical-flow backend (default auto)")
+    m.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS], help="optical-flow backend (default auto)")
     m.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"], help="face tracker (default auto: mediapipe face mesh, else the Haar cascade)")
     o = p.add_argument_group("output")
     o.add_argument("--record", metavar="OUT.mp4", help="write the annotated video")

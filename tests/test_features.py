@@ -110,6 +110,34 @@ def test_torch_cpu_parity_with_opencv(pairs):
         check_parity(TorchFlow("cpu"), pairs)
 
 
+needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+
+
+@needs_opencv_tvl1
+@needs_numba
+def test_numba_parity_with_opencv(pairs):
+    check_parity(get_backend("numba"), pairs)
+
+
+@needs_opencv_tvl1
+@needs_numba
+def test_numba_follows_opencv_at_the_live_crop_size():
+    """At the live size (128 px crops, solved at 144) the numba solver is OpenCV's algorithm: the same
+    flow inside the padding up to float rounding and the odd stopping decision, the same features."""
+    from mex.features import CROP_SIZE, FLOW_PAD
+
+    item = synthetic_pairs(1, CROP_SIZE, seed=5)[0]
+    onset, apex = item.onset[None].astype(np.float32), item.apex[None].astype(np.float32)
+    u_cv, v_cv = crop_flow(onset, apex, OpenCVFlow())
+    u_nb, v_nb = crop_flow(onset, apex, get_backend("numba"))
+    inner = np.s_[:, FLOW_PAD:-FLOW_PAD, FLOW_PAD:-FLOW_PAD]
+    assert np.abs(u_nb - u_cv)[inner].mean() < 0.01 and np.abs(v_nb - v_cv)[inner].mean() < 0.01
+    assert np.abs(u_nb - u_cv)[inner].max() < 0.25 and np.abs(v_nb - v_cv)[inner].max() < 0.25
+    features_cv, features_nb = flow_to_features(u_cv, v_cv), flow_to_features(u_nb, v_nb)
+    for c in range(3):
+        assert correlation(features_nb[0, c], features_cv[0, c]) > 0.99, f"channel {c}"
+
+
 @pytest.mark.parametrize("label", gpu_backends())
 def test_gpu_backend_parity_with_opencv(label, pairs):
     check_parity(make_backend(label), pairs)
@@ -360,7 +388,7 @@ def test_pyramid_sizes_match_opencv():
         assert pyramid_sizes(side, side, params) == sizes
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_opencv_tvl1), "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_opencv_tvl1), pytest.param("numba", marks=needs_numba), "torch"])
 def test_rightward_motion_is_positive_u(backend):
     """Channel 0 is horizontal flow, positive when the face moves right (and v is down-positive)."""
     items = synthetic_pairs(1, 48, seed=7)
@@ -368,7 +396,8 @@ def test_rightward_motion_is_positive_u(backend):
     apex = np.roll(onset, shift=(1, 0), axis=(0, 1)).copy()  # content moves 1 px down
     apex = np.roll(apex, shift=1, axis=1)  # and 1 px right
     with single_thread():
-        u, v = (OpenCVFlow() if backend == "cpu" else TorchFlow("cpu")).flow(onset[None], apex[None])
+        u, v = {"cpu": OpenCVFlow, "numba": lambda: get_backend("numba"), "torch": lambda: TorchFlow("cpu")}[backend]().flow(
+            onset[None], apex[None])
     inner = (slice(8, -8), slice(8, -8))
     assert 0.8 < np.median(u[0][inner]) < 1.2
     assert 0.8 < np.median(v[0][inner]) < 1.2

@@ -143,7 +143,7 @@ def cmd_study(args) -> int:
     data = load_flow_folder(args.data)
     with _progress() as progress:
         table = run_study(args.study, args.profile, data, Path(args.out), pick_device(args.device), args.seeds, args.epochs, progress,
-                           args.precision)
+                           args.precision, args.only)
     print(table.read_text())
     return 0
 
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--only", type=lambda s: [n for n in s.split(",") if n], metavar="NAME[,NAME]",
+                   help="train only these configurations; the table still lists every finished one in --out")
     p.set_defaults(func=cmd_study)
     p = sub.add_parser("prepare", help="raw CASME II / SAMM / SMIC-HS frames -> a composite-format folder (cached)")
     add_prepare_arguments(p)

@@ -49,6 +49,7 @@ import numpy as np
 
 from mex import features as _features  # called as _features.encode, so tests can patch mex.features.encode
 from mex.composite import COLUMNS, DataError
+from mex.features.backends import BACKENDS as FLOW_BACKENDS
 from mex.labels import CLASSES, DATASETS, EMOTION_TO_CLASS, ENCODING_VERSION, class_of_emotion
 
 __all__ = ["Clip", "Reading", "PrepareReport", "EXCLUDED", "read_casme2", "read_samm", "read_smic", "read_dataset",
@@ -764,7 +765,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                              "NNN/ folders; smic: HS/ + annotation sheet)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="composite-format folder to create or merge into (labels.csv + flow/*.png)")
-    parser.add_argument("--flow", default="auto", choices=["auto", "cpu", "torch", "opencv-cuda"],
+    parser.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS],
                         help="TV-L1 backend of mex.features")
     parser.add_argument("--crop", type=_box, metavar="X,Y,W,H",
                         help="cut this box from every frame before encoding (default: frames as they are)")

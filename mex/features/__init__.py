@@ -6,7 +6,7 @@ makes model inputs. The recipe (ENCODING_VERSION in mex.labels) is the composite
 
 1. both crops to grey levels in 0..255 (uint8 as is; float in [0, 1] times 255; BGR with the
    cv2.COLOR_BGR2GRAY weights 0.114 B + 0.587 G + 0.299 R, unrounded);
-2. TV-L1 flow onset -> apex with OpenCV's default parameters (backends.py), u horizontal (positive =
+2. TV-L1 flow onset -> apex with OpenCV's default parameters and algorithm (backends.py), u horizontal (positive =
    motion to the right), v vertical (positive = down), computed on the crops padded by FLOW_PAD px
    of replicated edge and cropped back: TV-L1 warps with zeros outside the image, which gives the
    outermost pixels spurious flows of several px that differ from solver to solver and would set
@@ -119,7 +119,7 @@ def encode_batch(onsets: Sequence[np.ndarray], apexes: Sequence[np.ndarray],
                  flow: str | FlowBackend = "auto") -> np.ndarray:
     """Pairs of aligned face crops -> float32 (B, 3, 28, 28). All crops must have one size.
 
-    `flow` is a backend name ("auto", "cpu", "opencv-cuda", "torch") or a FlowBackend. The whole
+    `flow` is a backend name ("auto" or one of backends.BACKENDS) or a FlowBackend. The whole
     batch goes to the backend in one call, which is what the batched GPU backends want.
     """
     if len(onsets) != len(apexes):

@@ -5,15 +5,18 @@ Every backend takes two (B, H, W) float32 arrays of grey levels in 0..255 and re
 same parameters (`TVL1Params`, OpenCV's defaults). Choose one by name with `get_backend`:
 
 - "cpu": OpenCV contrib `cv2.optflow.DualTVL1OpticalFlow`, one pair at a time; the reference.
+- "numba": `tvl1_numba.TVL1Numba`, the same algorithm on the CPU with OpenCV's own resize, remap and
+  median, and the inner iterations compiled by numba as two fused loops: about 9x faster than "cpu"
+  at the live crop size, features within 0.98 correlation of it (tests/test_features.py).
 - "opencv-cuda": `cv2.cuda_OpticalFlowDual_TVL1`, only where OpenCV was built with CUDA (PyPI wheels
   never are). Its CUDA implementation has no median filtering and a single iteration count
   (inner x outer), so it is the same algorithm but not bit-for-bit the CPU one.
 - "torch": `tvl1_torch.TVL1`, batched, on CUDA when there is one, else on the CPU (slow; for tests).
   On CUDA with Triton installed: one Triton launch per (pyramid level, warp) (tvl1_triton.py) and the
   whole solve captured as a CUDA graph per batch shape (NOT yet run on a GPU; see docs/features.md).
-- "auto": opencv-cuda, else torch on CUDA, else cpu.
+- "auto": opencv-cuda, else torch on CUDA, else numba, else cpu.
 
-cv2 and torch are imported lazily: the GPU image has torch + numpy and may have OpenCV without
+cv2, numba and torch are imported lazily: the GPU image has torch + numpy and may have OpenCV without
 contrib, and mex-live on the CPU starts seconds faster without torch.
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("cpu", "opencv-cuda", "torch")
+BACKENDS = ("cpu", "numba", "opencv-cuda", "torch")
 DEFAULT_PARAMS = TVL1Params()
 
 
@@ -84,6 +87,31 @@ class OpenCVFlow(FlowBackend):
             # OpenCV reads float input as 0..1 and multiplies it by 255 itself.
             f = self._algo.calc(onset[k] / np.float32(255), apex[k] / np.float32(255), None)
             u[k], v[k] = f[..., 0], f[..., 1]
+        return u, v
+
+
+def _numba_reason() -> str | None:
+    """None when the numba backend can run here, else why not (nothing is imported to find out)."""
+    missing = [name for name, module in (("numba", "numba"), ("OpenCV", "cv2")) if importlib.util.find_spec(module) is None]
+    return f"{' and '.join(missing)} not installed" if missing else None
+
+
+class NumbaFlow(FlowBackend):
+    name = "numba"
+
+    def __init__(self, params: TVL1Params = DEFAULT_PARAMS):
+        reason = _numba_reason()
+        if reason:
+            raise BackendUnavailable(f"flow backend 'numba' is unavailable: {reason} (pip install numba opencv-contrib-python)")
+        from .tvl1_numba import TVL1Numba
+
+        self.solver = TVL1Numba(params)
+
+    def flow(self, onset, apex):
+        u = np.empty_like(onset)
+        v = np.empty_like(onset)
+        for k in range(len(onset)):
+            u[k], v[k] = self.solver(onset[k], apex[k])
         return u, v
 
 
@@ -257,6 +285,8 @@ def available_backends() -> list[str]:
         names.append("opencv-cuda")
     if _torch_cuda():
         names.append("torch")
+    if _numba_reason() is None:
+        names.append("numba")
     try:
         _opencv_optflow()
         names.append("cpu")
@@ -278,9 +308,9 @@ def resolve(name: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def get_backend(name: str = "auto") -> FlowBackend:
-    """The backend for `name` ("auto", "cpu", "opencv-cuda", "torch"); built and logged once per name."""
+    """The backend for `name` ("auto" or one of BACKENDS); built and logged once per name."""
     concrete = resolve(name)
-    backend = {"cpu": OpenCVFlow, "opencv-cuda": OpenCVCudaFlow, "torch": TorchFlow}[concrete]()
+    backend = {"cpu": OpenCVFlow, "numba": NumbaFlow, "opencv-cuda": OpenCVCudaFlow, "torch": TorchFlow}[concrete]()
     if name == "auto":
         log.info("flow backend: auto -> %r (available here: %s)", backend, ", ".join(available_backends()))
     else:
