@@ -167,9 +167,12 @@ class TVL1Numba:
         i1x, i1y = centred_gradient(i1)
         p11, p12, p21, p22 = (np.zeros((h, w), np.float32) for _ in range(4))
         xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        i1_stack = cv2.merge((i1, i1x, i1y))
         for _ in range(p.warps):
-            map_x, map_y = xs + u1, ys + u2
-            i1w, i1wx, i1wy = (cv2.remap(im, map_x, map_y, cv2.INTER_CUBIC) for im in (i1, i1x, i1y))
+            # OpenCV's three remaps (INTER_CUBIC, zeros outside) as one over the stacked images, with the
+            # maps converted to fixed point once: the same sample points and weights, bit for bit
+            maps = cv2.convertMaps(xs + u1, ys + u2, cv2.CV_16SC2)
+            i1w, i1wx, i1wy = cv2.split(cv2.remap(i1_stack, *maps, cv2.INTER_CUBIC))
             grad = i1wx * i1wx + i1wy * i1wy
             rho_c = i1w - i1wx * u1 - i1wy * u2 - i0
             error = np.float32(np.finfo(np.float32).max)
