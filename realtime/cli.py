@@ -179,6 +179,9 @@ def print_summary(out, summary: dict, source, events, console_ok=True) -> None:
     if "confirm" in st:
         w(f"  latency     apex confirmed -> label p95 {st['confirm']['p95']:.1f} ms; "
           f"apex captured -> label p95 {st['latency']['p95']:.1f} ms\n")
+    if summary.get("speculated"):
+        w(f"  ahead       {summary['speculated']} onset/peak pairs encoded before confirmation; "
+          f"{summary['speculation_used']} of {summary['candidates']} candidates found theirs ready\n")
     skipped = summary.get("skipped_candidates", 0)
     w(f"  events      {summary['events']} found ({summary['candidates']} candidates"
       + (f", {skipped} could not be encoded" if skipped else "") + ")\n")

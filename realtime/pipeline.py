@@ -17,6 +17,15 @@ Drop policy (explicit, per queue, counted in `Pipeline.counters`):
 - `q_display` (spotting -> recorder): same rule as `q_frames` (drop oldest for a camera, block
   for a file, so a recorded file has every frame).
 
+Speculative features (paced sources: a camera, or a file played with --realtime): while the spotter
+holds an interval open, waiting for the motion to settle before it confirms the apex (3-4 frames at
+30 fps), a speculator thread computes the features of the interval's onset and its peak so far
+(`Spotter.provisional()`); only the newest peak is kept waiting, one is computed at a time. When the
+candidate arrives the recognizer takes those features if the peak held (or waits for them if they are
+being computed) and otherwise computes them itself. Features are a pure function of the two crops, so
+events are the same with and without it; only the time from confirmation to label changes. Off for
+files read as fast as possible, where frames come far faster than a flow is solved.
+
 Every frame carries its capture time and per-stage times (`Frame.stage_ms`); the pipeline keeps the
 last 65,536 samples per stage in preallocated ring buffers (memory stays flat on long runs) for
 p50/p95/p99.
@@ -236,6 +245,12 @@ class Recognizer:
             return False
         return True
 
+    def features_of(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
+        """Features of one pair of crops, the same call `features` makes for a candidate."""
+        if self._encode_batch is not None:
+            return np.asarray(self._encode_batch([onset], [apex], flow=self.flow), dtype=np.float32)[0]
+        return np.asarray(self.encode(onset, apex, flow=self.flow), dtype=np.float32)
+
     def features(self, cands: list[Candidate]) -> np.ndarray:
         if self._encode_batch is not None:
             return np.asarray(self._encode_batch([c.onset.crop for c in cands], [c.apex.crop for c in cands],
@@ -243,26 +258,36 @@ class Recognizer:
         return np.stack([np.asarray(self.encode(c.onset.crop, c.apex.crop, flow=self.flow), dtype=np.float32)
                          for c in cands])
 
-    def __call__(self, cands: list[Candidate], stats: RingStats | None = None) -> list[Event]:
-        t0 = time.perf_counter()
-        cands = [c for c in cands if self._usable(c)]
+    def _encode(self, cands: list[Candidate]) -> list[np.ndarray | None]:
+        """Features per candidate (None for one that cannot be encoded: skipped and counted)."""
         if not cands:
             return []
         try:
-            x = self.features(cands)
-        except (ValueError, RuntimeError) as e:
+            return list(self.features(cands))
+        except (ValueError, RuntimeError):
             # one bad pair must not stop a live run: encode pair by pair, skip (and count) the bad ones
-            kept, rows = [], []
+            rows = []
             for c in cands:
                 try:
                     rows.append(self.features([c])[0])
-                    kept.append(c)
-                except (ValueError, RuntimeError) as e1:
-                    self._skip(f"{type(e1).__name__}: {e1}")
-            if not kept:
-                return []
-            cands, x = kept, np.stack(rows)
-            del e
+                except (ValueError, RuntimeError) as e:
+                    self._skip(f"{type(e).__name__}: {e}")
+                    rows.append(None)
+            return rows
+
+    def __call__(self, cands: list[Candidate], stats: RingStats | None = None,
+                 precomputed: Callable[[Candidate], np.ndarray | None] | None = None) -> list[Event]:
+        """`precomputed(candidate)`: its features if they were computed ahead (a Speculator), else None."""
+        t0 = time.perf_counter()
+        cands = [c for c in cands if self._usable(c)]
+        ready = [precomputed(c) if precomputed is not None else None for c in cands]
+        todo = [k for k, r in enumerate(ready) if r is None]
+        for k, row in zip(todo, self._encode([cands[k] for k in todo])):
+            ready[k] = row
+        kept = [(c, r) for c, r in zip(cands, ready) if r is not None]
+        if not kept:
+            return []
+        cands, x = [c for c, _ in kept], np.stack([r for _, r in kept])
         t1 = time.perf_counter()
         p = np.asarray(self.engine.probs(x), dtype=np.float64)
         t2 = time.perf_counter()
@@ -290,8 +315,86 @@ class Recognizer:
         return events
 
 
+class Speculator:
+    """Features of the open interval's (onset, peak so far), computed before the apex is confirmed.
+
+    `offer(onset, apex)` from the spotting thread (newest wins: an offer not yet started is replaced);
+    `run()` on its own thread computes one pair at a time with `encode(onset_crop, apex_crop)`;
+    `take(candidate)` from the recognizer returns the candidate's features if they were computed (or
+    waits for them while they are being computed), else None. Keeps the last `keep` results.
+    """
+
+    def __init__(self, encode: Callable[[np.ndarray, np.ndarray], np.ndarray], stats: RingStats | None = None,
+                 keep: int = 8):
+        self.encode = encode
+        self.stats = stats
+        self.keep = keep
+        self._cond = threading.Condition()
+        self._wanted: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
+        self._busy: tuple[int, int] | None = None
+        self._done: dict[tuple[int, int], np.ndarray | None] = {}
+        self._closed = False
+        self.computed = 0  # pairs encoded ahead
+        self.used = 0  # candidates that found their features ready (or being computed)
+
+    @staticmethod
+    def key(onset: FaceFrame, apex: FaceFrame) -> tuple[int, int]:
+        return onset.frame.index, apex.frame.index
+
+    def offer(self, onset: FaceFrame, apex: FaceFrame) -> None:
+        key = self.key(onset, apex)
+        if onset.crop is None or apex.crop is None:
+            return
+        with self._cond:
+            if key in self._done or key == self._busy or (self._wanted is not None and self._wanted[0] == key):
+                return
+            self._wanted = (key, onset.crop, apex.crop)
+            self._cond.notify_all()
+
+    def take(self, cand: Candidate) -> np.ndarray | None:
+        key = self.key(cand.onset, cand.apex)
+        with self._cond:
+            if self._wanted is not None and self._wanted[0] == key:
+                self._wanted = None  # not started: the recognizer computes it now instead
+            while self._busy == key and not self._closed:
+                self._cond.wait()
+            x = self._done.pop(key, None)
+        if x is not None:
+            self.used += 1
+        return x
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while self._wanted is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                (key, onset, apex), self._wanted = self._wanted, None
+                self._busy = key
+            t0 = time.perf_counter()
+            try:
+                x = np.asarray(self.encode(onset, apex), dtype=np.float32)
+            except (ValueError, RuntimeError):
+                x = None  # the recognizer will try again, and skip and count it
+            if self.stats is not None:
+                self.stats.add("speculate", (time.perf_counter() - t0) * 1000.0)
+            with self._cond:
+                self._done[key] = x
+                while len(self._done) > self.keep:
+                    self._done.pop(next(iter(self._done)))
+                self.computed += 1
+                self._busy = None
+                self._cond.notify_all()
+
+
 class Pipeline:
-    """Source -> Tracker -> Spotter -> Recognizer -> sinks, on five threads (six with a recorder).
+    """Source -> Tracker -> Spotter -> Recognizer -> sinks, on five threads (plus one with a recorder, one speculating features for a paced source).
 
     `tracker.track(frame) -> FaceFrame`, `spotter.push(ff) -> list[Candidate]`, `spotter.flush()`,
     optional `spotter.signal_history()` / `spotter.region_motion()`; `recognizer(list[Candidate]) ->
@@ -301,7 +404,9 @@ class Pipeline:
     def __init__(self, source, tracker, spotter, recognizer, event_sinks: Sequence[EventSink] = (),
                  frame_sinks: Sequence[FrameSink] = (), queue_size: int = 8, want_display: bool = False,
                  batch_max: int = 16, stats_capacity: int = 65536, keep_events: int = 10000,
-                 max_frames: int | None = None):
+                 max_frames: int | None = None, speculate: bool | None = None):
+        """speculate: compute features before the apex is confirmed (default: for paced sources, i.e.
+        a camera or a file with realtime=True, and a spotter with `provisional()`)."""
         self.source = source
         self.tracker = tracker
         self.spotter = spotter
@@ -321,6 +426,11 @@ class Pipeline:
         self.q_candidates = Channel("candidates", 64, drop_oldest=False, abort=self._abort)
         self.q_display = Channel("display", queue_size, drop_oldest=self.live, abort=self._abort)
         self.stats = RingStats(stats_capacity)
+        paced = self.live or bool(getattr(source, "realtime", False))
+        if speculate is None:
+            speculate = paced
+        can = hasattr(spotter, "provisional") and hasattr(recognizer, "features_of")
+        self.speculator = Speculator(lambda a, b: recognizer.features_of(a, b), self.stats) if speculate and can else None
         self.events: deque[Event] = deque(maxlen=keep_events)
         self.n_events = 0
         self.n_candidates = 0
@@ -342,6 +452,8 @@ class Pipeline:
                  ("recognizer", self._recognize)]
         if self.frame_sinks:
             specs.append(("frame-sinks", self._frame_sinks))
+        if self.speculator is not None:
+            specs.append(("speculator", self.speculator.run))
         for name, fn in specs:
             t = threading.Thread(target=self._guard, args=(name, fn), name=f"mex-{name}", daemon=True)
             self._threads.append(t)
@@ -360,6 +472,8 @@ class Pipeline:
         self.source.stop()
         for ch in (self.q_frames, self.q_faces, self.q_candidates, self.q_display):
             ch.wake()
+        if self.speculator is not None:
+            self.speculator.close()
 
     @property
     def running(self) -> bool:
@@ -471,6 +585,10 @@ class Pipeline:
                 cands = self.spotter.push(ff)
                 t2 = time.monotonic()
                 frame.stage_ms["spot"] = (t2 - t1) * 1000.0
+                if self.speculator is not None and not cands:
+                    pair = self.spotter.provisional()
+                    if pair is not None:
+                        self.speculator.offer(*pair)
                 for c in cands:
                     self.n_candidates += 1
                     self.q_candidates.put(c)
@@ -508,6 +626,14 @@ class Pipeline:
             self._state.regions = regions
 
     def _recognize(self) -> None:
+        try:
+            self._recognize_candidates()
+        finally:
+            if self.speculator is not None:
+                self.speculator.close()
+
+    def _recognize_candidates(self) -> None:
+        take = self.speculator.take if self.speculator is not None else None
         while True:
             c = self.q_candidates.get()
             if c is _EOS:
@@ -518,7 +644,7 @@ class Pipeline:
                 if more is None:
                     break
                 batch.append(more)
-            events = self.recognizer(batch, self.stats)
+            events = self.recognizer(batch, self.stats, take)
             for ev in events:
                 self.stats.add("latency", ev.latency_ms)
                 self.stats.add("confirm", ev.confirm_ms)
@@ -553,6 +679,8 @@ class Pipeline:
             "dropped_display": self.q_display.dropped,
             "candidates": self.n_candidates,
             "skipped_candidates": int(getattr(self.recognizer, "skipped", 0)),
+            "speculated": self.speculator.computed if self.speculator is not None else 0,
+            "speculation_used": self.speculator.used if self.speculator is not None else 0,
             "events": self.n_events,
             "reconnects": int(getattr(self.source, "reconnects", 0)),
             "read_failures": int(getattr(self.source, "read_failures", 0)),

@@ -250,16 +250,33 @@ class Spotter:
         offset = tail[len(tail) - quiet][0]
         return self._close(i, offset)
 
+    def _onset(self, trigger: int) -> int:
+        """The last frame at the floor before the signal crossed z_on (fixed once an interval opens)."""
+        onset = trigger
+        for j, s, _ in reversed([h for h in self.signal if h[0] < trigger]):
+            onset = j
+            if s <= self.cfg.z_floor:
+                break
+        return onset
+
+    def provisional(self) -> tuple[FaceFrame, FaceFrame] | None:
+        """While an interval is open: its onset and the peak so far, the pair a candidate will carry if
+        the peak holds (live callers start computing its features before the apex is confirmed)."""
+        if self.open is None:
+            return None
+        onset = self._onset(self.open)
+        apex = max((h for h in self.signal if h[0] >= onset), key=lambda h: h[1])[0]
+        faces = {f.frame.index: f for f in self.faces}
+        if onset not in faces or apex not in faces:
+            return None
+        return faces[onset], faces[apex]
+
     def _close(self, i: int, offset: int) -> list[Candidate]:
         trigger = self.open
         self.open = None
         self.hold_until = i  # keep the pre-interval reference until the interval leaves the lag window
         history = list(self.signal)
-        onset = trigger
-        for j, s, _ in reversed([h for h in history if h[0] < trigger]):
-            onset = j
-            if s <= self.cfg.z_floor:
-                break
+        onset = self._onset(trigger)
         span = [h for h in history if onset <= h[0] <= offset]
         apex, _, region = max(span, key=lambda h: h[1])
         inside = [(g, m) for (j, _, _), g, m in zip(history, self.eye_gray, self.motion) if onset <= j <= offset]

@@ -213,11 +213,11 @@ def test_bench_recognizer_only_times_confirm_to_label(tmp_path):
     from benchmarks.cli import main as bench
 
     assert bench(["latency", "--recognizer-only", "3", "--out", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "latency-recognizer.json").read_text())
+    result = json.loads(next(tmp_path.glob("latency-recognizer-*.json")).read_text())
     stats = result["confirm_to_label_ms"]
     assert result["candidates"] == 3 and 0 < stats["p50"] <= stats["p95"] <= stats["p99"]
     assert result["target_p95_ms"] == (5.0 if "cuda" in result["flow"] else 50.0)
-    assert "apex confirmed -> label" in (tmp_path / "latency-recognizer.md").read_text()
+    assert "apex confirmed -> label" in next(tmp_path.glob("latency-recognizer-*.md")).read_text()
 
 
 def test_bench_encoding_matches_clips_and_scores_the_difference(subset, tmp_path):
@@ -261,3 +261,17 @@ def test_bench_encoding_without_common_clips_says_so(tmp_path, capsys):
     (tmp_path / "labels.csv").write_text("dataset,subject,clip,label,emotion,file\ncasme2,casme2_sub99,EP1,0,negative,flow/x.png\n")
     with pytest.raises(SystemExit, match="none of the 1 clips"):
         bench(["encoding", "--prepared", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_bench_latency_realtime_runs_at_the_clip_pace_with_speculation(tmp_path):
+    """Camera-like run of the whole pipeline: the clip's own frame rate, features computed ahead."""
+    pytest.importorskip("mediapipe")
+    from benchmarks.cli import main as bench
+
+    assert bench(["latency", "--realtime", "--seconds", "4", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "latency-realtime.json").read_text())
+    assert result["realtime"] is True and result["dropped_frames"] == 0
+    assert list(result["targets"]) == ["confirm_p95<=50ms"]  # the clip sets the pace: no throughput targets
+    assert result["speculated"] >= result["speculation_used"] >= 0
+    assert result["pipeline_s"] >= 0.9 * result["clip"]["frames"] / result["clip"]["fps"]  # paced, not flat out
+    assert "real-time mode" in (tmp_path / "latency-realtime.md").read_text()

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from realtime.packets import Candidate, FaceFrame
-from realtime.pipeline import Aborted, Channel, DisplayState, Pipeline, Recognizer, RingStats
+from realtime.packets import Candidate, FaceFrame, Frame
+from realtime.pipeline import Aborted, Channel, DisplayState, Pipeline, Recognizer, RingStats, Speculator
 from realtime.sinks import EventLog, ListSink, VideoRecorder, annotate
 from realtime.sources import ArraySource, CameraSource, SourceError, VideoSource
 
@@ -409,3 +409,87 @@ def test_a_failing_overlay_tick_still_stops_threads_and_closes_sinks(tmp_path):
     with pytest.raises(OSError):
         p.run(on_tick=tick)
     assert not p.running and sink._f is None
+
+
+# -- speculative features ---------------------------------------------------------------------------
+class ProvisionalSpotter(FakeSpotter):
+    """A FakeSpotter that also says which (onset, apex) it will confirm: the newest pair it holds."""
+
+    def provisional(self):
+        return self.pending[-1][1] if self.pending else None
+
+
+def face(index: int, value: int = 0) -> FaceFrame:
+    return FaceFrame(Frame(index, time.monotonic(), index / 30, None), "face", crop=np.full((CROP, CROP), value, np.uint8))
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_speculator_computes_the_newest_offer_and_hands_it_over():
+    calls = []
+
+    def encode(onset, apex):
+        calls.append((int(onset[0, 0]), int(apex[0, 0])))
+        return fake_encode(onset, apex)
+
+    spec = Speculator(encode)
+    spec.offer(face(0, 1), face(3, 5))
+    spec.offer(face(0, 1), face(4, 9))  # the peak moved on before anything started: only this one is computed
+    worker = threading.Thread(target=spec.run)
+    worker.start()
+    wait_for(lambda: spec.computed == 1)
+    assert calls == [(1, 9)]
+    late = Candidate(face(0, 1), face(3, 5), 6, np.zeros(1), time.monotonic())
+    held = Candidate(face(0, 1), face(4, 9), 6, np.zeros(1), time.monotonic())
+    assert spec.take(late) is None  # never computed: the recognizer encodes it itself
+    np.testing.assert_array_equal(spec.take(held), fake_encode(held.onset.crop, held.apex.crop))
+    assert spec.take(held) is None and spec.used == 1  # handed over once
+    spec.close()
+    worker.join(5)
+    assert not worker.is_alive()
+
+
+def test_speculator_take_waits_for_a_pair_being_computed():
+    release = threading.Event()
+
+    def slow(onset, apex):
+        release.wait(10)
+        return fake_encode(onset, apex)
+
+    spec = Speculator(slow)
+    worker = threading.Thread(target=spec.run)
+    worker.start()
+    spec.offer(face(10, 2), face(14, 7))
+    wait_for(lambda: spec._busy is not None)
+    threading.Timer(0.05, release.set).start()
+    cand = Candidate(face(10, 2), face(14, 7), 16, np.zeros(1), time.monotonic())
+    assert spec.take(cand) is not None and spec.used == 1
+    spec.close()
+    worker.join(5)
+
+
+def test_paced_source_speculates_and_gives_the_same_events():
+    """Features computed ahead are the ones the recognizer would compute: the events do not change."""
+    runs = []
+    for speculate in (False, True):
+        src = ArraySource(images(90), fps=60, realtime=True)
+        p = make(src, spotter=ProvisionalSpotter(every=15, lag=6), speculate=speculate)
+        s = p.run()
+        assert s["error"] is None and s["events"] == 6
+        runs.append([strip(e) for e in p.events])
+        if speculate:
+            assert s["speculated"] >= 1 and s["speculation_used"] >= 1
+        else:
+            assert s["speculated"] == s["speculation_used"] == 0
+    assert runs[0] == runs[1]
+
+
+def test_files_read_flat_out_do_not_speculate():
+    p = make(ArraySource(images(30), fps=30), spotter=ProvisionalSpotter())
+    assert p.speculator is None
+    assert make(ArraySource(images(30), fps=30, realtime=True), spotter=ProvisionalSpotter()).speculator is not None

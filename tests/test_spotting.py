@@ -45,14 +45,19 @@ def run_clip(spec):
 
     spotter = Spotter(spec.fps)
     out, pushed_at = [], {}
+    provisional = {}  # (onset, apex) frame indices offered while an interval was open -> first frame offered
     with FaceTracker() as tracker:
         for i, image in enumerate(render(spec)):
             frame = Frame(index=i, t_capture=time.monotonic(), t_video=i / spec.fps, image=image)
             for c in spotter.push(tracker.track(frame)):
                 pushed_at[id(c)] = i
                 out.append(c)
+            pair = spotter.provisional()
+            if pair is not None:
+                provisional.setdefault((pair[0].frame.index, pair[1].frame.index), i)
             assert "spot" in frame.stage_ms
     out += spotter.flush()
+    pushed_at["provisional"] = provisional
     return spotter, out, pushed_at
 
 
@@ -89,6 +94,17 @@ def test_candidates_carry_crops_signal_and_a_bounded_delay(planted):
     hist = spotter.signal_history()
     assert hist.shape == (int(cfg.history_s * spec.fps),)
     assert set(spotter.region_motion()) == {"brows", "eyes", "mouth"}
+
+
+def test_provisional_pair_is_the_candidate_before_it_is_confirmed(planted):
+    """What the live pipeline computes ahead (Spotter.provisional while an interval is open) is the
+    confirmed candidate's (onset, apex), offered at least one frame before the confirmation."""
+    spec, gt, spotter, cands, pushed_at = planted
+    for c in cands:
+        key = (c.onset.frame.index, c.apex.frame.index)
+        assert key in pushed_at["provisional"], f"{key} never offered"
+        assert pushed_at["provisional"][key] < pushed_at[id(c)]
+    assert spotter.provisional() is None  # nothing open at the end of the clip
 
 
 def test_blinks_and_head_motion_do_not_fire():
