@@ -138,6 +138,22 @@ def test_numba_follows_opencv_at_the_live_crop_size():
         assert correlation(features_nb[0, c], features_cv[0, c]) > 0.99, f"channel {c}"
 
 
+@pytest.mark.parametrize("name", [pytest.param("cpu", marks=needs_opencv_tvl1), pytest.param("numba", marks=needs_numba)])
+def test_backend_gives_the_same_flow_when_called_from_two_threads(name, pairs):
+    """mex-live's recognizer and speculator share one backend and may call it at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    onset, apex = pairs[0], pairs[1]
+    backend = get_backend(name)
+    alone = [backend.flow(onset[k:k + 1], apex[k:k + 1]) for k in range(len(onset))]
+    jobs = [k for k in range(len(onset)) for _ in range(3)]  # each pair three times, all at once
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda k: backend.flow(onset[k:k + 1], apex[k:k + 1]), jobs))
+    for j, (u, v) in enumerate(together):
+        np.testing.assert_array_equal(u, alone[j // 3][0])
+        np.testing.assert_array_equal(v, alone[j // 3][1])
+
+
 @pytest.mark.parametrize("label", gpu_backends())
 def test_gpu_backend_parity_with_opencv(label, pairs):
     check_parity(make_backend(label), pairs)

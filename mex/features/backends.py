@@ -25,6 +25,7 @@ import functools
 import importlib.util
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,7 +46,11 @@ class BackendUnavailable(RuntimeError):
 
 
 class FlowBackend:
-    """Base class: `name`, `device`, and `flow(onset, apex) -> (u, v)` on (B, H, W) float32 in 0..255."""
+    """Base class: `name`, `device`, and `flow(onset, apex) -> (u, v)` on (B, H, W) float32 in 0..255.
+
+    `flow` may be called from several threads at once (mex-live's recognizer and speculator share one
+    backend): a backend whose solver object keeps state between calls (OpenCV's algorithm objects,
+    captured CUDA graphs with static buffers) serialises its calls with a lock."""
 
     name = ""
     device = "cpu"
@@ -79,14 +84,16 @@ class OpenCVFlow(FlowBackend):
             params.tau, params.lam, params.theta, params.nscales, params.warps, params.epsilon,
             params.inner_iterations, params.outer_iterations, params.scale_step, 0.0,
             params.median_filtering, False)
+        self._lock = threading.Lock()  # the algorithm object keeps its buffers between calls
 
     def flow(self, onset, apex):
         u = np.empty_like(onset)
         v = np.empty_like(onset)
-        for k in range(len(onset)):
-            # OpenCV reads float input as 0..1 and multiplies it by 255 itself.
-            f = self._algo.calc(onset[k] / np.float32(255), apex[k] / np.float32(255), None)
-            u[k], v[k] = f[..., 0], f[..., 1]
+        with self._lock:
+            for k in range(len(onset)):
+                # OpenCV reads float input as 0..1 and multiplies it by 255 itself.
+                f = self._algo.calc(onset[k] / np.float32(255), apex[k] / np.float32(255), None)
+                u[k], v[k] = f[..., 0], f[..., 1]
         return u, v
 
 
@@ -97,6 +104,8 @@ def _numba_reason() -> str | None:
 
 
 class NumbaFlow(FlowBackend):
+    """Re-entrant: every call works on its own arrays, so threads solve side by side (no lock)."""
+
     name = "numba"
 
     def __init__(self, params: TVL1Params = DEFAULT_PARAMS):
@@ -144,16 +153,18 @@ class OpenCVCudaFlow(FlowBackend):
         self._algo = cv2.cuda_OpticalFlowDual_TVL1.create(
             params.tau, params.lam, params.theta, params.nscales, params.warps, params.epsilon,
             params.inner_iterations * params.outer_iterations, params.scale_step, 0.0, False)
+        self._lock = threading.Lock()
 
     def flow(self, onset, apex):
         u = np.empty_like(onset)
         v = np.empty_like(onset)
         i0, i1 = self._cv2.cuda_GpuMat(), self._cv2.cuda_GpuMat()
-        for k in range(len(onset)):
-            i0.upload(np.ascontiguousarray(onset[k] / np.float32(255)))
-            i1.upload(np.ascontiguousarray(apex[k] / np.float32(255)))
-            f = self._algo.calc(i0, i1, None).download()
-            u[k], v[k] = f[..., 0], f[..., 1]
+        with self._lock:
+            for k in range(len(onset)):
+                i0.upload(np.ascontiguousarray(onset[k] / np.float32(255)))
+                i1.upload(np.ascontiguousarray(apex[k] / np.float32(255)))
+                f = self._algo.calc(i0, i1, None).download()
+                u[k], v[k] = f[..., 0], f[..., 1]
         return u, v
 
 
@@ -226,6 +237,7 @@ class TorchFlow(FlowBackend):
         self.solver = TVL1(params, check_every=10 if on_gpu else 1, fused=fused)
         self._graphs: dict[tuple, _GraphedSolve] = {}
         self._graph_failed = False
+        self._lock = threading.Lock()  # a graph's static buffers (and its outputs) belong to one call at a time
 
     def __repr__(self) -> str:
         step = "Triton kernel per level and warp" if self.solver.fused else "eager torch loop"
@@ -259,8 +271,9 @@ class TorchFlow(FlowBackend):
 
     def flow(self, onset, apex):
         torch = self._torch
-        u, v = self.solve(torch.from_numpy(onset).to(self.device), torch.from_numpy(apex).to(self.device))
-        return u.cpu().numpy(), v.cpu().numpy()
+        with self._lock:
+            u, v = self.solve(torch.from_numpy(onset).to(self.device), torch.from_numpy(apex).to(self.device))
+            return u.cpu().numpy(), v.cpu().numpy()
 
 
 # Device nodes an NVIDIA driver creates (Linux, containers, WSL). Where none exists, "auto" need not
