@@ -20,7 +20,8 @@ Drop policy (explicit, per queue, counted in `Pipeline.counters`):
 Speculative features (paced sources: a camera, or a file played with --realtime): while the spotter
 holds an interval open, waiting for the motion to settle before it confirms the apex (3-4 frames at
 30 fps), a speculator thread computes the features of the interval's onset and its peak so far
-(`Spotter.provisional()`); only the newest peak is kept waiting, one is computed at a time. When the
+(`Spotter.provisional()`), offered once the peak has held for a frame; only the newest offer is kept
+waiting, one is computed at a time. When the
 candidate arrives the recognizer takes those features if the peak held (or waits for them if they are
 being computed) and otherwise computes them itself. Features are a pure function of the two crops, so
 events are the same with and without it; only the time from confirmation to label changes. Off for
@@ -587,7 +588,9 @@ class Pipeline:
                 frame.stage_ms["spot"] = (t2 - t1) * 1000.0
                 if self.speculator is not None and not cands:
                     pair = self.spotter.provisional()
-                    if pair is not None:
+                    # offered once the peak has held for a frame: while the motion still rises every
+                    # frame is a new peak, and encoding each would mostly be wasted
+                    if pair is not None and pair[1].frame.index < frame.index:
                         self.speculator.offer(*pair)
                 for c in cands:
                     self.n_candidates += 1
