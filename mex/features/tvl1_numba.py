@@ -18,8 +18,6 @@ numba and cv2 are imported when the first solver is built; the compiled loops ar
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .params import TVL1Params
@@ -137,7 +135,7 @@ class TVL1Numba:
             raise ValueError(f"expected two (H, W) images of one shape, got {i0.shape} and {i1.shape}")
         # OpenCV's calc() reads float input as 0..1 and scales it by 255 (convertTo): the backends hand
         # it x / 255, so the same rounding happens here.
-        levels = [tuple(np.float32((np.asarray(im, np.float32) / np.float32(255)).astype(np.float64) * 255.0)
+        levels = [tuple(((np.asarray(im, np.float32) / np.float32(255)).astype(np.float64) * 255.0).astype(np.float32)
                         for im in (i0, i1))]
         for _ in range(1, p.nscales):
             a, b = (cv2.resize(im, None, fx=p.scale_step, fy=p.scale_step) for im in levels[-1])
