@@ -246,31 +246,24 @@ class Recognizer:
             return False
         return True
 
-    def features_of(self, onset: np.ndarray, apex: np.ndarray) -> np.ndarray:
-        """Features of one pair of crops, the same call `features` makes for a candidate."""
+    def features(self, onsets: Sequence[np.ndarray], apexes: Sequence[np.ndarray]) -> np.ndarray:
+        """Pairs of crops -> float32 (n, 3, 28, 28), for candidates and for the Speculator alike."""
         if self._encode_batch is not None:
-            return np.asarray(self._encode_batch([onset], [apex], flow=self.flow), dtype=np.float32)[0]
-        return np.asarray(self.encode(onset, apex, flow=self.flow), dtype=np.float32)
-
-    def features(self, cands: list[Candidate]) -> np.ndarray:
-        if self._encode_batch is not None:
-            return np.asarray(self._encode_batch([c.onset.crop for c in cands], [c.apex.crop for c in cands],
-                                                 flow=self.flow), dtype=np.float32)
-        return np.stack([np.asarray(self.encode(c.onset.crop, c.apex.crop, flow=self.flow), dtype=np.float32)
-                         for c in cands])
+            return np.asarray(self._encode_batch(onsets, apexes, flow=self.flow), dtype=np.float32)
+        return np.stack([np.asarray(self.encode(a, b, flow=self.flow), dtype=np.float32) for a, b in zip(onsets, apexes)])
 
     def _encode(self, cands: list[Candidate]) -> list[np.ndarray | None]:
         """Features per candidate (None for one that cannot be encoded: skipped and counted)."""
         if not cands:
             return []
         try:
-            return list(self.features(cands))
+            return list(self.features([c.onset.crop for c in cands], [c.apex.crop for c in cands]))
         except (ValueError, RuntimeError):
             # one bad pair must not stop a live run: encode pair by pair, skip (and count) the bad ones
             rows = []
             for c in cands:
                 try:
-                    rows.append(self.features([c])[0])
+                    rows.append(self.features([c.onset.crop], [c.apex.crop])[0])
                 except (ValueError, RuntimeError) as e:
                     self._skip(f"{type(e).__name__}: {e}")
                     rows.append(None)
@@ -430,8 +423,9 @@ class Pipeline:
         paced = self.live or bool(getattr(source, "realtime", False))
         if speculate is None:
             speculate = paced
-        can = hasattr(spotter, "provisional") and hasattr(recognizer, "features_of")
-        self.speculator = Speculator(lambda a, b: recognizer.features_of(a, b), self.stats) if speculate and can else None
+        can = hasattr(spotter, "provisional") and hasattr(recognizer, "features")
+        self.speculator = (Speculator(lambda a, b: recognizer.features([a], [b])[0], self.stats)
+                           if speculate and can else None)
         self.events: deque[Event] = deque(maxlen=keep_events)
         self.n_events = 0
         self.n_candidates = 0

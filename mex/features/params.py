@@ -3,6 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+# OpenCV's constants (tvl1flow.cpp), shared by our solvers
+FLOAT_EPS = float(np.finfo(np.float32).eps)  # "grad > numeric_limits<float>::epsilon()"
+MIN_LEVEL_SIDE = 16  # the pyramid stops before a level gets a side below this
+
 
 @dataclass(frozen=True)
 class TVL1Params:

@@ -18,21 +18,18 @@ numba and cv2 are imported when the first solver is built; the compiled loops ar
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from .params import TVL1Params
+from .params import FLOAT_EPS, MIN_LEVEL_SIDE, TVL1Params
 
-FLT_EPSILON = np.float32(np.finfo(np.float32).eps)  # tvl1flow.cpp: "grad > numeric_limits<float>::epsilon()"
-MIN_LEVEL_SIDE = 16  # OpenCV stops building the pyramid before a level gets a side below this
-
-_kernels = None
+FLT_EPSILON = np.float32(FLOAT_EPS)  # a float32 constant, so the comparison stays in float32
 
 
+@functools.cache
 def _compile():
     """The two loops of one inner iteration, jitted once per process (loaded from numba's cache)."""
-    global _kernels
-    if _kernels is not None:
-        return _kernels
     import numba
 
     # error_model="numpy": IEEE division (no zero checks), so LLVM can vectorise the pixel loops;
@@ -101,8 +98,7 @@ def _compile():
             done += 1
         return error, done
 
-    _kernels = inner_loop
-    return _kernels
+    return inner_loop
 
 
 def centred_gradient(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

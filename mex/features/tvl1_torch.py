@@ -33,11 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .params import TVL1Params
+from .params import FLOAT_EPS, MIN_LEVEL_SIDE, TVL1Params
 
-FLOAT_EPS = float(np.finfo(np.float32).eps)  # OpenCV's "grad > numeric_limits<float>::epsilon()"
 REMAP_STEPS = 32  # cv::remap's sub-pixel resolution (INTER_TAB_SIZE)
-MIN_LEVEL_SIDE = 16  # OpenCV stops building the pyramid before a level gets a side below this
 
 
 def pyramid_sizes(height: int, width: int, params: TVL1Params) -> list[tuple[int, int]]:
