@@ -42,7 +42,14 @@ def test_uf1_uar_by_hand():
     assert m["uar"] == pytest.approx((2 / 3 + 0.5 + 1.0) / 3)
 
 
-@pytest.mark.parametrize("name", ["dacrossvit", "crossvit", "ststnet"])
+def test_command_line_families_are_the_model_families():
+    from mex.models import FAMILIES
+    from train.recipes import MODEL_FAMILIES
+
+    assert tuple(FAMILIES) == MODEL_FAMILIES
+
+
+@pytest.mark.parametrize("name", ["dacrossvit", "crossvit", "ststnet", "logreg"])
 def test_stacked_members_match_separate_models(name):
     make = lambda: build_model(name)  # noqa: E731
     members = Members(make, 3, seed=1, device=torch.device("cpu"))
@@ -73,6 +80,24 @@ def test_flip_mirrors_horizontal_flow():
     f = flipped[0]
     torch.testing.assert_close(f[0, 0], 1 - x[0, 0].flip(-1))  # u mirrored and negated
     torch.testing.assert_close(f[0, 1:], x[0, 1:].flip(-1))  # v and strain only mirrored
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
+    from train.batched import mirror
+    from train.loso import _predict
+
+    make = lambda: build_model("logreg")  # noqa: E731
+    members = Members(make, 2, seed=0, device=torch.device("cpu"))  # two folds, one seed each
+    x = torch.rand(5, 3, 28, 28)
+    test_idx = torch.tensor([[0, 1, 2], [3, 4, -1]])
+    torch.testing.assert_close(mirror(mirror(x)), x)
+    plain = _predict(members, members.params, x, test_idx, 1)
+    tta = _predict(members, members.params, x, test_idx, 1, tta_flip=True)
+    fold1 = members.member(1, make=make)
+    with torch.no_grad():
+        expect = (fold1(x[3:5]).softmax(-1) + fold1(mirror(x[3:5])).softmax(-1)) / 2
+    torch.testing.assert_close(tta[1, :2], expect)
+    assert not torch.allclose(plain, tta)
 
 
 def test_loso_writes_predictions_and_results_that_rescore(subset, tmp_path):

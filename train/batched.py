@@ -73,11 +73,17 @@ class Members:
         return model.eval()
 
 
+def mirror(x: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) flow images of the mirrored face: flipped left-right, and u (the horizontal
+    motion, min-max scaled to [0, 1] per image) changes sign, which in that scaling is u -> 1 - u."""
+    flipped = x.flip(-1)
+    return torch.cat([1.0 - flipped[..., :1, :, :], flipped[..., 1:, :, :]], dim=-3)
+
+
 def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
     """Flow-aware augmentation of (..., 3, 28, 28) images in [0, 1], channels (u, v, strain).
 
-    A horizontal flip mirrors the motion, so u changes sign; after per-image min-max scaling that is
-    u -> 1 - u. Shifts and small rotations move the pattern; a rotation by a few degrees changes
+    A horizontal flip mirrors the motion (`mirror`). Shifts and small rotations move the pattern; a rotation by a few degrees changes
     the flow vectors' direction by the same few degrees, which the min-max encoding cannot follow
     exactly and which we accept as noise at <= 5 degrees.
     """
@@ -86,9 +92,7 @@ def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tens
     n, dev = x.shape[0], x.device
     if recipe.flip:
         flip = torch.rand(n, device=dev, generator=gen) < 0.5
-        flipped = x.flip(-1)
-        flipped = torch.cat([1.0 - flipped[:, :1], flipped[:, 1:]], dim=1)
-        x = torch.where(flip[:, None, None, None], flipped, x)
+        x = torch.where(flip[:, None, None, None], mirror(x), x)
     if recipe.shift_px > 0 or recipe.rotate_deg > 0:
         angle = (torch.rand(n, device=dev, generator=gen) * 2 - 1) * math.radians(recipe.rotate_deg)
         shift = (torch.rand(n, 2, device=dev, generator=gen) * 2 - 1) * (2 * recipe.shift_px / shape[-1])

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .datasets import add_prepare_arguments, prepare_command
-from .recipes import PRECISIONS, PROFILES
+from .recipes import MODEL_FAMILIES, PRECISIONS, PROFILES
 
 console = Console(stderr=True)
 
@@ -32,7 +32,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="data/megc2019-composite-flow", help="composite-format folder (labels.csv + PNGs)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", default="ours", choices=sorted(PROFILES), help="model + recipe (train/recipes.py)")
-    p.add_argument("--model", choices=["dacrossvit", "crossvit", "ststnet"], help="model family (default: the profile's)")
+    p.add_argument("--model", choices=MODEL_FAMILIES, help="model family (default: the profile's)")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--seeds", type=int, help="models per fold whose probabilities are averaged")
     p.add_argument("--seed", type=int, default=0)

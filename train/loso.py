@@ -22,7 +22,7 @@ from mex.composite import FlowSet
 from mex.labels import CLASSES, DATASETS, NUM_CLASSES
 from mex.models import build_model, num_params
 
-from .batched import Members, augment, autocast, lr_factor, optimizer, resolve_precision
+from .batched import Members, augment, autocast, lr_factor, mirror, optimizer, resolve_precision
 from .metrics import uf1_uar
 from .recipes import Profile
 
@@ -76,13 +76,15 @@ def run_loso(
     test_idx = _padded_test_index(fold_of, n_folds, device)  # (folds, T) with -1 padding
     y = torch.from_numpy(data.y).to(device)
 
+    tta = profile.recipe.tta_flip
+
     def evaluate(members, params, x):
-        return uf1_uar(*_pooled(_predict(members, params, x, test_idx, n_seeds), y, test_idx))
+        return uf1_uar(*_pooled(_predict(members, params, x, test_idx, n_seeds, tta), y, test_idx))
 
     members, params, curve, wall = train_members(
         data, train_mask, profile, out, device, seed, progress, evaluate, eval_every, save_every_s, precision
     )
-    probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds)
+    probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds, tta)
     rows = _prediction_rows(data, subjects, probs, test_idx)
     _write_predictions(out / "predictions.csv", rows)
     _write_curve(out / "curve.csv", curve)
@@ -91,6 +93,7 @@ def run_loso(
     results.update(
         protocol="LOSO over subjects; fixed schedule; last-epoch weights"
         + (f" (EMA {recipe.ema})" if recipe.ema > 0 else "")
+        + ("; probabilities averaged with the mirrored image's" if tta else "")
         + f"; {n_seeds}-seed probability average; metrics pooled over all folds; no per-fold epoch selection",
         folds=n_folds,
         epochs=recipe.epochs,
@@ -273,11 +276,14 @@ def _class_weights(y: torch.Tensor, train_mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _predict(members: Members, params: dict, x: torch.Tensor, test_idx: torch.Tensor, n_seeds: int) -> torch.Tensor:
-    """(folds, T, classes) probabilities, averaged over each fold's seeds."""
+def _predict(members: Members, params: dict, x: torch.Tensor, test_idx: torch.Tensor, n_seeds: int,
+             tta_flip: bool = False) -> torch.Tensor:
+    """(folds, T, classes) probabilities, averaged over each fold's seeds (and the mirrored images)."""
     xt = x[test_idx.clamp_min(0)]  # (folds, T, 3, 28, 28)
     xt = xt.repeat_interleave(n_seeds, dim=0)
     probs = members.forward(params, xt, train=False).softmax(-1)
+    if tta_flip:
+        probs = (probs + members.forward(params, mirror(xt), train=False).softmax(-1)) / 2
     return probs.reshape(test_idx.shape[0], n_seeds, *probs.shape[1:]).mean(1)
 
 

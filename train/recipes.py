@@ -9,6 +9,9 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 
+# mex.models.FAMILIES by name, without importing torch for the command line (a test keeps them equal)
+MODEL_FAMILIES = ("dacrossvit", "crossvit", "ststnet", "logreg")
+
 # How a run executes its recipe on the device (train/batched.py resolve_precision); not part of a profile.
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -28,6 +31,7 @@ class Recipe:
     mixup: float = 0.0  # Beta(a, a) mixing of pairs within a batch; 0 = off
     class_balanced: bool = False  # loss weights inversely proportional to class frequency
     ema: float = 0.0  # evaluate an exponential moving average of the weights with this decay; 0 = off
+    tta_flip: bool = False  # evaluate the mean of the image's and its mirror's probabilities (see `flip`)
     seeds: int = 1  # models per fold, trained together; their probabilities are averaged
 
     def __post_init__(self):
@@ -80,6 +84,12 @@ PROFILES: dict[str, Profile] = {
         {**SMALL, "drop": 0.1, "drop_path": 0.1},
         OURS_RECIPE,
         "right-sized model, flow-aware augmentation, mixup, label smoothing, EMA, 3-seed ensemble",
+    ),
+    "logreg": Profile(
+        "logreg",
+        {},
+        Recipe(epochs=100, batch_size=64, lr=1e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=5),
+        "logistic regression on the raw feature pixels (the floor), AdamW with weight decay, no augmentation",
     ),
     "cpu-quick": Profile(
         "dacrossvit",

@@ -31,6 +31,8 @@ STUDIES: dict[str, list[tuple[str, dict, str | None, dict]]] = {
         ("no-ema", {"seeds": 1, "ema": 0.0}, None, {}),
         ("no-dropout-droppath", {"seeds": 1}, None, {"drop": 0.0, "drop_path": 0.0}),
         ("plus-class-balanced", {"seeds": 1, "class_balanced": True}, None, {}),
+        # trains exactly as `recipe` (same seeds, same weights); only the evaluation adds the mirror
+        ("plus-flip-tta", {"seeds": 1, "tta_flip": True}, None, {}),
     ],  # the seed ensemble's effect: each row's "probability average of the N seeds" line in the table
 }
 

@@ -6,6 +6,7 @@ import dataclasses
 from torch import nn
 
 from .dacrossvit import DACrossViT, DACrossViTConfig
+from .logreg import LogReg, LogRegConfig
 from .ststnet import STSTNet, STSTNetConfig
 
 # name -> (model class, config class, config overrides that define the name)
@@ -13,6 +14,7 @@ FAMILIES = {
     "dacrossvit": (DACrossViT, DACrossViTConfig, {"fusion": "da"}),
     "crossvit": (DACrossViT, DACrossViTConfig, {"fusion": "cross"}),
     "ststnet": (STSTNet, STSTNetConfig, {}),
+    "logreg": (LogReg, LogRegConfig, {}),
 }
 
 
@@ -32,4 +34,4 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["DACrossViT", "DACrossViTConfig", "STSTNet", "STSTNetConfig", "FAMILIES", "build_model", "num_params"]
+__all__ = ["DACrossViT", "DACrossViTConfig", "LogReg", "LogRegConfig", "STSTNet", "STSTNetConfig", "FAMILIES", "build_model", "num_params"]
