@@ -1,7 +1,8 @@
-"""mex-live: real-time micro-expression recognition from a camera, a video file, or the demo clip.
+"""mex-live: real-time micro-expression recognition from a camera, a video file or frame folder, or the demo clip.
 
   mex-live --demo --no-display                 generated clip with planted micro-expressions; summary
   mex-live --video clip.mp4 --events ev.jsonl  as fast as possible, deterministic events
+  mex-live --video CASME2/sub01/EP02_01f --fps 200 --no-display   a folder of frames (img1.jpg, img2.jpg, ...)
   mex-live --camera 0 --window                 webcam with the OpenCV window overlay
 
 Exit status: 0 finished (or stopped by Ctrl-C / q), 1 failed while running, 2 bad input
@@ -29,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("source (exactly one)")
     g = src.add_mutually_exclusive_group(required=True)
     g.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index")
-    g.add_argument("--video", metavar="PATH", help="a video file (as fast as possible; --realtime for its own pace)")
+    g.add_argument("--video", metavar="PATH", help="a video file, or a folder of numbered frame images with --fps "
+                   "(as fast as possible; --realtime for its own pace)")
     g.add_argument("--demo", action="store_true", help="generated clip from the shipped face photo, micro-expressions planted at known frames")
     src.add_argument("--width", type=int, help="camera capture width")
     src.add_argument("--height", type=int, help="camera capture height")
-    src.add_argument("--fps", type=float, help="camera capture rate")
+    src.add_argument("--fps", type=float, help="camera capture rate; the rate of a --video folder of frames")
     src.add_argument("--realtime", action="store_true", help="play a file (or the demo) at its own frame rate")
     src.add_argument("--seed", type=int, default=0, help="demo clip seed (default 0)")
     m = p.add_argument_group("recognition")
@@ -70,11 +72,13 @@ def load_engine_for(args):
 
 
 def open_source(args):
-    from .sources import CameraSource, DemoSource, SourceError, VideoSource
+    from .sources import CameraSource, DemoSource, FrameFolderSource, SourceError, VideoSource
 
     try:
         if args.demo:
             return DemoSource(seed=args.seed, realtime=args.realtime)
+        if args.video is not None and Path(args.video).is_dir():
+            return FrameFolderSource(args.video, args.fps, realtime=args.realtime)
         if args.video is not None:
             return VideoSource(args.video, realtime=args.realtime)
         return CameraSource(args.camera, args.width, args.height, args.fps)
@@ -232,15 +236,16 @@ def _run(args) -> int:
 
     if args.camera is not None and args.camera < 0:
         raise CliError(f"--camera {args.camera}: a camera index is 0 or more")
-    if args.camera is None and any(v is not None for v in (args.width, args.height, args.fps)):
-        print("mex-live: note: --width/--height/--fps set the camera's capture; ignored for a file or the demo",
-              file=sys.stderr)
+    folder = args.video is not None and Path(args.video).is_dir()
+    if args.camera is None and any(v is not None for v in (args.width, args.height, None if folder else args.fps)):
+        print("mex-live: note: --width/--height/--fps set the camera's capture (--fps also a frame folder's rate); "
+              "ignored for a video file or the demo", file=sys.stderr)
     if args.camera is not None and args.realtime:
         print("mex-live: note: --realtime paces a file; a camera is always real time", file=sys.stderr)
     if args.queue_size < 1:
         raise CliError("--queue-size must be at least 1")
-    if args.video is not None and not Path(args.video).is_file():
-        raise CliError(f"--video {args.video}: file does not exist")
+    if args.video is not None and not Path(args.video).exists():
+        raise CliError(f"--video {args.video}: no such file or folder")
     try:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     except ValueError:  # not the main thread (tests calling main() from a thread)
@@ -351,7 +356,9 @@ def _run(args) -> int:
         print(f"  recording   {args.record}")
     if summary["error"]:
         print(f"mex-live: error: {summary['error']}", file=sys.stderr)
-        if pipe.error is not None:
+        from .sources import SourceError
+
+        if pipe.error is not None and not isinstance(pipe.error[1], SourceError):  # bad input needs no traceback
             print(pipe.error[2], file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK

@@ -1,11 +1,11 @@
-"""Where frames come from: a camera, a video file, or the generated demo clip.
+"""Where frames come from: a camera, a video file, a folder of frames, or the generated demo clip.
 
 Every source yields `Frame`s (index, capture time, video time, BGR image) from `frames()` and says
 how the pipeline must treat it when a later stage falls behind:
 
 - `live = True` (camera): the pipeline never blocks the capture thread; when the next queue is full
   the oldest frame is dropped and counted.
-- `live = False` (file, demo): the capture thread blocks; nothing is dropped and the output is
+- `live = False` (file, folder, demo): the capture thread blocks; nothing is dropped and the output is
   deterministic.
 
 `state` is a short word the overlay shows: "starting", "ok", "reconnecting", "eof", "closed".
@@ -13,6 +13,7 @@ how the pipeline must treat it when a later stage falls behind:
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -158,6 +159,67 @@ class VideoSource(Source):
             self._cap.release()
             self._cap = None
             self._first = None
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def _natural_key(path: Path) -> list:
+    """img2 before img10: the research databases number their frames without leading zeros."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+class FrameFolderSource(Source):
+    """A folder of numbered frame images, as CASME II, SAMM and SMIC are distributed: read in
+    natural order (img2 before img10) at the rate the caller gives (a folder has none of its own).
+    Grey images are read as colour. Like a video file: never dropped, `realtime=True` paces it."""
+
+    live = False
+
+    def __init__(self, path: str | Path, fps: float, realtime: bool = False):
+        super().__init__()
+        import cv2
+
+        self.path = Path(path)
+        self.realtime = realtime
+        self.name = f"frames {self.path.name}/"
+        self.files = sorted((f for f in self.path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()),
+                            key=_natural_key)
+        if not self.files:
+            raise SourceError(f"--video {self.path}: a folder, but it holds no frame images "
+                              f"({', '.join(IMAGE_SUFFIXES)})")
+        if not (fps and math.isfinite(fps) and fps > 0):
+            raise SourceError(f"--video {self.path}: a folder of frames has no frame rate of its own; give it with "
+                              f"--fps (CASME II and SAMM: 200, SMIC-HS: 100)")
+        self.fps = float(fps)
+        first = self._read(self.files[0], cv2)
+        self.height, self.width = first.shape[:2]
+        self.total_frames = len(self.files)
+
+    def _read(self, file: Path, cv2) -> np.ndarray:
+        img = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if img is None:
+            raise SourceError(f"--video {self.path}: frame {file.name} cannot be read as an image (damaged or not an image)")
+        if self.height and img.shape[:2] != (self.height, self.width):
+            raise SourceError(f"--video {self.path}: frame {file.name} is {img.shape[1]}x{img.shape[0]}, the first "
+                              f"frame {self.width}x{self.height}: all frames of a clip must have one size")
+        return img
+
+    def frames(self) -> Iterator[Frame]:
+        import cv2
+
+        self.state = "ok"
+        pacer = _Pacer(self.fps, self._stop) if self.realtime else None
+        for i, file in enumerate(self.files):
+            if self._stop.is_set():
+                break
+            t0 = time.perf_counter()
+            img = self._read(file, cv2)
+            t_read = (time.perf_counter() - t0) * 1000.0
+            if pacer is not None:
+                pacer.wait(i)
+            yield Frame(i, time.monotonic(), i / self.fps, img, {"capture": t_read})
+        self.state = "eof" if not self._stop.is_set() else "closed"
 
 
 class ArraySource(Source):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +115,60 @@ def test_bad_inputs_exit_non_zero_with_a_message(work, tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 2, (argv, err)
         assert err.startswith("mex-live: error:") and needle in err, (argv, err)
+
+
+def _frame_folder(clip: Path, folder: Path, suffix: str = ".png") -> int:
+    """The clip's frames as img1.png, img2.png, ... (numbered as CASME II numbers them: no leading zeros)."""
+    import cv2
+
+    folder.mkdir()
+    cap = cv2.VideoCapture(str(clip))
+    n = 0
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        n += 1
+        cv2.imwrite(str(folder / f"img{n}{suffix}"), img)
+    cap.release()
+    return n
+
+
+def test_frame_folder_gives_the_events_of_the_same_frames_as_a_video(work, tmp_path, capsys):
+    folder = tmp_path / "EP01_01"
+    assert _frame_folder(work["clip"], folder) == 120
+    (folder / "notes.txt").write_text("not a frame")  # other files in the folder are not frames
+    runs = []
+    for source in (["--video", str(work["clip"])], ["--video", str(folder), "--fps", "30"]):
+        out = tmp_path / f"events{len(runs)}.jsonl"
+        rc = cli.main([*source, "--model", str(work["model"]), "--events", str(out), "--no-display"])
+        text = capsys.readouterr().out
+        assert rc == 0, text
+        assert "120 processed / 120 read, 0 dropped" in text
+        runs.append(_events(out))
+    assert runs[1] and _untimed(runs[1]) == _untimed(runs[0])  # lossless frames in img1..img120 order
+
+
+def test_bad_frame_folders_name_the_problem(work, tmp_path, capsys):
+    import cv2
+
+    model = str(work["model"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    folder = tmp_path / "frames"
+    _frame_folder(work["clip"], folder, ".jpg")
+    for argv, needle in [(["--video", str(folder)], "--fps"), (["--video", str(empty), "--fps", "200"], "no frame images")]:
+        assert cli.main([*argv, "--model", model, "--no-display"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mex-live: error:") and needle in err and str(argv[1]) in err, err
+    (folder / "img50.jpg").write_bytes(b"\xff\xd8 truncated")  # a damaged frame half-way: the run stops, naming it
+    assert cli.main(["--video", str(folder), "--fps", "30", "--model", model, "--no-display"]) == 1
+    err = capsys.readouterr().err
+    assert "frame img50.jpg cannot be read" in err and "Traceback" not in err, err
+    _frame_folder(work["clip"], other := tmp_path / "sizes", ".jpg")
+    cv2.imwrite(str(other / "img7.jpg"), np.zeros((10, 10, 3), np.uint8))
+    assert cli.main(["--video", str(other), "--fps", "30", "--model", model, "--no-display"]) == 1
+    assert "img7.jpg is 10x10" in capsys.readouterr().err
 
 
 def test_console_script_exit_status_and_message(work, tmp_path):
