@@ -3,6 +3,7 @@
   mex-live --demo --no-display                 generated clip with planted micro-expressions; summary
   mex-live --video clip.mp4 --events ev.jsonl  as fast as possible, deterministic events
   mex-live --video CASME2/sub01/EP02_01f --fps 200 --no-display   a folder of frames (img1.jpg, img2.jpg, ...)
+  mex-live --video CASME2/sub01/EP02_01f --fps 200 --segmented    ... as one pre-segmented clip: one label
   mex-live --camera 0 --window                 webcam with the OpenCV window overlay
 
 Exit status: 0 finished (or stopped by Ctrl-C / q), 1 failed while running, 2 bad input
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--height", type=int, help="camera capture height")
     src.add_argument("--fps", type=float, help="camera capture rate; the rate of a --video folder of frames")
     src.add_argument("--realtime", action="store_true", help="play a file (or the demo) at its own frame rate")
+    src.add_argument("--segmented", action="store_true",
+                     help="the --video is one pre-segmented clip (a database clip from its onset): onset = first "
+                          "frame, apex = the frame that differs most from it, one event at the end")
     src.add_argument("--seed", type=int, default=0, help="demo clip seed (default 0)")
     m = p.add_argument_group("recognition")
     m.add_argument("--model", metavar="PATH", help="exported model (.onnx, or .engine for TensorRT); default: the shipped mex/assets/default.onnx")
@@ -105,15 +109,15 @@ def warm_up(engine, flow: str, encode=None) -> None:
 
 
 def make_pipeline(source, engine, flow="auto", tracker_backend="auto", event_sinks=(), frame_sinks=(),
-                  queue_size=8, want_display=False, max_frames=None):
+                  queue_size=8, want_display=False, max_frames=None, segmented=False):
     from mex import features
 
     from .pipeline import Pipeline, Recognizer
-    from .spotting import Spotter
+    from .spotting import ClipSpotter, Spotter
     from .tracking import FaceTracker
 
     tracker = FaceTracker(crop_size=features.CROP_SIZE, backend=tracker_backend)
-    spotter = Spotter(source.fps)
+    spotter = (ClipSpotter if segmented else Spotter)(source.fps)
     recognizer = Recognizer(engine, flow=flow, fps=source.fps)
     return Pipeline(source, tracker, spotter, recognizer, event_sinks=event_sinks, frame_sinks=frame_sinks,
                     queue_size=queue_size, want_display=want_display, max_frames=max_frames)
@@ -244,6 +248,8 @@ def _run(args) -> int:
         print("mex-live: note: --realtime paces a file; a camera is always real time", file=sys.stderr)
     if args.queue_size < 1:
         raise CliError("--queue-size must be at least 1")
+    if args.segmented and args.video is None:
+        raise CliError("--segmented needs --video (a file or a folder of frames holding one clip)")
     if args.video is not None and not Path(args.video).exists():
         raise CliError(f"--video {args.video}: no such file or folder")
     try:
@@ -298,7 +304,8 @@ def _run(args) -> int:
     try:
         pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker, event_sinks=event_sinks,
                              frame_sinks=frame_sinks, queue_size=args.queue_size,
-                             want_display=window is not None or terminal is not None, max_frames=args.max_frames)
+                             want_display=window is not None or terminal is not None, max_frames=args.max_frames,
+                             segmented=args.segmented)
     except (ImportError, RuntimeError, ValueError) as e:
         source.close()
         raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None

@@ -125,11 +125,7 @@ class Spotter:
             self.last_z[:] = 0
             self._reset()
             return []
-        n = self.cfg.work_px
-        crop = ff.crop
-        if crop.shape[0] != 2 * n:
-            crop = cv2.resize(crop, (2 * n, 2 * n), interpolation=cv2.INTER_AREA)
-        work = cv2.GaussianBlur(cv2.pyrDown(crop).astype(np.float32), (0, 0), self.cfg.blur_px)
+        work = self._work(ff.crop)
         i = ff.frame.index
         self.crops.append((i, work))
         self.faces.append(ff)
@@ -162,6 +158,13 @@ class Spotter:
                 self._learn(d)
             return []
         return self._follow(i)
+
+    def _work(self, crop: np.ndarray) -> np.ndarray:
+        """The aligned crop at the working size, blurred (step 1)."""
+        n = self.cfg.work_px
+        if crop.shape[0] != 2 * n:
+            crop = cv2.resize(crop, (2 * n, 2 * n), interpolation=cv2.INTER_AREA)
+        return cv2.GaussianBlur(cv2.pyrDown(crop).astype(np.float32), (0, 0), self.cfg.blur_px)
 
     def _reference(self, i: int) -> tuple[int, np.ndarray] | None:
         if self.frozen is not None and (self.open is not None or i - self.lag <= self.hold_until):
@@ -315,3 +318,52 @@ class Spotter:
         """The latest frame's motion z per face region (brows, eyes, mouth), for the overlay."""
         z = dict(zip(self.names, self.last_z.tolist()))
         return {r: max(0.0, z[f"{r}_l"], z[f"{r}_r"]) for r in FACE_REGIONS}
+
+
+class ClipSpotter(Spotter):
+    """One pre-segmented clip (`mex-live --segmented`): a database clip as CASME II, SAMM and SMIC
+    distribute them, starting at or just before the onset. Such a clip is shorter than the online
+    spotter's warm-up and has no still baseline to learn noise from, so nothing is spotted online.
+    The onset is the first frame with a face; every later face frame is registered onto it and
+    compared region by region as above; the apex is the frame whose largest face-region change
+    (above the median region's, in gray levels) is the greatest, the offset the last face frame.
+    One candidate, at the end of the stream; none if the clip has fewer than two face frames."""
+
+    def __init__(self, fps: float, config: SpotterConfig | None = None):
+        super().__init__(fps, config)
+        self.onset: tuple[FaceFrame, np.ndarray] | None = None  # (face, work crop)
+        self.apex: tuple[FaceFrame, float, int] | None = None  # (face, change, region)
+        self.changes: list[float] = []
+        self.last_face: int | None = None
+
+    def _push(self, ff: FaceFrame) -> list[Candidate]:
+        if ff.crop is None:  # frames without a face are skipped; the onset stays
+            self.history.append(0.0)
+            return []
+        work = self._work(ff.crop)
+        if self.onset is None:
+            self.onset = (ff, work)
+            self.history.append(0.0)
+            return []
+        d, _, _ = self._difference(self.onset[1], work)
+        d -= sorted(d.tolist())[len(d) // 2]  # whole-face change is not local motion
+        self.last_z = d
+        k = int(np.argmax(d[:6]))
+        change = float(d[k])
+        self.changes.append(change)
+        self.history.append(change)
+        self.last_face = ff.frame.index
+        if self.apex is None or change > self.apex[1]:
+            self.apex = (ff, change, k)
+        return []
+
+    def provisional(self) -> None:
+        return None  # the apex is known only at the end of the clip
+
+    def flush(self) -> list[Candidate]:
+        if self.apex is None:
+            return []
+        face, _, region = self.apex
+        return [Candidate(onset=self.onset[0], apex=face, offset_index=self.last_face,
+                          signal=np.array(self.changes, np.float32), t_apex_confirmed=time.monotonic(),
+                          region=self.names[region].split("_")[0])]

@@ -171,6 +171,27 @@ def test_bad_frame_folders_name_the_problem(work, tmp_path, capsys):
     assert "img7.jpg is 10x10" in capsys.readouterr().err
 
 
+def test_segmented_clip_gives_one_event_at_the_planted_apex(work, tmp_path, capsys):
+    """A CASME II-like clip: 0.6 s at 200 fps, the movement from 0.05 s. Too short for the online
+    spotter's warm-up (it finds nothing, which is why --segmented exists); as one pre-segmented clip
+    it gives one event whose apex is the planted one."""
+    spec = synth.ClipSpec(fps=200.0, seconds=0.6, size=(320, 240), face_px=100.0, seed=1,
+                          events=[synth.PlantedEvent("brow_raise", onset_s=0.05, duration_s=0.3, amplitude_px=3.0)])
+    clip = tmp_path / "EP01_01.mp4"
+    apex = synth.write_clip(clip, spec)["events"][0]["apex"]
+    found = {}
+    for mode in ([], ["--segmented"]):
+        out = tmp_path / f"events{len(found)}.jsonl"
+        assert cli.main(["--video", str(clip), "--model", str(work["model"]), "--events", str(out), "--no-display", *mode]) == 0
+        capsys.readouterr()
+        found[bool(mode)] = _events(out)
+    assert found[False] == []
+    (event,) = found[True]
+    assert event["onset_frame"] == 0 and event["offset_frame"] == 119 and abs(event["apex_frame"] - apex) <= 2, event
+    assert cli.main(["--demo", "--segmented", "--model", str(work["model"]), "--no-display"]) == 2
+    assert "--segmented needs --video" in capsys.readouterr().err
+
+
 def test_console_script_exit_status_and_message(work, tmp_path):
     r = _live(["--video", str(tmp_path / "nope.avi"), "--model", str(work["model"]), "--no-display"], timeout=60)
     assert r.returncode == 2 and "--video" in r.stderr and "nope.avi" in r.stderr and "Traceback" not in r.stderr
