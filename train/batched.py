@@ -83,9 +83,9 @@ def mirror(x: torch.Tensor) -> torch.Tensor:
 def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
     """Flow-aware augmentation of (..., 3, 28, 28) images in [0, 1], channels (u, v, strain).
 
-    A horizontal flip mirrors the motion (`mirror`). Shifts and small rotations move the pattern; a rotation by a few degrees changes
-    the flow vectors' direction by the same few degrees, which the min-max encoding cannot follow
-    exactly and which we accept as noise at <= 5 degrees.
+    A horizontal flip mirrors the motion (`mirror`). Shifts and small rotations move the pattern; a
+    rotation by a few degrees changes the flow vectors' direction by the same few degrees, which the
+    min-max encoding cannot follow exactly and which we accept as noise at <= 5 degrees.
     """
     shape = x.shape
     x = x.reshape(-1, *shape[-3:])
