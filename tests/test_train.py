@@ -242,6 +242,16 @@ def test_seed_ensemble_averages_probabilities_of_separate_runs(tmp_path):
     table = ablation_table(paths, "t")
     assert "| a | 2 | 0.333 / 0.500 ± 0.000 / 0.000 |" in table  # each seed alone: one of two right
     assert "| a, probability average of the 2 seeds | 2 | 1.000 / 1.000 |" in table
+    # a second configuration is compared with the first seed by seed: seed 0 gains, seed 1 loses
+    b_rows = {"b_seed1": runs["a_seed0"], "b_seed0": ["casme2,s1,c1,0,0,0.9,0.1,0.0", "casme2,s2,c2,1,1,0.1,0.9,0.0"]}
+    for name, rows in b_rows.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.csv").write_text(header + "\n".join(rows) + "\n")
+        (tmp_path / name / "run.json").write_text(json.dumps({"profile": {"model": "y"}, "seed": int(name[-1])}))
+    table = ablation_table([*paths, *(tmp_path / n for n in b_rows)], "t")
+    assert "Full UF1 − a's, same seed |" in table.splitlines()[2]
+    assert "| a | 2 | 0.333 / 0.500 ± 0.000 / 0.000 | 0.333 / 0.500 ± 0.000 / 0.000 | – | – | reference |" in table
+    assert "| b | 2 | 0.667 / 0.750 ± 0.471 / 0.354 |" in table and "| +0.333 ± 0.471 (+0.667 / +0.000) |" in table
     (tmp_path / "a_seed1" / "predictions.csv").write_text(header + runs["a_seed1"][0] + "\n")
     with pytest.raises(ValueError, match="a_seed1.*other clips"):
         ensemble_rows(paths)

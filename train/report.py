@@ -150,20 +150,42 @@ def ensemble_rows(runs: list[Path]) -> list[dict]:
     return out
 
 
+def _paired(group: list[Path], reference: list[Path], seeds: dict[Path, int], full_uf1: dict[Path, float]) -> str:
+    """Per-seed Full UF1 differences against the reference runs of the same seeds, and their mean ± std."""
+    ref = {seeds[r]: full_uf1[r] for r in reference if r in full_uf1}
+    diffs = [full_uf1[r] - ref[seeds[r]] for r in sorted(group, key=seeds.get) if r in full_uf1 and seeds[r] in ref]
+    if not diffs:
+        return "–"
+    each = " / ".join(f"{d:+.3f}" for d in diffs)
+    if len(diffs) == 1:
+        return f"{each} (1 seed)"
+    return f"{np.mean(diffs):+.3f} ± {np.std(diffs, ddof=1):.3f} ({each})"
+
+
 def ablation_table(runs: list[Path], title: str) -> str:
     """One row per configuration; runs that differ only in --seed are pooled into mean ± std, and
-    their probability average (the seed ensemble) gets a row of its own."""
+    their probability average (the seed ensemble) gets a row of its own.
+
+    The first configuration is the reference: the last column gives each other configuration's Full
+    UF1 minus the reference's for the same seed (same initialisation and data order), per seed and
+    as mean ± std, since a paired difference is steadier than two means with their seed spreads."""
     groups: dict[str, list[Path]] = {}
     labels: dict[str, str] = {}
+    seeds: dict[Path, int] = {}
     for run in runs:
         pinned = json.loads((run / "run.json").read_text())
         key = json.dumps(pinned["profile"], sort_keys=True)
         groups.setdefault(key, []).append(run)
         labels.setdefault(key, re.sub(r"[-_]seed\d+$", "", run.name))
-    head = f"### {title}\n\n| configuration | seeds | " + " | ".join(f"{COLUMN_TITLES[c]} UF1 / UAR" for c in COLUMNS) + " |"
-    lines = [head, "|---" * (len(COLUMNS) + 2) + "|"]
+        seeds[run] = int(pinned["seed"])
+    full_uf1: dict[Path, float] = {}
+    reference = next(iter(groups), None)
+    head = f"### {title}\n\n| configuration | seeds | " + " | ".join(f"{COLUMN_TITLES[c]} UF1 / UAR" for c in COLUMNS)
+    head += f" | Full UF1 − {labels[reference]}'s, same seed |" if reference else " |"
+    lines = [head, "|---" * (len(COLUMNS) + (3 if reference else 2)) + "|"]
     for key, group in groups.items():
         scores = [score_rows(read_predictions(run / "predictions.csv"))["pooled"] for run in group]
+        full_uf1.update({run: s["full"]["uf1"] for run, s in zip(group, scores) if "full" in s})
         cells = []
         for c in COLUMNS:
             if not all(c in s for s in scores):
@@ -173,9 +195,10 @@ def ablation_table(runs: list[Path], title: str) -> str:
             ar = np.array([s[c]["uar"] for s in scores])
             spread = f" ± {f1.std(ddof=1):.3f} / {ar.std(ddof=1):.3f}" if len(scores) > 1 else ""
             cells.append(f"{f1.mean():.3f} / {ar.mean():.3f}{spread}")
+        cells.append("reference" if key == reference else _paired(group, groups[reference], seeds, full_uf1))
         lines.append(f"| {labels[key]} | {len(scores)} | " + " | ".join(cells) + " |")
         if len(group) > 1:
             pooled = score_rows(ensemble_rows(group))["pooled"]
             cells = [f"{pooled[c]['uf1']:.3f} / {pooled[c]['uar']:.3f}" if c in pooled else "–" for c in COLUMNS]
-            lines.append(f"| {labels[key]}, probability average of the {len(group)} seeds | {len(group)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {labels[key]}, probability average of the {len(group)} seeds | {len(group)} | " + " | ".join(cells) + " | |")
     return "\n".join(lines) + "\n"
