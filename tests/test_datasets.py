@@ -19,11 +19,8 @@ openpyxl = pytest.importorskip("openpyxl")
 import mex.features  # noqa: E402
 from mex.composite import DataError, load_flow_folder  # noqa: E402
 from train import datasets  # noqa: E402
+from conftest import needs_opencv_tvl1  # noqa: E402  (prepare's --flow cpu)
 
-# prepare's reference flow is OpenCV's TV-L1 (--flow cpu), which only opencv-contrib has: the GPU machine's
-# OpenCV lacks it, so these tests skip there with the reason (the readers and error tests still run).
-needs_opencv_tvl1 = pytest.mark.skipif("cpu" not in mex.features.available_backends(),
-                                       reason="OpenCV contrib (cv2.optflow) is not installed: --flow cpu NOT run")
 FACE = Path(__file__).resolve().parents[1] / "mex" / "assets" / "faces" / "astronaut.jpg"
 SIZE = 40  # square crops of one size go to encode as they are: fast TV-L1
 

@@ -22,9 +22,9 @@ from mex.features.synthetic import synthetic_pairs
 from mex.features.tvl1_torch import TVL1, TVL1Params, linear_resize_matrix, pyramid_sizes
 from mex.labels import INPUT_SHAPE
 
+from conftest import HAVE_OPENCV_TVL1, needs_opencv_tvl1
+
 cv2 = pytest.importorskip("cv2")
-HAVE_OPENCV_TVL1 = "cpu" in available_backends()
-needs_opencv_tvl1 = pytest.mark.skipif(not HAVE_OPENCV_TVL1, reason="OpenCV contrib (cv2.optflow) is not installed")
 SIZE = 64
 MARGIN = SIZE // 8  # EPE is measured inside this border: outside it both solvers see zero padding
 
@@ -525,7 +525,7 @@ def test_encode_end_to_end_on_opencv():
         assert correlation(out[k, :2], truth[k, :2]) > 0.6
 
 
-@pytest.mark.skipif(not hasattr(__import__("cv2"), "optflow"), reason="OpenCV contrib (cv2.optflow) is not installed")
+@needs_opencv_tvl1
 def test_bench_flow_recipes_compares_every_recipe_with_the_default(tmp_path):
     import json
 
