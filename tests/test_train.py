@@ -217,6 +217,7 @@ def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, t
     rc = train_main(["study", "fusion", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "1", "--seeds", "2", "--device", "cpu"])
     assert rc == 0
     table = (out / "fusion.md").read_text()
+    assert (out / "fusion.png").exists()  # the paired differences, linked from the table
     for name in ("da-paper", "da-aoa", "cross-attention"):
         assert f"| {name} | 2 |" in table
     assert "±" in table
@@ -248,10 +249,11 @@ def test_seed_ensemble_averages_probabilities_of_separate_runs(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "predictions.csv").write_text(header + "\n".join(rows) + "\n")
         (tmp_path / name / "run.json").write_text(json.dumps({"profile": {"model": "y"}, "seed": int(name[-1])}))
-    table = ablation_table([*paths, *(tmp_path / n for n in b_rows)], "t")
+    table = ablation_table([*paths, *(tmp_path / n for n in b_rows)], "t", figure=tmp_path / "t.png")
     assert "Full UF1 − a's, same seed |" in table.splitlines()[2]
     assert "| a | 2 | 0.333 / 0.500 ± 0.000 / 0.000 | 0.333 / 0.500 ± 0.000 / 0.000 | – | – | reference |" in table
     assert "| b | 2 | 0.667 / 0.750 ± 0.471 / 0.354 |" in table and "| +0.333 ± 0.471 (+0.667 / +0.000) |" in table
+    assert "![Full UF1 minus a's, same seed](t.png)" in table and (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "a_seed1" / "predictions.csv").write_text(header + runs["a_seed1"][0] + "\n")
     with pytest.raises(ValueError, match="a_seed1.*other clips"):
         ensemble_rows(paths)

@@ -160,9 +160,10 @@ def cmd_report(args) -> int:
 def cmd_table(args) -> int:
     from .report import ablation_table
 
-    text = ablation_table([Path(d) for d in args.runs], args.title)
-    if args.out:
-        Path(args.out).write_text(text)
+    out = Path(args.out) if args.out else None
+    text = ablation_table([Path(d) for d in args.runs], args.title, figure=out.with_suffix(".png") if out else None)
+    if out:
+        out.write_text(text)
     print(text)
     return 0
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("table", help="one markdown table comparing LOSO runs (ablations, patch counts, seeds)")
     p.add_argument("runs", nargs="+")
     p.add_argument("--title", default="LOSO runs")
-    p.add_argument("--out")
+    p.add_argument("--out", help="write the table here (markdown) and the paired differences beside it (.png)")
     p.set_defaults(func=cmd_table)
     args = parser.parse_args(argv)
     try:

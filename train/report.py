@@ -150,10 +150,29 @@ def ensemble_rows(runs: list[Path]) -> list[dict]:
     return out
 
 
-def _paired(group: list[Path], reference: list[Path], seeds: dict[Path, int], full_uf1: dict[Path, float]) -> str:
-    """Per-seed Full UF1 differences against the reference runs of the same seeds, and their mean ± std."""
-    ref = {seeds[r]: full_uf1[r] for r in reference if r in full_uf1}
-    diffs = [full_uf1[r] - ref[seeds[r]] for r in sorted(group, key=seeds.get) if r in full_uf1 and seeds[r] in ref]
+def _grouped(runs: list[Path]) -> list[dict]:
+    """Runs grouped by configuration (runs that differ only in --seed), in first-seen order; each group
+    with its label, its runs' seeds and pooled scores, and its per-seed Full UF1 minus the first
+    group's for the same seed (same initialisation and data order), in seed order."""
+    groups: dict[str, dict] = {}
+    for run in runs:
+        pinned = json.loads((run / "run.json").read_text())
+        key = json.dumps(pinned["profile"], sort_keys=True)
+        group = groups.setdefault(key, {"label": re.sub(r"[-_]seed\d+$", "", run.name), "runs": [], "seeds": [], "scores": []})
+        group["runs"].append(run)
+        group["seeds"].append(int(pinned["seed"]))
+        group["scores"].append(score_rows(read_predictions(run / "predictions.csv"))["pooled"])
+    configs = list(groups.values())
+    if configs:
+        ref = {seed: s["full"]["uf1"] for seed, s in zip(configs[0]["seeds"], configs[0]["scores"]) if "full" in s}
+        for c in configs:
+            by_seed = sorted(zip(c["seeds"], c["scores"]), key=lambda t: t[0])
+            c["paired"] = [(seed, s["full"]["uf1"] - ref[seed]) for seed, s in by_seed if "full" in s and seed in ref]
+    return configs
+
+
+def _paired_cell(paired: list[tuple[int, float]]) -> str:
+    diffs = [d for _, d in paired]
     if not diffs:
         return "–"
     each = " / ".join(f"{d:+.3f}" for d in diffs)
@@ -162,30 +181,20 @@ def _paired(group: list[Path], reference: list[Path], seeds: dict[Path, int], fu
     return f"{np.mean(diffs):+.3f} ± {np.std(diffs, ddof=1):.3f} ({each})"
 
 
-def ablation_table(runs: list[Path], title: str) -> str:
+def ablation_table(runs: list[Path], title: str, figure: Path | None = None) -> str:
     """One row per configuration; runs that differ only in --seed are pooled into mean ± std, and
     their probability average (the seed ensemble) gets a row of its own.
 
     The first configuration is the reference: the last column gives each other configuration's Full
-    UF1 minus the reference's for the same seed (same initialisation and data order), per seed and
-    as mean ± std, since a paired difference is steadier than two means with their seed spreads."""
-    groups: dict[str, list[Path]] = {}
-    labels: dict[str, str] = {}
-    seeds: dict[Path, int] = {}
-    for run in runs:
-        pinned = json.loads((run / "run.json").read_text())
-        key = json.dumps(pinned["profile"], sort_keys=True)
-        groups.setdefault(key, []).append(run)
-        labels.setdefault(key, re.sub(r"[-_]seed\d+$", "", run.name))
-        seeds[run] = int(pinned["seed"])
-    full_uf1: dict[Path, float] = {}
-    reference = next(iter(groups), None)
+    UF1 minus the reference's for the same seed, per seed and as mean ± std, since a paired difference
+    is steadier than two means with their seed spreads. With `figure`, those differences are also
+    drawn there (one dot per seed) and the table links the picture."""
+    configs = _grouped(runs)
     head = f"### {title}\n\n| configuration | seeds | " + " | ".join(f"{COLUMN_TITLES[c]} UF1 / UAR" for c in COLUMNS)
-    head += f" | Full UF1 − {labels[reference]}'s, same seed |" if reference else " |"
-    lines = [head, "|---" * (len(COLUMNS) + (3 if reference else 2)) + "|"]
-    for key, group in groups.items():
-        scores = [score_rows(read_predictions(run / "predictions.csv"))["pooled"] for run in group]
-        full_uf1.update({run: s["full"]["uf1"] for run, s in zip(group, scores) if "full" in s})
+    head += f" | Full UF1 − {configs[0]['label']}'s, same seed |" if configs else " |"
+    lines = [head, "|---" * (len(COLUMNS) + (3 if configs else 2)) + "|"]
+    for i, config in enumerate(configs):
+        scores = config["scores"]
         cells = []
         for c in COLUMNS:
             if not all(c in s for s in scores):
@@ -195,10 +204,43 @@ def ablation_table(runs: list[Path], title: str) -> str:
             ar = np.array([s[c]["uar"] for s in scores])
             spread = f" ± {f1.std(ddof=1):.3f} / {ar.std(ddof=1):.3f}" if len(scores) > 1 else ""
             cells.append(f"{f1.mean():.3f} / {ar.mean():.3f}{spread}")
-        cells.append("reference" if key == reference else _paired(group, groups[reference], seeds, full_uf1))
-        lines.append(f"| {labels[key]} | {len(scores)} | " + " | ".join(cells) + " |")
-        if len(group) > 1:
-            pooled = score_rows(ensemble_rows(group))["pooled"]
+        cells.append("reference" if i == 0 else _paired_cell(config["paired"]))
+        lines.append(f"| {config['label']} | {len(scores)} | " + " | ".join(cells) + " |")
+        if len(config["runs"]) > 1:
+            pooled = score_rows(ensemble_rows(config["runs"]))["pooled"]
             cells = [f"{pooled[c]['uf1']:.3f} / {pooled[c]['uar']:.3f}" if c in pooled else "–" for c in COLUMNS]
-            lines.append(f"| {labels[key]}, probability average of the {len(group)} seeds | {len(group)} | " + " | ".join(cells) + " | |")
+            lines.append(f"| {config['label']}, probability average of the {len(config['runs'])} seeds | {len(config['runs'])} | " + " | ".join(cells) + " | |")
+    if figure is not None and len(configs) > 1:
+        plot_paired(configs, figure, title)
+        lines += ["", f"![Full UF1 minus {configs[0]['label']}'s, same seed]({Path(figure).name})"]
     return "\n".join(lines) + "\n"
+
+
+def plot_paired(configs: list[dict], path: Path, title: str) -> None:
+    """Each configuration's per-seed Full UF1 minus the reference's (dots, labelled by seed) and
+    their mean ± std (bar), against zero: which ideas help, and by how much beyond the seed spread."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = configs[1:]
+    import textwrap
+
+    heading = textwrap.wrap(title, 110)
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.14 * len(heading) + 0.55 * len(rows)))
+    for y, config in enumerate(rows):
+        diffs = np.array([d for _, d in config["paired"]])
+        if len(diffs) > 1:
+            ax.errorbar(diffs.mean(), y, xerr=diffs.std(ddof=1), fmt="D", color="black", capsize=4, zorder=3)
+        for seed, d in config["paired"]:
+            ax.plot(d, y, "o", color=f"C{seed % 10}", alpha=0.8)
+            ax.annotate(str(seed), (d, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.axvline(0, color="gray", lw=1)
+    ax.set_yticks(range(len(rows)), [f"{c['label']} ({len(c['paired'])} seed{'s' if len(c['paired']) != 1 else ''})" for c in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"Full UF1 minus {configs[0]['label']}'s, same seed\n(dots: one per seed, labelled; diamond and bar: mean ± std)")
+    ax.set_title("\n".join(heading), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -73,5 +73,6 @@ def run_study(study: str, profile_name: str, data, out: Path, device, seeds: int
                 write_reports(run)
             runs.append(run)
     table = out / f"{study}.md"
-    table.write_text(ablation_table(runs, f"{study} study around profile {profile_name!r} ({seeds} seed(s) each)"))
+    title = f"{study} study around profile {profile_name!r} ({seeds} seed(s) each)"
+    table.write_text(ablation_table(runs, title, figure=table.with_suffix(".png")))
     return table
