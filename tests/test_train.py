@@ -269,3 +269,32 @@ def test_fit_writes_a_checkpoint_that_loads(tiny_subset, tmp_path):
     assert info["meta"]["data"]["clips"] == len(load_flow_folder(tiny_subset))
     probs = model(torch.from_numpy(load_flow_folder(tiny_subset).x[:4])).softmax(-1)
     assert probs.shape == (4, 3)
+
+
+def test_a_state_that_cannot_be_written_stops_the_run_naming_it_and_keeps_the_last_one(tiny_subset, tmp_path, monkeypatch, capsys):
+    import train.loso
+
+    out = tmp_path / "run"
+    args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2", "--device", "cpu", "--save-every", "0", *TINY]
+    real_save, calls = torch.save, []
+
+    def disk_full_on_second_save(obj, path):  # what torch does when the disk fills mid-write: a partial file, then an error
+        calls.append(path)
+        real_save(obj, path)
+        if len(calls) == 2:
+            with open(path, "r+b") as f:
+                f.truncate(100)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 464491136 vs 464491028")
+
+    monkeypatch.setattr(train.loso.torch, "save", disk_full_on_second_save)
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    words = " ".join(err.split())  # rich wraps long lines at word boundaries, and a long path anywhere
+    assert f"{out}/state.pt".replace("/", "") in err.replace("\n", "").replace("/", "")
+    assert "at epoch 2" in words and "state of epoch 1 is kept" in words and "free disk space" in words
+    assert "[enforce fail at inline_container.cc:672]" in words  # torch's own words, not eaten as rich markup
+    assert not (out / "state.tmp").exists()
+    assert torch.load(out / "state.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(train.loso.torch, "save", real_save)
+    assert train_main(args) == 0  # space freed: the same command continues from epoch 1
+    assert (out / "predictions.csv").exists()

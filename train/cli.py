@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .datasets import add_prepare_arguments, prepare_command
@@ -208,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted: state is saved every 30 s; rerun the same command to continue")
         return 130
-    except (ValueError, FileNotFoundError) as e:  # DataError, RunMismatch, CheckpointError are ValueErrors
-        console.print(f"[red]error:[/red] {e}")
+    except (ValueError, OSError) as e:  # DataError, RunMismatch, CheckpointError are ValueErrors; StateNotSaved an OSError
+        console.print(f"[red]error:[/red] {escape(str(e))}")  # escaped: paths and torch messages hold [brackets]
         return 2
 
 

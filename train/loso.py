@@ -33,6 +33,10 @@ class RunMismatch(ValueError):
     """OUT holds a run made with other arguments."""
 
 
+class StateNotSaved(OSError):
+    """OUT/state.pt could not be written (a full disk, say); the previous state is kept."""
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -156,7 +160,10 @@ def train_members(
             torch.cuda.set_rng_state(st["cuda_rng"].cpu())
         start_epoch, curve, wall_before = st["epoch"], st["curve"], st["wall_s"]
 
+    saved_epoch = start_epoch if state_path.exists() else None
+
     def save_state(epoch: int, wall: float) -> None:
+        nonlocal saved_epoch
         st = {
             "params": {k: v.detach() for k, v in members.params.items()},
             "buffers": members.buffers,
@@ -171,8 +178,17 @@ def train_members(
         if device.type == "cuda":
             st["cuda_rng"] = torch.cuda.get_rng_state()
         tmp = state_path.with_suffix(".tmp")
-        torch.save(st, tmp)
+        try:
+            torch.save(st, tmp)
+        except (OSError, RuntimeError) as e:  # a full disk surfaces from torch's zip writer as a RuntimeError
+            tmp.unlink(missing_ok=True)
+            kept = f"the state of epoch {saved_epoch} is kept" if saved_epoch is not None else "no earlier state exists"
+            raise StateNotSaved(
+                f"{state_path}: cannot write the training state at epoch {epoch} ({e}); {kept}: "
+                "free disk space (each save needs room for a second copy) and rerun the same command to continue"
+            ) from e
         tmp.replace(state_path)  # atomic: a kill mid-write leaves the previous state intact
+        saved_epoch = epoch
 
     n_train_max = int(train_mask.sum(1).max())
     steps_per_epoch = -(-n_train_max // recipe.batch_size)
