@@ -4,17 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from mex.features import available_backends
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSITE = ROOT / "data" / "megc2019-composite-flow"
 
 # OpenCV's TV-L1 (flow backend "cpu", the reference flow) lives only in opencv-contrib; the GPU
 # machine's OpenCV lacks it, so tests that need it skip there and say so.
-try:
-    import cv2
-
-    HAVE_OPENCV_TVL1 = hasattr(cv2, "optflow")
-except ImportError:
-    HAVE_OPENCV_TVL1 = False
+HAVE_OPENCV_TVL1 = "cpu" in available_backends()
 needs_opencv_tvl1 = pytest.mark.skipif(not HAVE_OPENCV_TVL1,
                                        reason="OpenCV contrib (cv2.optflow) is not installed: OpenCV's TV-L1 NOT run")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +76,18 @@ def write_reports(run: Path) -> None:
         plot_curve(run / "curve.csv", run / "curve.png", name)
 
 
-def plot_confusions(rows: list[dict], path: Path, title: str) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusions(rows: list[dict], path: Path, title: str) -> None:
+    plt = _pyplot()
 
     y = np.array([r["label"] for r in rows])
     pred = np.array([r["pred"] for r in rows])
@@ -105,10 +113,7 @@ def plot_confusions(rows: list[dict], path: Path, title: str) -> None:
 
 
 def plot_curve(curve_csv: Path, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     with curve_csv.open(newline="") as f:
         pts = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -219,14 +224,9 @@ def ablation_table(runs: list[Path], title: str, figure: Path | None = None) -> 
 def plot_paired(configs: list[dict], path: Path, title: str) -> None:
     """Each configuration's per-seed Full UF1 minus the reference's (dots, labelled by seed) and
     their mean ± std (bar), against zero: which ideas help, and by how much beyond the seed spread."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = configs[1:]
-    import textwrap
-
     heading = textwrap.wrap(title, 110)
     fig, ax = plt.subplots(figsize=(9, 1.6 + 0.14 * len(heading) + 0.55 * len(rows)))
     for y, config in enumerate(rows):
