@@ -158,6 +158,12 @@ def test_killed_run_resumes_to_the_same_result(tiny_subset, tmp_path):
     common = ["loso", "--data", str(tiny_subset), "--profile", "cpu-quick", "--epochs", "6", "--eval-every", "2", "--device", "cpu", "--save-every", "0", *TINY]
     straight = tmp_path / "straight"
     assert _run_cli([*common, "--out", str(straight)]).wait(timeout=300) == 0
+    finished = torch.load(straight / "state.pt", weights_only=False)
+    assert finished["epoch"] == 6 and "opt" not in finished  # a finished run keeps no optimizer moments
+    first = (straight / "predictions.csv").read_text()
+    (straight / "predictions.csv").unlink()
+    assert _run_cli([*common, "--out", str(straight)]).wait(timeout=300) == 0
+    assert (straight / "predictions.csv").read_text() == first  # re-predicted from the kept weights
 
     killed = tmp_path / "killed"
     proc = _run_cli([*common, "--out", str(killed)])

@@ -5,7 +5,9 @@ all folds. Test subjects are evaluated along the way only to draw the epoch curv
 is selected from it.
 
 Resume: OUT/state.pt holds weights, optimizer, RNG and curve, written atomically every few epochs;
-a run restarted with the same arguments continues from it. OUT/run.json pins the arguments.
+a run restarted with the same arguments continues from it. OUT/run.json pins the arguments. A
+finished run's state keeps the weights (and EMA) without the optimizer, so that the same command
+re-predicts without retraining at half the disk.
 """
 from __future__ import annotations
 
@@ -153,7 +155,8 @@ def train_members(
                 members.buffers[k].copy_(v)
             for k, v in (st["ema"] or {}).items():
                 ema[k].copy_(v)
-        opt.load_state_dict(st["opt"])
+        if "opt" in st:  # a finished run's state has none (see save_state)
+            opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
         torch.set_rng_state(st["torch_rng"].cpu())
         if device.type == "cuda" and "cuda_rng" in st:
@@ -168,13 +171,14 @@ def train_members(
             "params": {k: v.detach() for k, v in members.params.items()},
             "buffers": members.buffers,
             "ema": ema,
-            "opt": opt.state_dict(),
             "gen": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "epoch": epoch,
             "curve": curve,
             "wall_s": wall,
         }
+        if epoch < recipe.epochs:  # the AdamW moments (half the file) only matter to a run that goes on
+            st["opt"] = opt.state_dict()
         if device.type == "cuda":
             st["cuda_rng"] = torch.cuda.get_rng_state()
         tmp = state_path.with_suffix(".tmp")
