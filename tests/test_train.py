@@ -304,3 +304,49 @@ def test_a_state_that_cannot_be_written_stops_the_run_naming_it_and_keeps_the_la
     monkeypatch.setattr(train.loso.torch, "save", real_save)
     assert train_main(args) == 0  # space freed: the same command continues from epoch 1
     assert (out / "predictions.csv").exists()
+
+
+def test_inner_groups_partition_the_subjects_and_hold_their_clips_out():
+    from train.select import deal_groups, group_clips
+
+    deals = deal_groups(68, 8, 3, seed=0)
+    assert len(deals) == 3 and deals != deal_groups(68, 8, 3, seed=1)
+    for deal in deals:
+        assert sorted(s for g in deal for s in g) == list(range(68)) and all(7 <= len(g) <= 9 for g in deal)
+    fold_of = np.repeat(np.arange(68), 6)
+    held = group_clips(deals[0], fold_of)
+    for g, row in zip(deals[0], held):
+        assert set(fold_of[row]) == set(g) and not set(fold_of[~row]) & set(g)
+    with pytest.raises(ValueError, match="--holdout"):
+        deal_groups(6, 4, 1, seed=0)
+
+
+def test_nested_selection_picks_per_fold_by_inner_score_and_reuses_matching_runs(subset, tmp_path):
+    common = ["--data", str(subset), "--profile", "cpu-quick", "--epochs", "2", "--seeds", "1", "--device", "cpu", *TINY]
+    pre = tmp_path / "pre"
+    assert train_main(["loso", "--out", str(pre), *common]) == 0
+    out = tmp_path / "select"
+    args = ["select", "--out", str(out), *common, "--try", "label_smoothing=0,mixup=0", "--holdout", "2", "--repeats", "2",
+            "--reuse", str(pre)]
+    assert train_main(args) == 0
+    names = ["profile", "label_smoothing=0,mixup=0"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["candidates"]["profile"]["outer_run"] == str(pre) and not (out / "outer-profile").exists()
+    outer = {n: read_predictions(Path(res["candidates"][n]["outer_run"]) / "predictions.csv") for n in names}
+    data = load_flow_folder(subset)
+    for n in names:  # each inner deal predicts every clip once, from the model of the group holding it
+        inner = read_predictions(out / f"inner-{n}" / "predictions.csv")
+        assert sorted((r["deal"], r["clip"]) for r in inner) == sorted((d, c) for d in ("0", "1") for c in data.clip)
+    with (out / "choices.csv").open(newline="") as f:
+        choices = list(csv.DictReader(f))
+    assert [c["subject"] for c in choices] == data.subjects
+    rows = read_predictions(out / "predictions.csv")
+    for c in choices:
+        scores = [float(c[f"inner_uf1[{n}]"]) for n in names]
+        assert c["chosen"] == names[int(np.argmax(scores))]  # argmax takes the first of a tie, as the selection does
+        mine = [r for r in rows if r["subject"] == c["subject"]]
+        assert mine == [r for r in outer[c["chosen"]] if r["subject"] == c["subject"]]
+    assert res["pooled"] == score_rows(rows)["pooled"]
+    assert sum(c["chosen_folds"] for c in res["candidates"].values()) == 6
+    first = (out / "predictions.csv").read_text()
+    assert train_main(args) == 0 and (out / "predictions.csv").read_text() == first  # a rerun reads the finished runs back

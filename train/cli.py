@@ -74,10 +74,10 @@ def _parse_sets(items: list[str]) -> tuple[dict, dict]:
     return recipe, model
 
 
-def _profile(args):
+def _profile(args, extra_sets: list[str] = ()):
     from .recipes import resolve
 
-    recipe_sets, model_sets = _parse_sets(args.set)
+    recipe_sets, model_sets = _parse_sets([*args.set, *extra_sets])
     prof = resolve(args.profile, args.model, args.epochs, args.seeds, **recipe_sets)
     if model_sets:
         from mex.models import build_model
@@ -135,6 +135,35 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    import re
+
+    from mex.composite import load_flow_folder
+
+    from .loso import pick_device
+    from .report import write_reports
+    from .select import run_select
+
+    candidates = [("profile", _profile(args))]
+    for item in args.try_:
+        candidates.append((item, _profile(args, re.split(r",(?=[\w.]+=)", item))))
+    if len(candidates) < 2:
+        raise ValueError("--try: give at least one candidate besides the profile (e.g. --try label_smoothing=0)")
+    device = pick_device(args.device)
+    data = load_flow_folder(args.data)
+    out = Path(args.out)
+    console.print(f"nested selection among {len(candidates)} candidates ({', '.join(n for n, _ in candidates)}), seed {args.seed}")
+    with _progress() as progress:
+        results = run_select(data, candidates, out, device, args.seed, args.holdout, args.repeats,
+                             [Path(d) for d in args.reuse], progress, args.save_every, args.precision)
+    write_reports(out)
+    chosen = ", ".join(f"{n}: {c['chosen_folds']}" for n, c in results["candidates"].items())
+    full = results["pooled"]["full"]
+    console.print(f"folds per candidate: {chosen}\nnested-selection pooled Full UF1/UAR {full['uf1']:.4f}/{full['uar']:.4f}")
+    console.print(f"wrote {out}/choices.csv, predictions.csv, results.json, report.md, confusion.png")
+    return 0
+
+
 def cmd_study(args) -> int:
     from mex.composite import load_flow_folder
 
@@ -180,6 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(p)
     p.add_argument("--loso", help="a LOSO run folder of the same profile, whose numbers go into the model card")
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("select", help="nested selection: each fold picks a candidate recipe on held-out training subjects")
+    _add_common(p)
+    p.add_argument("--try", dest="try_", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="a candidate: the profile with these changes (same keys as --set); repeat for more")
+    p.add_argument("--holdout", type=int, default=8, help="subjects per inner validation group")
+    p.add_argument("--repeats", type=int, default=2, help="random deals of the subjects into groups")
+    p.add_argument("--reuse", nargs="*", default=[], metavar="RUN",
+                   help="finished LOSO runs to use as a candidate's outer run when their run.json matches")
+    p.set_defaults(func=cmd_select)
     p = sub.add_parser("study", help="a comparison table: fusion (Table 4), patches (Table 3) or ablation")
     p.add_argument("study", choices=["fusion", "patches", "ablation"])
     p.add_argument("--data", default="data/megc2019-composite-flow")
