@@ -234,7 +234,7 @@ def train_members(
             info += f"  pooled UF1 {curve[-1]['uf1']:.3f} UAR {curve[-1]['uar']:.3f} (ep {curve[-1]['epoch']})"
         if progress:
             progress.update(task, completed=done, info=info)
-            if not progress.console.is_terminal and curve and curve[-1]["epoch"] == done:
+            if not progress.console.is_terminal and (done % eval_every == 0 or done == recipe.epochs):
                 progress.console.print(f"epoch {done}/{recipe.epochs} {info}")  # a log file gets no live bar
         now = time.perf_counter()
         if now - last_save >= save_every_s or done == recipe.epochs:

@@ -150,6 +150,8 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
         outer_dirs[name], rows = _outer_run(data, prof, out / f"outer-{name}", device, seed, list(reuse), progress,
                                             save_every_s, precision)
         outer[name] = rows
+        if progress:
+            progress.console.print(f"{name}: LOSO run {outer_dirs[name]}; inner models in {out / f'inner-{name}'}")
         inner[name] = inner_scores(run_inner(data, prof, out / f"inner-{name}", device, seed, deals, progress,
                                              save_every_s, precision), subjects)
     chosen, table = {}, []
