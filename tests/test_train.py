@@ -348,5 +348,6 @@ def test_nested_selection_picks_per_fold_by_inner_score_and_reuses_matching_runs
         assert mine == [r for r in outer[c["chosen"]] if r["subject"] == c["subject"]]
     assert res["pooled"] == score_rows(rows)["pooled"]
     assert sum(c["chosen_folds"] for c in res["candidates"].values()) == 6
+    assert (out / "choices.png").stat().st_size > 0
     first = (out / "predictions.csv").read_text()
     assert train_main(args) == 0 and (out / "predictions.csv").read_text() == first  # a rerun reads the finished runs back

@@ -160,7 +160,7 @@ def cmd_select(args) -> int:
     chosen = ", ".join(f"{n}: {c['chosen_folds']}" for n, c in results["candidates"].items())
     full = results["pooled"]["full"]
     console.print(f"folds per candidate: {chosen}\nnested-selection pooled Full UF1/UAR {full['uf1']:.4f}/{full['uar']:.4f}")
-    console.print(f"wrote {out}/choices.csv, predictions.csv, results.json, report.md, confusion.png")
+    console.print(f"wrote {out}/choices.csv, choices.png, predictions.csv, results.json, report.md, confusion.png")
     return 0
 
 

@@ -181,4 +181,30 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
         versions=_versions(),
     )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_choices(results, out / "choices.png")
     return results
+
+
+def plot_choices(results: dict, path: Path) -> None:
+    """How many folds chose each candidate, beside each candidate's own LOSO Full UF1."""
+    from .report import _pyplot
+
+    plt = _pyplot()
+    cands = results["candidates"]
+    names = list(cands)
+    fig, (a, b) = plt.subplots(1, 2, sharey=True, figsize=(10, 1.4 + 0.42 * len(names)))
+    a.barh(names, [cands[n]["chosen_folds"] for n in names], color="C0")
+    a.set_xlabel("folds that chose it (inner validation)")
+    a.invert_yaxis()
+    b.barh(names, [cands[n]["outer_pooled_full"]["uf1"] for n in names], color="C7")
+    nested = results["pooled"]["full"]["uf1"]
+    b.axvline(nested, color="C3", lw=2, label=f"nested selection {nested:.3f}")
+    lo = min(nested, *(cands[n]["outer_pooled_full"]["uf1"] for n in names))
+    b.set_xlim(lo - 0.03, None)
+    b.set_xlabel("the candidate's own LOSO Full UF1")
+    b.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"nested selection, seed {results['seed']}: pooled Full UF1 / UAR {nested:.3f} / "
+                 f"{results['pooled']['full']['uar']:.3f}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
