@@ -349,5 +349,7 @@ def test_nested_selection_picks_per_fold_by_inner_score_and_reuses_matching_runs
     assert res["pooled"] == score_rows(rows)["pooled"]
     assert sum(c["chosen_folds"] for c in res["candidates"].values()) == 6
     assert (out / "choices.png").stat().st_size > 0
+    overall = [res["candidates"][n]["inner_pooled_full"]["uf1"] for n in names]
+    assert res["choice_for_fit"] == names[int(np.argmax(overall))]
     first = (out / "predictions.csv").read_text()
     assert train_main(args) == 0 and (out / "predictions.csv").read_text() == first  # a rerun reads the finished runs back

@@ -159,7 +159,8 @@ def cmd_select(args) -> int:
     write_reports(out)
     chosen = ", ".join(f"{n}: {c['chosen_folds']}" for n, c in results["candidates"].items())
     full = results["pooled"]["full"]
-    console.print(f"folds per candidate: {chosen}\nnested-selection pooled Full UF1/UAR {full['uf1']:.4f}/{full['uar']:.4f}")
+    console.print(f"folds per candidate: {chosen}\nnested-selection pooled Full UF1/UAR {full['uf1']:.4f}/{full['uar']:.4f}"
+                  f"\nchosen on all subjects (the recipe to fit): {results['choice_for_fit']}")
     console.print(f"wrote {out}/choices.csv, choices.png, predictions.csv, results.json, report.md, confusion.png")
     return 0
 

@@ -12,6 +12,9 @@ That model never saw any subject of its group, so for each subject f of the grou
 model of outer fold f, validated on f's group-mates. A candidate's inner score for f is the pooled
 UF1 over those group-mates' clips, summed over the deals. The highest inner score wins; a tie goes
 to the earlier candidate (the profile as it is comes first).
+
+The same rule with no subject held out (every inner prediction pooled) names `choice_for_fit`: the
+recipe to fit the shipped model with. The nested score is the honest estimate of that procedure.
 """
 from __future__ import annotations
 
@@ -145,15 +148,16 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
     deals = deal_groups(len(subjects), holdout, repeats, seed)
     pin_run(out, {"data": str(data.root.resolve()), "seed": seed, "folds": subjects,
                   "profile": {"nested selection": {n: p.to_dict() for n, p in candidates}, "holdout": holdout, "repeats": repeats}})
-    inner, outer, outer_dirs = {}, {}, {}
+    inner, inner_all, outer, outer_dirs = {}, {}, {}, {}
     for name, prof in candidates:
         outer_dirs[name], rows = _outer_run(data, prof, out / f"outer-{name}", device, seed, list(reuse), progress,
                                             save_every_s, precision)
         outer[name] = rows
         if progress:
             progress.console.print(f"{name}: LOSO run {outer_dirs[name]}; inner models in {out / f'inner-{name}'}")
-        inner[name] = inner_scores(run_inner(data, prof, out / f"inner-{name}", device, seed, deals, progress,
-                                             save_every_s, precision), subjects)
+        inner_rows = run_inner(data, prof, out / f"inner-{name}", device, seed, deals, progress, save_every_s, precision)
+        inner[name] = inner_scores(inner_rows, subjects)
+        inner_all[name] = uf1_uar(np.array([r["label"] for r in inner_rows]), np.array([r["pred"] for r in inner_rows]))
     chosen, table = {}, []
     for f in subjects:
         best = names[0]
@@ -177,7 +181,10 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
         seed=seed,
         candidates={n: {"profile": p.to_dict(), "outer_run": str(outer_dirs[n]),
                         "chosen_folds": sum(c == n for c in chosen.values()),
-                        "outer_pooled_full": score_rows(outer[n])["pooled"]["full"]} for n, p in candidates},
+                        "outer_pooled_full": score_rows(outer[n])["pooled"]["full"],
+                        "inner_pooled_full": inner_all[n]} for n, p in candidates},
+        # The same procedure with no subject held out: the recipe to fit the shipped model with.
+        choice_for_fit=max(names, key=lambda n: (inner_all[n]["uf1"], -names.index(n))),
         versions=_versions(),
     )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
