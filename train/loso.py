@@ -79,7 +79,7 @@ def run_loso(
     # member m = (fold m // n_seeds, seed m % n_seeds)
     member_fold = torch.arange(n_folds, device=device).repeat_interleave(n_seeds)
     train_mask = fold[None, :] != member_fold[:, None]  # (members, N)
-    test_idx = _padded_test_index(fold_of, n_folds, device)  # (folds, T) with -1 padding
+    test_idx = padded_index([np.flatnonzero(fold_of == f) for f in range(n_folds)], device)  # (folds, T)
     y = torch.from_numpy(data.y).to(device)
 
     tta = profile.recipe.tta_flip
@@ -257,11 +257,11 @@ def pin_run(out: Path, run_args: dict) -> None:
         pinned.write_text(json.dumps(run_args, indent=2) + "\n")
 
 
-def _padded_test_index(fold_of: np.ndarray, n_folds: int, device) -> torch.Tensor:
-    per_fold = [np.flatnonzero(fold_of == f) for f in range(n_folds)]
-    t = max(len(p) for p in per_fold)
-    idx = np.full((n_folds, t), -1, dtype=np.int64)
-    for f, p in enumerate(per_fold):
+def padded_index(per_row: list[np.ndarray], device) -> torch.Tensor:
+    """(rows, longest) clip indices, -1 padding: each fold's (or inner group's) test clips."""
+    t = max(len(p) for p in per_row)
+    idx = np.full((len(per_row), t), -1, dtype=np.int64)
+    for f, p in enumerate(per_row):
         idx[f, : len(p)] = p
     return torch.from_numpy(idx).to(device)
 

@@ -30,7 +30,7 @@ from mex.labels import CLASSES
 
 from .batched import resolve_precision
 from .loso import (
-    _predict, _write_predictions, _versions, loso_folds, pin_run, read_predictions, run_loso,
+    _predict, _write_predictions, _versions, loso_folds, padded_index, pin_run, read_predictions, run_loso,
     score_rows, train_members,
 )
 from .metrics import uf1_uar
@@ -80,11 +80,7 @@ def run_inner(data: FlowSet, profile: Profile, out: Path, device, seed: int, dea
     members, params, _, _ = train_members(data, train_mask, profile, out, device, seed, progress,
                                           save_every_s=save_every_s, precision=precision)
     per_group = [np.flatnonzero(h) for h in held_out]
-    t = max(len(p) for p in per_group)
-    idx = np.full((len(groups), t), -1, dtype=np.int64)
-    for i, p in enumerate(per_group):
-        idx[i, : len(p)] = p
-    test_idx = torch.from_numpy(idx).to(device)
+    test_idx = padded_index(per_group, device)
     probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds,
                      profile.recipe.tta_flip).cpu().numpy()
     per_deal = len(deals[0])
