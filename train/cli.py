@@ -184,7 +184,7 @@ def cmd_report(args) -> int:
 
     for d in args.runs:
         write_reports(Path(d))
-        console.print(f"{d}: report.md, confusion.png, curve.png")
+        console.print(f"{d}: report.md and its figures")
     return 0
 
 

@@ -51,25 +51,20 @@ def write_reports(run: Path) -> None:
     rows = read_predictions(run / "predictions.csv")
     results = score_rows(rows)
     meta = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
-    prof = meta.get("profile", {})
-    name = f"{prof.get('model', 'model')} ({run.name})"
-    text = [
-        f"# LOSO report: {run.name}",
-        "",
-        f"Protocol: {meta.get('protocol', 'LOSO')}.",
-        f"Model: {prof.get('model')} {prof.get('model_config')}, {meta.get('params_per_model', '?')} parameters per model.",
-        f"Recipe: {prof.get('recipe')}.",
-        f"Device: {meta.get('device')}, wall {meta.get('wall_s')} s, versions {meta.get('versions')}.",
-        "",
-        "Scored from predictions.csv (pooled over all folds is the headline):",
-        "",
-        table2(results, name),
-        "",
-        "![confusion](confusion.png)",
-        "",
-        "![curve](curve.png)",
-        "",
-    ]
+    prof = meta.get("profile")
+    name = f"{prof['model']} ({run.name})" if prof else run.name
+    text = [f"# LOSO report: {run.name}", "", f"Protocol: {meta.get('protocol', 'LOSO')}."]
+    if prof:  # a nested selection's results.json names its candidates instead (see its choices.csv)
+        text += [
+            f"Model: {prof.get('model')} {prof.get('model_config')}, {meta.get('params_per_model', '?')} parameters per model.",
+            f"Recipe: {prof.get('recipe')}.",
+            f"Device: {meta.get('device')}, wall {meta.get('wall_s')} s, versions {meta.get('versions')}.",
+        ]
+    elif "candidates" in meta:
+        text.append(f"Candidates: {', '.join(meta['candidates'])}; each fold's inner scores and choice in choices.csv.")
+    text += ["", "Scored from predictions.csv (pooled over all folds is the headline):", "", table2(results, name), ""]
+    figures = ["confusion"] + [f for f in ("curve", "choices") if (run / f"{f}.csv").exists()]
+    text += [line for f in figures for line in (f"![{f}]({f}.png)", "")]
     (run / "report.md").write_text("\n".join(text))
     plot_confusions(rows, run / "confusion.png", name)
     if (run / "curve.csv").exists():
