@@ -72,8 +72,7 @@ def run_loso(
     subjects, fold_of = loso_folds(data)
     n_folds, n_seeds = len(subjects), profile.recipe.seeds
     precision = resolve_precision(precision, device)
-    pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": subjects,
-                  "precision": precision})
+    pin_run(out, loso_run_args(data, profile, seed, precision))
 
     fold = torch.from_numpy(fold_of).to(device)
     # member m = (fold m // n_seeds, seed m % n_seeds)
@@ -241,6 +240,12 @@ def train_members(
             save_state(done, wall_before + now - t0)
             last_save = now
     return members, ema or members.params, curve, wall_before + time.perf_counter() - t0
+
+
+def loso_run_args(data: FlowSet, profile: Profile, seed: int, precision: str) -> dict:
+    """What OUT/run.json of a LOSO run pins (precision resolved): equal arguments, equal run."""
+    return {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": data.subjects,
+            "precision": precision}
 
 
 def pin_run(out: Path, run_args: dict) -> None:

@@ -71,7 +71,7 @@ def write_reports(run: Path) -> None:
         plot_curve(run / "curve.csv", run / "curve.png", name)
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib
 
@@ -82,7 +82,7 @@ def _pyplot():
 
 
 def plot_confusions(rows: list[dict], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
 
     y = np.array([r["label"] for r in rows])
     pred = np.array([r["pred"] for r in rows])
@@ -108,7 +108,7 @@ def plot_confusions(rows: list[dict], path: Path, title: str) -> None:
 
 
 def plot_curve(curve_csv: Path, path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
 
     with curve_csv.open(newline="") as f:
         pts = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -219,7 +219,7 @@ def ablation_table(runs: list[Path], title: str, figure: Path | None = None) -> 
 def plot_paired(configs: list[dict], path: Path, title: str) -> None:
     """Each configuration's per-seed Full UF1 minus the reference's (dots, labelled by seed) and
     their mean ± std (bar), against zero: which ideas help, and by how much beyond the seed spread."""
-    plt = _pyplot()
+    plt = pyplot()
 
     rows = configs[1:]
     heading = textwrap.wrap(title, 110)

@@ -10,7 +10,7 @@ Inner validation without 68 x K extra models per candidate: each of `repeats` ra
 the subjects into groups of about `holdout`, and one model per group trains on every other subject.
 That model never saw any subject of its group, so for each subject f of the group it is an inner
 model of outer fold f, validated on f's group-mates. A candidate's inner score for f is the pooled
-UF1 over those group-mates' clips, summed over the deals. The highest inner score wins; a tie goes
+UF1 over those group-mates' clips, pooled over the deals. The highest inner score wins; a tie goes
 to the earlier candidate (the profile as it is comes first).
 
 The same rule with no subject held out (every inner prediction pooled) names `choice_for_fit`: the
@@ -30,8 +30,8 @@ from mex.labels import CLASSES
 
 from .batched import resolve_precision
 from .loso import (
-    _predict, _write_predictions, _versions, loso_folds, padded_index, pin_run, read_predictions, run_loso,
-    score_rows, train_members,
+    _predict, _versions, _write_predictions, loso_folds, loso_run_args, padded_index, pin_run, read_predictions,
+    run_loso, score_rows, train_members,
 )
 from .metrics import uf1_uar
 from .recipes import Profile
@@ -43,7 +43,7 @@ def deal_groups(n_subjects: int, holdout: int, repeats: int, seed: int) -> list[
         raise ValueError(f"--holdout {holdout}: must be between 2 and half the subjects ({n_subjects // 2})")
     if repeats < 1:
         raise ValueError(f"--repeats {repeats}: must be >= 1")
-    n_groups = max(2, round(n_subjects / holdout))
+    n_groups = n_subjects // holdout  # floor: every group has at least `holdout` subjects, so f has mates
     deals = []
     for r in range(repeats):
         perm = np.random.default_rng([seed, r]).permutation(n_subjects)
@@ -120,9 +120,7 @@ def _outer_run(data: FlowSet, profile: Profile, out: Path, device, seed: int, re
                save_every_s: float, precision: str) -> tuple[Path, list[dict]]:
     """The candidate's ordinary LOSO run: a finished one among `reuse` whose pinned arguments are the
     ones this run would pin, else trained (resumably) into OUT."""
-    subjects, _ = loso_folds(data)
-    wanted = json.loads(json.dumps({"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed,
-                                    "folds": subjects, "precision": resolve_precision(precision, device)}))
+    wanted = json.loads(json.dumps(loso_run_args(data, profile, seed, resolve_precision(precision, device))))
     for run in reuse:
         pinned = run / "run.json"
         if pinned.exists() and json.loads(pinned.read_text()) == wanted and (run / "predictions.csv").exists():
@@ -190,9 +188,9 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
 
 def plot_choices(results: dict, path: Path) -> None:
     """How many folds chose each candidate, beside each candidate's own LOSO Full UF1."""
-    from .report import _pyplot
+    from .report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     cands = results["candidates"]
     names = list(cands)
     fig, (a, b) = plt.subplots(1, 2, sharey=True, figsize=(10, 1.4 + 0.42 * len(names)))
