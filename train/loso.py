@@ -91,8 +91,8 @@ def run_loso(
     )
     probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds, tta)
     rows = _prediction_rows(data, subjects, probs, test_idx)
-    _write_predictions(out / "predictions.csv", rows)
-    _write_curve(out / "curve.csv", curve)
+    write_csv(out / "predictions.csv", rows)
+    write_csv(out / "curve.csv", curve, ["epoch", "loss", "uf1", "uar"])
     results = score_rows(rows)
     recipe = profile.recipe
     results.update(
@@ -336,18 +336,12 @@ def _prediction_rows(data: FlowSet, subjects, probs: torch.Tensor, test_idx: tor
     return rows
 
 
-def _write_predictions(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """Rows of dicts as CSV; the columns are the first row's keys unless given (an empty curve has none)."""
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=fieldnames or list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-
-
-def _write_curve(path: Path, curve: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "loss", "uf1", "uar"])
-        w.writeheader()
-        w.writerows(curve)
 
 
 def read_predictions(path: Path) -> list[dict]:

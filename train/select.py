@@ -18,7 +18,6 @@ recipe to fit the shipped model with. The nested score is the honest estimate of
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from mex.labels import CLASSES
 
 from .batched import resolve_precision
 from .loso import (
-    _predict, _versions, _write_predictions, loso_folds, loso_run_args, padded_index, pin_run, read_predictions,
-    run_loso, score_rows, train_members,
+    _predict, _versions, loso_folds, loso_run_args, padded_index, pin_run, read_predictions,
+    run_loso, score_rows, train_members, write_csv,
 )
 from .metrics import uf1_uar
 from .recipes import Profile
@@ -91,7 +90,7 @@ def run_inner(data: FlowSet, profile: Profile, out: Path, device, seed: int, dea
                    "clip": data.clip[c], "label": int(data.y[c]), "pred": int(probs[i, t].argmax())}
             row.update({f"p_{k}": round(float(probs[i, t, j]), 6) for j, k in enumerate(CLASSES)})
             rows.append(row)
-    _write_predictions(done, rows)
+    write_csv(done, rows)
     return _read_inner(done)
 
 
@@ -152,21 +151,18 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
         inner_rows = run_inner(data, prof, out / f"inner-{name}", device, seed, deals, progress, save_every_s, precision)
         inner[name] = inner_scores(inner_rows, subjects)
         inner_all[name] = uf1_uar(np.array([r["label"] for r in inner_rows]), np.array([r["pred"] for r in inner_rows]))
+
+    def best(score) -> str:  # the highest score; a tie keeps the earlier candidate
+        return max(names, key=lambda n: (score(n), -names.index(n)))
+
     chosen, table = {}, []
     for f in subjects:
-        best = names[0]
-        for name in names[1:]:
-            if inner[name][f][0] > inner[best][f][0]:  # strictly better: ties keep the earlier candidate
-                best = name
-        chosen[f] = best
-        table.append({"subject": f, "chosen": best, "inner_clips": inner[names[0]][f][1],
+        chosen[f] = best(lambda n: inner[n][f][0])
+        table.append({"subject": f, "chosen": chosen[f], "inner_clips": inner[names[0]][f][1],
                       **{f"inner_uf1[{n}]": inner[n][f][0] for n in names}})
-    with (out / "choices.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
+    write_csv(out / "choices.csv", table)
     rows = [r for f in subjects for r in outer[chosen[f]] if r["subject"] == f]
-    _write_predictions(out / "predictions.csv", rows)
+    write_csv(out / "predictions.csv", rows)
     results = score_rows(rows)
     results.update(
         protocol=(f"nested selection: per LOSO fold, the candidate with the best pooled UF1 on held-out training "
@@ -178,7 +174,7 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
                         "outer_pooled_full": score_rows(outer[n])["pooled"]["full"],
                         "inner_pooled_full": inner_all[n]} for n, p in candidates},
         # The same procedure with no subject held out: the recipe to fit the shipped model with.
-        choice_for_fit=max(names, key=lambda n: (inner_all[n]["uf1"], -names.index(n))),
+        choice_for_fit=best(lambda n: inner_all[n]["uf1"]),
         versions=_versions(),
     )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
