@@ -1,6 +1,7 @@
 """Training side: metrics, batched folds, LOSO outputs, resume, bad data."""
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,7 +219,7 @@ def test_unknown_override_is_refused(capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, tmp_path):
+def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, tmp_path, monkeypatch):
     out = tmp_path / "study"
     rc = train_main(["study", "fusion", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "1", "--seeds", "2", "--device", "cpu"])
     assert rc == 0
@@ -229,6 +230,27 @@ def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, t
     assert "±" in table
     models = {json.loads((out / f"{n}_seed0" / "run.json").read_text())["profile"]["model"] for n in ("da-paper", "cross-attention")}
     assert models == {"dacrossvit", "crossvit"}
+
+    # Two processes share a folder (--only): runs the other one finishes while this one trains are tabulated too.
+    import train.loso
+
+    shared = tmp_path / "shared"
+    for name in ("da-aoa_seed1", "cross-attention_seed0", "cross-attention_seed1"):
+        shutil.copytree(out / name, shared / name)
+    trained = []
+
+    def run_loso_meanwhile_the_other_finishes(*args, **kwargs):
+        run_loso(*args, **kwargs)
+        trained.append(args[2].name)
+        if len(trained) == 2:  # da-aoa_seed0 lands after this process went past it
+            shutil.copytree(out / "da-aoa_seed0", shared / "da-aoa_seed0")
+
+    run_loso = train.loso.run_loso
+    monkeypatch.setattr(train.loso, "run_loso", run_loso_meanwhile_the_other_finishes)
+    rc = train_main(["study", "fusion", "--data", str(tiny_subset), "--out", str(shared), "--profile", "cpu-quick", "--epochs", "1",
+                     "--seeds", "2", "--device", "cpu", "--only", "da-paper"])
+    assert rc == 0 and trained == ["da-paper_seed0", "da-paper_seed1"]
+    assert "| da-aoa | 2 |" in (shared / "fusion.md").read_text()
 
 
 def test_seed_ensemble_averages_probabilities_of_separate_runs(tmp_path):
