@@ -16,7 +16,7 @@ from mex.composite import DataError, load_flow_folder
 from mex.models import build_model
 from train.batched import Members, augment, resolve_precision
 from train.cli import main as train_main
-from train.loso import read_predictions, score_rows
+from train.loso import read_predictions, run_loso, score_rows
 from train.metrics import uf1_uar
 from train.recipes import Recipe
 
@@ -232,8 +232,6 @@ def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, t
     assert models == {"dacrossvit", "crossvit"}
 
     # Two processes share a folder (--only): runs the other one finishes while this one trains are tabulated too.
-    import train.loso
-
     shared = tmp_path / "shared"
     for name in ("da-aoa_seed1", "cross-attention_seed0", "cross-attention_seed1"):
         shutil.copytree(out / name, shared / name)
@@ -245,8 +243,7 @@ def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, t
         if len(trained) == 2:  # da-aoa_seed0 lands after this process went past it
             shutil.copytree(out / "da-aoa_seed0", shared / "da-aoa_seed0")
 
-    run_loso = train.loso.run_loso
-    monkeypatch.setattr(train.loso, "run_loso", run_loso_meanwhile_the_other_finishes)
+    monkeypatch.setattr("train.loso.run_loso", run_loso_meanwhile_the_other_finishes)
     rc = train_main(["study", "fusion", "--data", str(tiny_subset), "--out", str(shared), "--profile", "cpu-quick", "--epochs", "1",
                      "--seeds", "2", "--device", "cpu", "--only", "da-paper"])
     assert rc == 0 and trained == ["da-paper_seed0", "da-paper_seed1"]
