@@ -248,11 +248,17 @@ def loso_run_args(data: FlowSet, profile: Profile, seed: int, precision: str) ->
             "precision": precision}
 
 
+def same_run(out: Path, run_args: dict) -> bool:
+    """Whether OUT/run.json pins exactly these arguments (compared as JSON, where tuples are lists)."""
+    pinned = out / "run.json"
+    return pinned.exists() and json.loads(pinned.read_text()) == json.loads(json.dumps(run_args))
+
+
 def pin_run(out: Path, run_args: dict) -> None:
     pinned = out / "run.json"
     if pinned.exists():
-        before = json.loads(pinned.read_text())
-        if before != json.loads(json.dumps(run_args)):
+        if not same_run(out, run_args):
+            before = json.loads(pinned.read_text())
             changed = sorted(k for k in run_args if json.dumps(before.get(k)) != json.dumps(run_args[k]))
             raise RunMismatch(
                 f"{out}: holds a run with other arguments (differs in: {', '.join(changed)}); "

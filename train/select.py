@@ -30,7 +30,7 @@ from mex.labels import CLASSES
 from .batched import resolve_precision
 from .loso import (
     _predict, _versions, loso_folds, loso_run_args, padded_index, pin_run, read_predictions,
-    run_loso, score_rows, train_members, write_csv,
+    run_loso, same_run, score_rows, train_members, write_csv,
 )
 from .metrics import uf1_uar
 from .recipes import Profile
@@ -119,10 +119,9 @@ def _outer_run(data: FlowSet, profile: Profile, out: Path, device, seed: int, re
                save_every_s: float, precision: str) -> tuple[Path, list[dict]]:
     """The candidate's ordinary LOSO run: a finished one among `reuse` whose pinned arguments are the
     ones this run would pin, else trained (resumably) into OUT."""
-    wanted = json.loads(json.dumps(loso_run_args(data, profile, seed, resolve_precision(precision, device))))
+    wanted = loso_run_args(data, profile, seed, resolve_precision(precision, device))
     for run in reuse:
-        pinned = run / "run.json"
-        if pinned.exists() and json.loads(pinned.read_text()) == wanted and (run / "predictions.csv").exists():
+        if same_run(run, wanted) and (run / "predictions.csv").exists():
             return run, read_predictions(run / "predictions.csv")
     run_loso(data, profile, out, device, seed=seed, progress=progress, save_every_s=save_every_s, precision=precision)
     return out, read_predictions(out / "predictions.csv")

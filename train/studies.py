@@ -60,17 +60,16 @@ def run_study(study: str, profile_name: str, data, out: Path, device, seeds: int
     if unknown:
         raise ValueError(f"--only: {', '.join(unknown)} not in study {study!r} ({', '.join(name for name, _ in configs)})")
     out.mkdir(parents=True, exist_ok=True)
-    for seed in range(seeds):  # seed-major: a study cut short still has every configuration at the same seeds
-        for name, prof in configs:
-            run = out / f"{name}_seed{seed}"
-            if (only and name not in only) or (run / "results.json").exists():
-                continue
-            run_loso(data, prof, run, device, seed=seed, progress=progress, precision=precision)
-            write_reports(run)
+    # seed-major: a study cut short still has every configuration at the same seeds
+    runs = [(name, prof, seed, out / f"{name}_seed{seed}") for seed in range(seeds) for name, prof in configs]
+    for name, prof, seed, run in runs:
+        if (only and name not in only) or (run / "results.json").exists():
+            continue
+        run_loso(data, prof, run, device, seed=seed, progress=progress, precision=precision)
+        write_reports(run)
     # Listed after training, not while passing: another process may have finished runs meanwhile.
-    runs = [out / f"{name}_seed{seed}" for seed in range(seeds) for name, _ in configs
-            if (out / f"{name}_seed{seed}" / "results.json").exists()]
+    finished = [run for *_, run in runs if (run / "results.json").exists()]
     table = out / f"{study}.md"
     title = f"{study} study around profile {profile_name!r} ({seeds} seed(s) each)"
-    table.write_text(ablation_table(runs, title, figure=table.with_suffix(".png")))
+    table.write_text(ablation_table(finished, title, figure=table.with_suffix(".png")))
     return table
