@@ -1,0 +1,69 @@
+"""The committed results are what their predictions say: every results.json under benchmarks/results
+is re-scored from the predictions.csv beside it, and README's headline row from the runs it names.
+
+A hand-edited number, a scorer that changed meaning, or a README row left behind by a rerun fails here.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from train.loso import read_predictions, score_rows
+from train.report import ensemble_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = sorted(p.parent for p in RESULTS.rglob("results.json") if (p.parent / "predictions.csv").exists())
+
+
+def plain_uf1_uar(labels: list[int], preds: list[int]) -> tuple[float, float]:
+    """MEGC2019's UF1 and UAR by counting, written apart from train/metrics.py on purpose."""
+    f1s, recalls = [], []
+    for c in sorted(set(labels)):
+        tp = sum(1 for y, p in zip(labels, preds) if y == c and p == c)
+        fp = sum(1 for y, p in zip(labels, preds) if y != c and p == c)
+        fn = sum(1 for y, p in zip(labels, preds) if y == c and p != c)
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+        recalls.append(tp / (tp + fn))
+    return sum(f1s) / len(f1s), sum(recalls) / len(recalls)
+
+
+def test_there_are_committed_runs_to_check():
+    assert len(RUNS) >= 50, f"only {len(RUNS)} committed runs found under {RESULTS}"
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda p: str(p.relative_to(RESULTS)))
+def test_committed_results_json_is_its_predictions_rescored(run: Path):
+    saved = json.loads((run / "results.json").read_text())
+    with (run / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for name, scores in saved["pooled"].items():
+        picked = [r for r in rows if name == "full" or r["dataset"] == name]
+        uf1, uar = plain_uf1_uar([int(r["label"]) for r in picked], [int(r["pred"]) for r in picked])
+        assert scores["uf1"] == pytest.approx(uf1, abs=1e-9), f"{run}: pooled {name} UF1"
+        assert scores["uar"] == pytest.approx(uar, abs=1e-9), f"{run}: pooled {name} UAR"
+    rescored = score_rows(read_predictions(run / "predictions.csv"))
+    for name, scores in saved.get("per_fold_mean", {}).items():
+        for metric in ("uf1", "uar"):
+            assert scores[metric] == pytest.approx(rescored["per_fold_mean"][name][metric], abs=1e-9), f"{run}: per-fold {name}"
+    assert saved.get("clips", len(rows)) == len(rows)
+
+
+def _readme_row(starts_with: str) -> list[tuple[float, float]]:
+    """The (UF1, UAR) pairs of the README results row that starts with the given text."""
+    lines = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith(starts_with)]
+    assert len(lines) == 1, f"README: expected one row starting {starts_with!r}, found {len(lines)}"
+    return [(float(a), float(b)) for a, b in re.findall(r"(\d\.\d+) / (\d\.\d+)", lines[0])]
+
+
+def test_readme_headline_is_the_committed_seed_ensemble():
+    runs = [RESULTS / "cpu2-x86_64" / name for name in ("loso-ours-1seed", "loso-ours-seed1", "loso-ours-seed2")]
+    assert [json.loads((r / "run.json").read_text())["seed"] for r in runs] == [0, 1, 2]
+    pooled = score_rows(ensemble_rows(runs))["pooled"]
+    shown = _readme_row("| **DA-CrossViT, profile `ours` (200 epochs), probability average of seeds 0, 1, 2")
+    expected = [(pooled[c]["uf1"], pooled[c]["uar"]) for c in ("full", "casme2", "smic", "samm")]  # README's column order
+    assert shown == [(round(f, 3), round(a, 3)) for f, a in expected]
