@@ -183,6 +183,12 @@ def test_killed_run_resumes_to_the_same_result(tiny_subset, tmp_path):
     a = (straight / "predictions.csv").read_text()
     b = (killed / "predictions.csv").read_text()
     assert a == b  # same RNG streams, same weights: the restart recomputed nothing and lost nothing
+    # each process that trained is on record (a re-prediction of a finished run is not a segment)
+    straight_segments = json.loads((straight / "results.json").read_text())["segments"]
+    killed_segments = json.loads((killed / "results.json").read_text())["segments"]
+    assert [s["from_epoch"] for s in straight_segments] == [0]
+    assert [s["from_epoch"] for s in killed_segments] == [0, epoch_at_kill]
+    assert all(s["cpu_threads"] >= 1 and s["device"] == "cpu" for s in killed_segments)
 
 
 def _write_labels(folder: Path, rows: list[list[str]]) -> None:

@@ -25,8 +25,8 @@ def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, 
     precision = resolve_precision(precision, device)
     pin_run(out, {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "fit": True,
                   "precision": precision})
-    members, params, _, wall = train_members(data, train_mask, profile, out, device, seed, progress,
-                                             save_every_s=save_every_s, precision=precision)
+    members, params, log = train_members(data, train_mask, profile, out, device, seed, progress,
+                                         save_every_s=save_every_s, precision=precision)
     model = members.member(0, params, make=lambda: build_model(profile.model, **profile.model_config))
     loso = {}
     if loso_dir:
@@ -37,7 +37,8 @@ def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, 
         "profile": profile.to_dict(),
         "seed": seed,
         "precision": precision,
-        "wall_s": round(wall, 1),
+        "wall_s": round(log.wall_s, 1),
+        "segments": log.segments,
         "loso": loso,
     }
     path = out / "model.pt"

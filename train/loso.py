@@ -12,7 +12,9 @@ re-predicts without retraining at half the disk.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -86,13 +88,13 @@ def run_loso(
     def evaluate(members, params, x):
         return uf1_uar(*_pooled(_predict(members, params, x, test_idx, n_seeds, tta), y, test_idx))
 
-    members, params, curve, wall = train_members(
+    members, params, log = train_members(
         data, train_mask, profile, out, device, seed, progress, evaluate, eval_every, save_every_s, precision
     )
     probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds, tta)
     rows = _prediction_rows(data, subjects, probs, test_idx)
     write_csv(out / "predictions.csv", rows)
-    write_csv(out / "curve.csv", curve, ["epoch", "loss", "uf1", "uar"])
+    write_csv(out / "curve.csv", log.curve, ["epoch", "loss", "uf1", "uar"])
     results = score_rows(rows)
     recipe = profile.recipe
     results.update(
@@ -105,13 +107,37 @@ def run_loso(
         seed=seed,
         device=str(device) + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else ""),
         precision=precision,
-        wall_s=round(wall, 1),
+        wall_s=round(log.wall_s, 1),
+        segments=log.segments,
         params_per_model=num_params(build_model(profile.model, **profile.model_config)),
         profile=profile.to_dict(),
         versions=_versions(),
     )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+@dataclasses.dataclass
+class TrainLog:
+    curve: list[dict]  # {"epoch", "loss", "uf1", "uar"} every eval_every epochs
+    wall_s: float  # training time summed over the segments
+    # one entry per process that trained: where it started, its CPU threads, the code it ran, so that two
+    # runs which should match but do not can be told apart
+    segments: list[dict]
+
+
+def code_version() -> str | None:
+    """`git describe --always --dirty` of the checkout this code runs from; None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
 
 
 def train_members(
@@ -130,7 +156,7 @@ def train_members(
     """Train one model per row of `train_mask` (members x clips, True = train on it), all at once.
 
     `precision` ("fp32" | "bf16", see batched.resolve_precision) is the forward pass's; weights, AdamW
-    state and the loss are fp32 either way. Resumes from OUT/state.pt. Returns (members, the weights to evaluate, curve, wall seconds).
+    state and the loss are fp32 either way. Resumes from OUT/state.pt. Returns (members, the weights to evaluate, TrainLog).
     `evaluate(members, params, x) -> {"uf1", "uar"}` draws the curve every `eval_every` epochs.
     """
     recipe = profile.recipe
@@ -143,7 +169,7 @@ def train_members(
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
 
-    start_epoch, curve, wall_before = 0, [], 0.0
+    start_epoch, curve, wall_before, segments = 0, [], 0.0, []
     state_path = out / STATE
     if state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
@@ -161,6 +187,10 @@ def train_members(
         if device.type == "cuda" and "cuda_rng" in st:
             torch.cuda.set_rng_state(st["cuda_rng"].cpu())
         start_epoch, curve, wall_before = st["epoch"], st["curve"], st["wall_s"]
+        segments = st.get("segments", [])  # states written before segments were kept have none
+    if start_epoch < recipe.epochs:
+        segments.append({"from_epoch": start_epoch, "cpu_threads": torch.get_num_threads(), "device": str(device),
+                         "code": code_version()})
 
     saved_epoch = start_epoch if state_path.exists() else None
 
@@ -175,6 +205,7 @@ def train_members(
             "epoch": epoch,
             "curve": curve,
             "wall_s": wall,
+            "segments": segments,
         }
         if epoch < recipe.epochs:  # the AdamW moments (half the file) only matter to a run that goes on
             st["opt"] = opt.state_dict()
@@ -239,7 +270,7 @@ def train_members(
         if now - last_save >= save_every_s or done == recipe.epochs:
             save_state(done, wall_before + now - t0)
             last_save = now
-    return members, ema or members.params, curve, wall_before + time.perf_counter() - t0
+    return members, ema or members.params, TrainLog(curve, wall_before + time.perf_counter() - t0, segments)
 
 
 def loso_run_args(data: FlowSet, profile: Profile, seed: int, precision: str) -> dict:

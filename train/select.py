@@ -76,8 +76,8 @@ def run_inner(data: FlowSet, profile: Profile, out: Path, device, seed: int, dea
     n_seeds = profile.recipe.seeds
     held_out = group_clips(groups, fold_of)
     train_mask = ~torch.from_numpy(held_out).to(device).repeat_interleave(n_seeds, dim=0)
-    members, params, _, _ = train_members(data, train_mask, profile, out, device, seed, progress,
-                                          save_every_s=save_every_s, precision=precision)
+    members, params, _ = train_members(data, train_mask, profile, out, device, seed, progress,
+                                       save_every_s=save_every_s, precision=precision)
     per_group = [np.flatnonzero(h) for h in held_out]
     test_idx = padded_index(per_group, device)
     probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds,
