@@ -290,6 +290,28 @@ def test_seed_ensemble_averages_probabilities_of_separate_runs(tmp_path):
         ensemble_rows(paths)
 
 
+def test_ensemble_size_line_scores_every_subset_of_seeds(tmp_path):
+    from train.report import ablation_table
+
+    header = "dataset,subject,clip,label,pred,p_negative,p_positive,p_surprise\n"
+    # seeds 0 and 1 each get one clip right, seed 2 none; any pair with seed 2 keeps one clip right,
+    # seeds 0+1 and all three get both right
+    runs = {"a_seed0": ["casme2,s1,c1,0,1,0.4,0.6,0.0", "casme2,s2,c2,1,1,0.1,0.9,0.0"],
+            "a_seed1": ["casme2,s1,c1,0,0,0.9,0.1,0.0", "casme2,s2,c2,1,0,0.6,0.4,0.0"],
+            "a_seed2": ["casme2,s1,c1,0,1,0.45,0.55,0.0", "casme2,s2,c2,1,0,0.55,0.45,0.0"]}
+    for name, rows in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.csv").write_text(header + "\n".join(rows) + "\n")
+        (tmp_path / name / "run.json").write_text(json.dumps({"profile": {"model": "x"}, "seed": int(name[-1])}))
+    table = ablation_table([tmp_path / n for n in runs], "t", figure=tmp_path / "t.png")
+    assert ("a, Full UF1 of the probability average of k seeds, mean [min–max] over every choice of k of its 3 seeds: "
+            "1: 0.222 [0.000–0.333]; 2: 0.556 [0.333–1.000]; 3: 1.000 [1.000–1.000]") in table
+    assert "![Full UF1 against the number of seeds averaged](t-ensemble.png)" in table
+    assert (tmp_path / "t-ensemble.png").read_bytes()[:4] == b"\x89PNG"
+    # two seeds give no such line
+    assert "every choice of k" not in ablation_table([tmp_path / "a_seed0", tmp_path / "a_seed1"], "t")
+
+
 def test_fit_writes_a_checkpoint_that_loads(tiny_subset, tmp_path):
     from mex.checkpoint import load_checkpoint
 

@@ -7,6 +7,7 @@ against epochs, from curve.csv).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 import textwrap
@@ -213,7 +214,52 @@ def ablation_table(runs: list[Path], title: str, figure: Path | None = None) -> 
     if figure is not None and len(configs) > 1:
         plot_paired(configs, figure, title)
         lines += ["", f"![Full UF1 minus {configs[0]['label']}'s, same seed]({Path(figure).name})"]
+    curves = {c["label"]: ensemble_sizes(c["runs"]) for c in configs if len(c["runs"]) >= 3}
+    for label, curve in curves.items():
+        each = "; ".join(f"{k}: {p['uf1'].mean():.3f} [{p['uf1'].min():.3f}–{p['uf1'].max():.3f}]" for k, p in curve.items())
+        lines += ["", f"{label}, Full UF1 of the probability average of k seeds, mean [min–max] over every choice of k of "
+                      f"its {max(curve)} seeds: {each}"]
+    if figure is not None and curves:
+        ensemble_figure = Path(figure).with_name(Path(figure).stem + "-ensemble.png")
+        plot_ensemble_sizes(curves, ensemble_figure, title)
+        lines += ["", f"![Full UF1 against the number of seeds averaged]({ensemble_figure.name})"]
     return "\n".join(lines) + "\n"
+
+
+def ensemble_sizes(runs: list[Path]) -> dict[int, dict]:
+    """For k = 1 … len(runs): the pooled Full UF1 and UAR of the probability average of every
+    k-subset of the runs (which seeds are averaged matters as much as how many, so each size is
+    shown as the spread over all its subsets, not one arbitrary prefix)."""
+    curve = {}
+    for k in range(1, len(runs) + 1):
+        scores = [score_rows(ensemble_rows(list(s)))["pooled"]["full"] for s in itertools.combinations(runs, k)]
+        curve[k] = {"uf1": np.array([s["uf1"] for s in scores]), "uar": np.array([s["uar"] for s in scores])}
+    return curve
+
+
+def plot_ensemble_sizes(curves: dict[str, dict], path: Path, title: str) -> None:
+    """Full UF1 against the number of seeds averaged: one dot per subset of seeds, the mean joined."""
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, curve) in enumerate(curves.items()):
+        ks = list(curve)
+        for k in ks:
+            ax.plot([k + 0.06 * i] * len(curve[k]["uf1"]), curve[k]["uf1"], "o", color=f"C{i}", alpha=0.35, ms=4)
+        ax.plot([k + 0.06 * i for k in ks], [curve[k]["uf1"].mean() for k in ks], "-D", color=f"C{i}", label=label)
+    references = dict(REFERENCE_ROWS)
+    for name, style in (("DA-CrossViT, the paper", "--"), ("logistic regression on raw pixels (spec.md, measured)", ":")):
+        full_uf1 = references[name][0][0]
+        ax.axhline(full_uf1, color="gray", ls=style, lw=1, label=f"{name}: {full_uf1}")
+    ax.set_xticks(range(1, max(max(c) for c in curves.values()) + 1))
+    ax.set_xlabel("seeds averaged (probability average; dots: every choice of that many seeds)")
+    ax.set_ylabel("Full UF1 (pooled LOSO)")
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_paired(configs: list[dict], path: Path, title: str) -> None:
