@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="(re)make report.md and plots of LOSO runs from their predictions.csv")
     p.add_argument("runs", nargs="+")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("table", help="one markdown table comparing LOSO runs (ablations, patch counts, seeds)")
+    p = sub.add_parser("table", help="one markdown table comparing LOSO runs (ablations, patch counts, seeds, ensemble sizes)")
     p.add_argument("runs", nargs="+")
     p.add_argument("--title", default="LOSO runs")
     p.add_argument("--out", help="write the table here (markdown) and the paired differences beside it (.png)")
