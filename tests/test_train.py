@@ -302,10 +302,13 @@ def test_ensemble_size_line_scores_every_subset_of_seeds(tmp_path):
     for name, rows in runs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "predictions.csv").write_text(header + "\n".join(rows) + "\n")
-        (tmp_path / name / "run.json").write_text(json.dumps({"profile": {"model": "x"}, "seed": int(name[-1])}))
+        # seed 2 pins a recipe field that seeds 0 and 1 predate, at its default: the same configuration
+        recipe = {"recipe": {"tta_flip": False}} if name.endswith("2") else {}
+        (tmp_path / name / "run.json").write_text(json.dumps({"profile": {"model": "x", **recipe}, "seed": int(name[-1])}))
     table = ablation_table([tmp_path / n for n in runs], "t", figure=tmp_path / "t.png")
     assert ("a, Full UF1 of the probability average of k seeds, mean [min–max] over every choice of k of its 3 seeds: "
-            "1: 0.222 [0.000–0.333]; 2: 0.556 [0.333–1.000]; 3: 1.000 [1.000–1.000]") in table
+            "1: 0.222 [0.000–0.333]; 2: 0.556 [0.333–1.000]; 3: 1.000 [1.000–1.000]. "
+            "Clips right by 0, 1, … 3 of the seeds: 0, 2, 0, 0") in table
     assert "![Full UF1 against the number of seeds averaged](t-ensemble.png)" in table
     assert (tmp_path / "t-ensemble.png").read_bytes()[:4] == b"\x89PNG"
     # two seeds give no such line

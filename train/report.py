@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from mex.labels import CLASSES
 
 from .loso import read_predictions, score_rows
 from .metrics import confusion
+from .recipes import Recipe
 
 COLUMNS = ("full", "casme2", "smic", "samm")
 COLUMN_TITLES = {"full": "Full", "casme2": "CASME II", "smic": "SMIC", "samm": "SAMM"}
@@ -158,7 +160,9 @@ def _grouped(runs: list[Path]) -> list[dict]:
     groups: dict[str, dict] = {}
     for run in runs:
         pinned = json.loads((run / "run.json").read_text())
-        key = json.dumps(pinned["profile"], sort_keys=True)
+        profile = pinned["profile"]
+        # a recipe field added to the code after a run was made holds its default in that run
+        key = json.dumps({**profile, "recipe": asdict(Recipe(**profile.get("recipe", {})))}, sort_keys=True)
         group = groups.setdefault(key, {"label": re.sub(r"[-_]seed\d+$", "", run.name), "runs": [], "seeds": [], "scores": []})
         group["runs"].append(run)
         group["seeds"].append(int(pinned["seed"]))
@@ -214,11 +218,13 @@ def ablation_table(runs: list[Path], title: str, figure: Path | None = None) -> 
     if figure is not None and len(configs) > 1:
         plot_paired(configs, figure, title)
         lines += ["", f"![Full UF1 minus {configs[0]['label']}'s, same seed]({Path(figure).name})"]
-    curves = {c["label"]: ensemble_sizes(c["runs"]) for c in configs if len(c["runs"]) >= 3}
+    configs_runs = {c["label"]: c["runs"] for c in configs if len(c["runs"]) >= 3}
+    curves = {label: ensemble_sizes(runs) for label, runs in configs_runs.items()}
     for label, curve in curves.items():
         each = "; ".join(f"{k}: {p['uf1'].mean():.3f} [{p['uf1'].min():.3f}–{p['uf1'].max():.3f}]" for k, p in curve.items())
         lines += ["", f"{label}, Full UF1 of the probability average of k seeds, mean [min–max] over every choice of k of "
-                      f"its {max(curve)} seeds: {each}"]
+                      f"its {max(curve)} seeds: {each}. Clips right by 0, 1, … {max(curve)} of the seeds: "
+                      + ", ".join(str(n) for n in right_by_seeds(configs_runs[label]))]
     if figure is not None and curves:
         ensemble_figure = Path(figure).with_name(Path(figure).stem + "-ensemble.png")
         plot_ensemble_sizes(curves, ensemble_figure, title)
@@ -235,6 +241,16 @@ def ensemble_sizes(runs: list[Path]) -> dict[int, dict]:
         scores = [score_rows(ensemble_rows(list(s)))["pooled"]["full"] for s in itertools.combinations(runs, k)]
         curve[k] = {"uf1": np.array([s["uf1"] for s in scores]), "uar": np.array([s["uar"] for s in scores])}
     return curve
+
+
+def right_by_seeds(runs: list[Path]) -> np.ndarray:
+    """How many clips exactly n of the runs predict correctly, for n = 0 … len(runs): an ensemble
+    can only mend the clips its members disagree on (neither end of this histogram)."""
+    right = []
+    for run in runs:
+        rows = {(r["dataset"], r["subject"], r["clip"]): r["label"] == r["pred"] for r in read_predictions(run / "predictions.csv")}
+        right.append([rows[key] for key in sorted(rows)])
+    return np.bincount(np.sum(right, axis=0), minlength=len(runs) + 1)
 
 
 def plot_ensemble_sizes(curves: dict[str, dict], path: Path, title: str) -> None:
