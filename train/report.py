@@ -257,7 +257,7 @@ def plot_ensemble_sizes(curves: dict[str, dict], path: Path, title: str) -> None
     """Full UF1 against the number of seeds averaged: one dot per subset of seeds, the mean joined."""
     plt = pyplot()
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for i, (label, curve) in enumerate(curves.items()):
         ks = list(curve)
         for k in ks:
@@ -272,7 +272,7 @@ def plot_ensemble_sizes(curves: dict[str, dict], path: Path, title: str) -> None
     ax.set_ylabel("Full UF1 (pooled LOSO)")
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot: never over the dots
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
