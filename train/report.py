@@ -233,14 +233,11 @@ def ablation_table(runs: list[Path], title: str, figure: Path | None = None) -> 
 
 
 def ensemble_sizes(runs: list[Path]) -> dict[int, dict]:
-    """For k = 1 … len(runs): the pooled Full UF1 and UAR of the probability average of every
-    k-subset of the runs (which seeds are averaged matters as much as how many, so each size is
-    shown as the spread over all its subsets, not one arbitrary prefix)."""
-    curve = {}
-    for k in range(1, len(runs) + 1):
-        scores = [score_rows(ensemble_rows(list(s)))["pooled"]["full"] for s in itertools.combinations(runs, k)]
-        curve[k] = {"uf1": np.array([s["uf1"] for s in scores]), "uar": np.array([s["uar"] for s in scores])}
-    return curve
+    """For k = 1 … len(runs): the pooled Full UF1 of the probability average of every k-subset of
+    the runs (which seeds are averaged matters as much as how many, so each size is shown as the
+    spread over all its subsets, not one arbitrary prefix)."""
+    return {k: {"uf1": np.array([score_rows(ensemble_rows(list(s)))["pooled"]["full"]["uf1"] for s in itertools.combinations(runs, k)])}
+            for k in range(1, len(runs) + 1)}
 
 
 def right_by_seeds(runs: list[Path]) -> np.ndarray:
