@@ -218,13 +218,14 @@ def ablation_table(runs: list[Path], title: str, figure: Path | None = None) -> 
     if figure is not None and len(configs) > 1:
         plot_paired(configs, figure, title)
         lines += ["", f"![Full UF1 minus {configs[0]['label']}'s, same seed]({Path(figure).name})"]
-    configs_runs = {c["label"]: c["runs"] for c in configs if len(c["runs"]) >= 3}
-    curves = {label: ensemble_sizes(runs) for label, runs in configs_runs.items()}
-    for label, curve in curves.items():
+    curves = {}
+    for config in (c for c in configs if len(c["runs"]) >= 3):
+        n, curve = len(config["runs"]), ensemble_sizes(config["runs"])
+        curves[config["label"]] = curve
         each = "; ".join(f"{k}: {p['uf1'].mean():.3f} [{p['uf1'].min():.3f}–{p['uf1'].max():.3f}]" for k, p in curve.items())
-        lines += ["", f"{label}, Full UF1 of the probability average of k seeds, mean [min–max] over every choice of k of "
-                      f"its {max(curve)} seeds: {each}. Clips right by 0, 1, … {max(curve)} of the seeds: "
-                      + ", ".join(str(n) for n in right_by_seeds(configs_runs[label]))]
+        lines += ["", f"{config['label']}, Full UF1 of the probability average of k seeds, mean [min–max] over every choice of k of "
+                      f"its {n} seeds: {each}. Clips right by 0, 1, … {n} of the seeds: "
+                      + ", ".join(str(c) for c in right_by_seeds(config["runs"]))]
     if figure is not None and curves:
         ensemble_figure = Path(figure).with_name(Path(figure).stem + "-ensemble.png")
         plot_ensemble_sizes(curves, ensemble_figure, title)
