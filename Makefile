@@ -31,5 +31,5 @@ test-numpy2:
 	$(PY) -m venv $(NP2)
 	$(NP2)/bin/pip install --quiet torch==2.13.0 numpy==2.4.6 opencv-python-headless==5.0.0.93 onnx==1.23.2 \
 	  onnxruntime==1.32.0 onnxscript==0.7.2 numba==0.68.1 rich==15.0.0 matplotlib==3.11.2 pillow==13.0.0 \
-	  openpyxl==3.1.5 pytest==9.2.0
+	  openpyxl==3.1.5 scipy==1.17.1 pytest==9.2.0
 	PYTHONPATH=$(CURDIR) $(NP2)/bin/python -m pytest -q -p no:cacheprovider

@@ -14,6 +14,7 @@ BENCHMARKS = {
     "engines": ("benchmarks.engines", "inference engines: batch-1 latency, batch-256 throughput"),
     "spotting": ("benchmarks.spotting", "onset/apex spotting on generated clips: MEGC F1, false alarms"),
     "latency": ("benchmarks.latency", "whole live pipeline on a generated clip: fps, per-stage latency"),
+    "floor": ("benchmarks.floor", "logistic regression on the raw feature pixels under LOSO: fixed and nested-chosen penalties"),
     "encoding": ("benchmarks.encoding", "mex.features on raw clips (mex-train prepare) against the composite set's images"),
 }
 

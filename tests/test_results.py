@@ -78,3 +78,11 @@ def test_readme_seed_ensemble_rows_are_the_committed_runs(row_start, run_names):
     pooled = score_rows(ensemble_rows(runs))["pooled"]
     expected = [(pooled[c]["uf1"], pooled[c]["uar"]) for c in ("full", "casme2", "smic", "samm")]  # README's column order
     assert _readme_row(row_start) == [(round(f, 3), round(a, 3)) for f, a in expected]
+
+
+def test_readme_floor_row_is_the_committed_floor_run():
+    """README's nested logistic-regression floor is mex-bench floor's committed run, re-scored."""
+    run = RESULTS / "cpu2-x86_64" / "floor"
+    pooled = score_rows(read_predictions(run / "predictions.csv"))["pooled"]
+    expected = [(round(pooled[c]["uf1"], 3), round(pooled[c]["uar"], 3)) for c in ("full", "casme2", "smic", "samm")]
+    assert _readme_row("| logistic regression on raw pixels, penalty and class weighting chosen per fold") == expected

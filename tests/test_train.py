@@ -403,3 +403,74 @@ def test_nested_selection_picks_per_fold_by_inner_score_and_reuses_matching_runs
     assert res["choice_for_fit"] == names[int(np.argmax(overall))]
     first = (out / "predictions.csv").read_text()
     assert train_main(args) == 0 and (out / "predictions.csv").read_text() == first  # a rerun reads the finished runs back
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_floor_regression_reaches_the_penalised_optimum(balanced):
+    """mex-bench floor's solver: at its answer the gradient of weighted cross-entropy + |W|^2 / (2C),
+    written out here on the uncentred pixels, vanishes (the solver centres them internally)."""
+    from benchmarks.floor import fit_logreg
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.3, 0.7, (60, 40))  # uncentred, like the feature pixels
+    y = rng.choice(3, 60, p=[0.6, 0.3, 0.1])
+    x[np.arange(60), y] += 0.2  # some signal
+    C = 0.5
+    w = fit_logreg(x, y, C, balanced, 3)
+    counts = np.bincount(y, minlength=3)
+    sw = (60 / (3 * counts))[y] if balanced else np.ones(60)
+    logits = x @ w[:-1] + w[-1]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    r = sw[:, None] * (p - np.eye(3)[y])
+    # L-BFGS stops on a relative change of the objective: near, not at, a zero gradient (a wrong gradient
+    # or intercept conversion leaves entries of order 1)
+    assert np.abs(x.T @ r + w[:-1] / C).max() < 1e-3
+    assert np.abs(r.sum(0)).max() < 1e-3
+    assert np.abs(w[:-1]).max() > 0.1  # not the trivial answer
+
+
+def test_floor_nested_choice_never_sees_the_held_out_subject(subset):
+    """Each fold's inner scores (and so its choice) are the same whatever the held-out subject's clips say."""
+    from benchmarks.floor import run_floor
+
+    data = load_flow_folder(subset)
+    x = data.x.reshape(len(data), -1).astype(np.float64)
+    subject = np.array(data.subject)
+    candidates = [(0.03, False), (0.01, False), (0.01, True)]  # strong penalties: quick to fit
+    first = run_floor(x, data.y, subject, candidates, 2, 3)
+    held_out = first["subjects"][0]
+    y = data.y.copy()
+    y[subject == held_out] = (y[subject == held_out] + 1) % 3
+    x2 = x.copy()
+    x2[subject == held_out] = 0.5
+    second = run_floor(x2, y, subject, candidates, 2, 3)
+    assert np.array_equal(first["inner"][0], second["inner"][0])
+    assert not np.array_equal(first["inner"][1:], second["inner"][1:])  # the other folds train on it
+    assert np.array_equal(first["choice"], first["inner"].argmax(1))
+    # the held-out subject's probabilities come from models that never saw it: they do not follow its changed labels
+    test = subject == held_out
+    assert np.allclose(first["probs"][:, ~test].sum(-1), 1)
+
+
+def test_bench_floor_writes_a_run_that_rescores(subset, tmp_path):
+    from benchmarks.cli import main as bench
+
+    assert bench(["floor", "--data", str(subset), "--C", "0.03,0.01", "--inner-folds", "2", "--out", str(tmp_path)]) == 0
+    run = tmp_path / "floor"
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["pooled"] == score_rows(read_predictions(run / "predictions.csv"))["pooled"]
+    assert len(saved["candidates"]) == 4 and sum(c["folds_choosing"] for c in saved["candidates"]) == 6
+    for fold in saved["choices"]:
+        best = int(np.argmax(fold["inner_uf1"]))
+        assert fold["choice"] == saved["candidates"][best]["label"]
+    assert "nested" in (run / "floor.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [(["--C", "0"], "--C values must be > 0"), (["--C", "a"], "--C must be"),
+                                           (["--inner-folds", "1"], "--inner-folds must be >= 2")])
+def test_bench_floor_bad_flags_name_the_flag(args, message, tmp_path):
+    from benchmarks.cli import main as bench
+
+    with pytest.raises(SystemExit, match=message):
+        bench(["floor", "--out", str(tmp_path), *args])
