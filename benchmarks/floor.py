@@ -15,8 +15,8 @@ Under LOSO it reports
   candidate) and predicts its held-out subject with that candidate fitted on all its training
   subjects. That is the honest floor a deep model's LOSO score is to be compared with.
 Writes floor/ to the results folder in a LOSO run's layout: predictions.csv (the nested floor's, one
-row per clip), results.json (its scores, each candidate's, each fold's inner scores and choice) and
-floor.md.
+row per clip), results.json (its scores, each candidate's, each fold's inner scores and choice),
+floor.md and floor.png (Full UF1 against C, the nested floor and the references).
 """
 from __future__ import annotations
 
@@ -195,8 +195,9 @@ def run(args) -> int:
     write_json(folder / "results.json", payload)
     markdown = floor_markdown(payload)
     (folder / "floor.md").write_text(markdown)
+    plot_floor(payload, folder / "floor.png")
     console.print(markdown)
-    console.print(f"wrote {folder}/floor.md, results.json, predictions.csv ({seconds:.0f} s)")
+    console.print(f"wrote {folder}/floor.md, floor.png, results.json, predictions.csv ({seconds:.0f} s)")
     return 0
 
 
@@ -222,3 +223,28 @@ def floor_markdown(payload: dict) -> str:
               "weighted cross-entropy + |W|^2 / (2C) with L-BFGS (scikit-learn's LogisticRegression objective); "
               "each fold's choice and inner scores are in results.json.", ""]
     return "\n".join(lines)
+
+
+def plot_floor(payload: dict, path: Path) -> None:
+    """Full UF1 of each fixed candidate against C (a line per weighting), the nested floor and the references."""
+    from train.report import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    for balanced, marker in ((False, "o"), (True, "s")):
+        cands = sorted((c for c in payload["candidates"] if c["class_balanced"] == balanced), key=lambda c: c["C"])
+        ax.plot([c["C"] for c in cands], [c["pooled"]["full"]["uf1"] for c in cands], f"-{marker}",
+                label=f"C fixed for every fold, {'class-balanced' if balanced else 'unweighted'}")
+    nested = payload["pooled"]["full"]["uf1"]
+    ax.axhline(nested, color="C3", lw=2, label=f"nested (C, weighting chosen per fold on training subjects): {nested:.3f}")
+    for (name, (uf1, _)), style in zip(REFERENCES.items(), (":", "--")):
+        ax.axhline(uf1, color="gray", ls=style, lw=1, label=f"{name}: {uf1}")
+    ax.set_xscale("log")
+    ax.set_xlabel("C (inverse L2 penalty)")
+    ax.set_ylabel("Full UF1 (pooled LOSO)")
+    ax.set_title("Logistic regression on the raw feature pixels", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -464,7 +464,7 @@ def test_bench_floor_writes_a_run_that_rescores(subset, tmp_path):
     for fold in saved["choices"]:
         best = int(np.argmax(fold["inner_uf1"]))
         assert fold["choice"] == saved["candidates"][best]["label"]
-    assert "nested" in (run / "floor.md").read_text()
+    assert "nested" in (run / "floor.md").read_text() and (run / "floor.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("args, message", [(["--C", "0"], "--C values must be > 0"), (["--C", "a"], "--C must be"),
