@@ -27,7 +27,6 @@ import numpy as np
 
 from .common import environment, results_dir, write_json
 
-GTOL = 1e-6
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
 # spec.md section 2, and the paper's Table 2: the reference rows beside ours
 REFERENCES = {
@@ -53,10 +52,12 @@ def class_weights(y: np.ndarray, balanced: bool, n_classes: int) -> np.ndarray:
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, C: float, balanced: bool, n_classes: int, start: np.ndarray | None = None) -> np.ndarray:
     """Weights (d + 1, n_classes), the last row the intercept, minimising the weighted cross-entropy
-    summed over the clips plus |W|^2 / (2C). L-BFGS to a gradient norm of 1e-6 (the problem is convex)."""
+    summed over the clips plus |W|^2 / (2C). The problem is convex; L-BFGS stops when the objective no
+    longer improves (relative change ~2e-9) or no gradient entry exceeds 1e-6. `start`: a solution to begin
+    from (another C's: a warm start)."""
     from scipy.optimize import minimize
 
-    n, d = x.shape
+    d = x.shape[1]
     # Centring changes nothing but the intercept (unpenalised) and makes L-BFGS converge several times faster.
     mean = x.mean(0)
     x = x - mean
@@ -78,7 +79,7 @@ def fit_logreg(x: np.ndarray, y: np.ndarray, C: float, balanced: bool, n_classes
         x0 = np.zeros((d + 1) * n_classes)
     else:  # an uncentred solution (another C's), its intercept moved into the centred problem
         x0 = np.vstack([start[:d], start[d] + mean @ start[:d]]).ravel()
-    result = minimize(loss_and_grad, x0, jac=True, method="L-BFGS-B", options=dict(maxiter=10000, gtol=GTOL))
+    result = minimize(loss_and_grad, x0, jac=True, method="L-BFGS-B", options=dict(maxiter=10000, gtol=1e-6))
     w = result.x.reshape(d + 1, n_classes).copy()
     w[d] -= mean @ w[:d]  # back to the uncentred pixels
     return w
@@ -191,7 +192,7 @@ def run(args) -> int:
                "inner_folds": args.inner_folds, "seconds": round(seconds, 1), **nested,
                "candidates": per_candidate,
                "choices": [{"subject": s, "choice": _label(*candidates[out["choice"][f]]),
-                            "inner_uf1": [round(float(v), 4) for v in out["inner"][f]]} for f, s in enumerate(out["subjects"])]}
+                            "inner_uf1": [float(v) for v in out["inner"][f]]} for f, s in enumerate(out["subjects"])]}
     write_json(folder / "results.json", payload)
     markdown = floor_markdown(payload)
     (folder / "floor.md").write_text(markdown)
