@@ -28,11 +28,8 @@ import numpy as np
 from .common import environment, results_dir, write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
-# spec.md section 2, and the paper's Table 2: the reference rows beside ours
-REFERENCES = {
-    "logistic regression on raw pixels (spec.md, solver not given)": (0.719, 0.729),
-    "DA-CrossViT, the paper (Table 2)": (0.7275, 0.7272),
-}
+# REFERENCE_ROWS names (train/report.py) drawn and listed beside the floor, with their line styles
+REFERENCES = (("logistic regression on raw pixels (spec.md, measured)", ":"), ("DA-CrossViT, the paper", "--"))
 
 
 def add_arguments(p) -> None:
@@ -92,6 +89,17 @@ def predict_proba(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
+def fit_candidates(x_fit: np.ndarray, y_fit: np.ndarray, x_pred: np.ndarray, candidates: list[tuple[float, bool]],
+                   n_classes: int) -> np.ndarray:
+    """(n_candidates, len(x_pred), n_classes) probabilities, one fit per (C, balanced) candidate; each fit
+    starts from the previous candidate's answer when the weighting is the same (C descending: warm starts)."""
+    probs, w = [], None
+    for c, (C, balanced) in enumerate(candidates):
+        w = fit_logreg(x_fit, y_fit, C, balanced, n_classes, start=w if c and candidates[c - 1][1] == balanced else None)
+        probs.append(predict_proba(x_pred, w))
+    return np.stack(probs)
+
+
 def inner_groups(subjects: list[str], k: int) -> dict[str, int]:
     """Training subjects dealt round-robin to k groups in their first-seen order (the composite set lists
     them dataset by dataset, so every group gets subjects of each database)."""
@@ -117,15 +125,9 @@ def run_floor(x: np.ndarray, y: np.ndarray, subject: np.ndarray, candidates: lis
         inner_pred = np.zeros((len(candidates), len(train_idx)), dtype=np.int64)
         for g in range(inner_folds):
             fit_on, score_on = train_idx[train_group != g], train_idx[train_group == g]
-            w = None
-            for c, (C, balanced) in enumerate(candidates):  # C descending per weighting: warm starts
-                w = fit_logreg(x[fit_on], y[fit_on], C, balanced, n_classes, start=w if c and candidates[c - 1][1] == balanced else None)
-                inner_pred[c, train_group == g] = predict_proba(x[score_on], w).argmax(1)
+            inner_pred[:, train_group == g] = fit_candidates(x[fit_on], y[fit_on], x[score_on], candidates, n_classes).argmax(-1)
         inner[f] = [uf1_uar(y[train_idx], inner_pred[c])["uf1"] for c in range(len(candidates))]
-        w = None
-        for c, (C, balanced) in enumerate(candidates):
-            w = fit_logreg(x[train_idx], y[train_idx], C, balanced, n_classes, start=w if c and candidates[c - 1][1] == balanced else None)
-            probs[c, test] = predict_proba(x[test], w)
+        probs[:, test] = fit_candidates(x[train_idx], y[train_idx], x[test], candidates, n_classes)
         if progress:
             progress.advance(task)
     return {"probs": probs, "inner": inner, "choice": inner.argmax(1), "subjects": subjects}
@@ -141,7 +143,7 @@ def run(args) -> int:
 
     from mex.composite import DataError, load_flow_folder
     from mex.labels import CLASSES
-    from train.loso import score_rows, write_csv
+    from train.loso import prediction_row, score_rows, write_csv
 
     try:
         Cs = [float(v) for v in args.C.split(",")]
@@ -166,13 +168,7 @@ def run(args) -> int:
     seconds = time.perf_counter() - start
 
     def rows_of(probs: np.ndarray) -> list[dict]:
-        rows = []
-        for i in range(len(data)):
-            row = {"dataset": data.dataset[i], "subject": data.subject[i], "clip": data.clip[i],
-                   "label": int(data.y[i]), "pred": int(probs[i].argmax())}
-            row.update({f"p_{c}": round(float(probs[i, k]), 6) for k, c in enumerate(CLASSES)})
-            rows.append(row)
-        return rows
+        return [prediction_row(data, i, probs[i]) for i in range(len(data))]
 
     fold_of = {s: f for f, s in enumerate(out["subjects"])}
     chosen_per_clip = out["choice"][[fold_of[s] for s in subject]]
@@ -203,6 +199,8 @@ def run(args) -> int:
 
 
 def floor_markdown(payload: dict) -> str:
+    from train.report import REFERENCE_ROWS
+
     env = payload["environment"]
     cells = lambda pooled: " | ".join(  # noqa: E731
         f"{pooled[k]['uf1']:.3f} / {pooled[k]['uar']:.3f}" if k in pooled else "-" for k in ("full", "casme2", "smic", "samm"))
@@ -217,7 +215,8 @@ def floor_markdown(payload: dict) -> str:
     ]
     for cand in payload["candidates"]:
         lines.append(f"| {cand['label']}, every fold | {cells(cand['pooled'])} | {cand['folds_choosing']} |")
-    for name, (uf1, uar) in REFERENCES.items():
+    for name, _ in REFERENCES:
+        uf1, uar = dict(REFERENCE_ROWS)[name][0]
         lines.append(f"| {name} | {uf1:.4g} / {uar:.4g} | | | | |")
     lines += ["", "The nested row is the honest floor: no fold's choice saw its test subject. Taking the best of the "
               "fixed rows instead would be choosing on the test subjects. Each row is fitted to the optimum of "
@@ -228,7 +227,7 @@ def floor_markdown(payload: dict) -> str:
 
 def plot_floor(payload: dict, path: Path) -> None:
     """Full UF1 of each fixed candidate against C (a line per weighting), the nested floor and the references."""
-    from train.report import pyplot
+    from train.report import REFERENCE_ROWS, pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.2))
@@ -238,7 +237,8 @@ def plot_floor(payload: dict, path: Path) -> None:
                 label=f"C fixed for every fold, {'class-balanced' if balanced else 'unweighted'}")
     nested = payload["pooled"]["full"]["uf1"]
     ax.axhline(nested, color="C3", lw=2, label=f"nested (C, weighting chosen per fold on training subjects): {nested:.3f}")
-    for (name, (uf1, _)), style in zip(REFERENCES.items(), (":", "--")):
+    for name, style in REFERENCES:
+        uf1 = dict(REFERENCE_ROWS)[name][0][0]
         ax.axhline(uf1, color="gray", ls=style, lw=1, label=f"{name}: {uf1}")
     ax.set_xscale("log")
     ax.set_xlabel("C (inverse L2 penalty)")

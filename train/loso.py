@@ -92,7 +92,7 @@ def run_loso(
         data, train_mask, profile, out, device, seed, progress, evaluate, eval_every, save_every_s, precision
     )
     probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds, tta)
-    rows = _prediction_rows(data, subjects, probs, test_idx)
+    rows = _prediction_rows(data, probs, test_idx)
     write_csv(out / "predictions.csv", rows)
     write_csv(out / "curve.csv", log.curve, ["epoch", "loss", "uf1", "uar"])
     results = score_rows(rows)
@@ -354,23 +354,18 @@ def _pooled(probs: torch.Tensor, y: torch.Tensor, test_idx: torch.Tensor):
     return y[test_idx[valid]].cpu().numpy(), probs[valid].argmax(-1).cpu().numpy()
 
 
-def _prediction_rows(data: FlowSet, subjects, probs: torch.Tensor, test_idx: torch.Tensor) -> list[dict]:
-    rows = []
+def prediction_row(data: FlowSet, i: int, probs) -> dict:
+    """Clip i's row of a predictions.csv: who it is, its label, the argmax of `probs` (its class
+    probabilities) and each probability (every writer of predictions uses this layout)."""
+    row = {"dataset": data.dataset[i], "subject": data.subject[i], "clip": data.clip[i],
+           "label": int(data.y[i]), "pred": int(np.argmax(probs))}
+    row.update({f"p_{c}": round(float(probs[k]), 6) for k, c in enumerate(CLASSES)})
+    return row
+
+
+def _prediction_rows(data: FlowSet, probs: torch.Tensor, test_idx: torch.Tensor) -> list[dict]:
     p = probs.cpu().numpy()
-    for f, subject in enumerate(subjects):
-        for t, i in enumerate(test_idx[f].tolist()):
-            if i < 0:
-                continue
-            row = {
-                "dataset": data.dataset[i],
-                "subject": subject,
-                "clip": data.clip[i],
-                "label": int(data.y[i]),
-                "pred": int(p[f, t].argmax()),
-            }
-            row.update({f"p_{c}": round(float(p[f, t, k]), 6) for k, c in enumerate(CLASSES)})
-            rows.append(row)
-    return rows
+    return [prediction_row(data, i, p[f, t]) for f in range(len(test_idx)) for t, i in enumerate(test_idx[f].tolist()) if i >= 0]
 
 
 def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 
 from mex.composite import FlowSet
-from mex.labels import CLASSES
 
 from .batched import resolve_precision
 from .loso import (
-    _predict, _versions, loso_folds, loso_run_args, padded_index, pin_run, read_predictions,
+    _predict, _versions, loso_folds, loso_run_args, padded_index, pin_run, prediction_row, read_predictions,
     run_loso, same_run, score_rows, train_members, write_csv,
 )
 from .metrics import uf1_uar
@@ -86,10 +85,7 @@ def run_inner(data: FlowSet, profile: Profile, out: Path, device, seed: int, dea
     rows = []
     for i, p in enumerate(per_group):
         for t, c in enumerate(p):
-            row = {"deal": i // per_deal, "group": i % per_deal, "dataset": data.dataset[c], "subject": data.subject[c],
-                   "clip": data.clip[c], "label": int(data.y[c]), "pred": int(probs[i, t].argmax())}
-            row.update({f"p_{k}": round(float(probs[i, t, j]), 6) for j, k in enumerate(CLASSES)})
-            rows.append(row)
+            rows.append({"deal": i // per_deal, "group": i % per_deal, **prediction_row(data, c, probs[i, t])})
     write_csv(done, rows)
     return _read_inner(done)
 
