@@ -15,6 +15,7 @@ BENCHMARKS = {
     "spotting": ("benchmarks.spotting", "onset/apex spotting on generated clips: MEGC F1, false alarms"),
     "latency": ("benchmarks.latency", "whole live pipeline on a generated clip: fps, per-stage latency"),
     "floor": ("benchmarks.floor", "logistic regression on the raw feature pixels under LOSO: fixed and nested-chosen penalties"),
+    "stack": ("benchmarks.stack", "the deep model's and the floor's probabilities mixed, the weight chosen per LOSO fold on inner models"),
     "encoding": ("benchmarks.encoding", "mex.features on raw clips (mex-train prepare) against the composite set's images"),
 }
 

@@ -106,13 +106,26 @@ def inner_groups(subjects: list[str], k: int) -> dict[str, int]:
     return {s: i % k for i, s in enumerate(subjects)}
 
 
+def inner_cv_scores(x: np.ndarray, y: np.ndarray, subject: np.ndarray, train_idx: np.ndarray,
+                    candidates: list[tuple[float, bool]], inner_folds: int, n_classes: int) -> np.ndarray:
+    """(n_candidates,) pooled UF1 of each candidate under k-fold cross-validation over the subjects of
+    the clips `train_idx` (dealt by `inner_groups`): the scores a nested choice is made from."""
+    from train.metrics import uf1_uar
+
+    group = inner_groups(list(dict.fromkeys(subject[train_idx])), inner_folds)
+    train_group = np.array([group[s] for s in subject[train_idx]])
+    inner_pred = np.zeros((len(candidates), len(train_idx)), dtype=np.int64)
+    for g in range(inner_folds):
+        fit_on, score_on = train_idx[train_group != g], train_idx[train_group == g]
+        inner_pred[:, train_group == g] = fit_candidates(x[fit_on], y[fit_on], x[score_on], candidates, n_classes).argmax(-1)
+    return np.array([uf1_uar(y[train_idx], inner_pred[c])["uf1"] for c in range(len(candidates))])
+
+
 def run_floor(x: np.ndarray, y: np.ndarray, subject: np.ndarray, candidates: list[tuple[float, bool]], inner_folds: int,
               n_classes: int, progress=None) -> dict:
     """LOSO over the subjects of `subject`: every candidate's test-subject probabilities, each fold's inner
     scores and nested choice. Returns {"probs": (n_candidates, N, n_classes), "inner": (folds, n_candidates),
     "choice": (folds,), "subjects": [...]}."""
-    from train.metrics import uf1_uar
-
     subjects = list(dict.fromkeys(subject))
     probs = np.zeros((len(candidates), len(y), n_classes))
     inner = np.zeros((len(subjects), len(candidates)))
@@ -120,13 +133,7 @@ def run_floor(x: np.ndarray, y: np.ndarray, subject: np.ndarray, candidates: lis
     for f, held_out in enumerate(subjects):
         test = subject == held_out
         train_idx = np.flatnonzero(~test)
-        group = inner_groups([s for s in subjects if s != held_out], inner_folds)
-        train_group = np.array([group[s] for s in subject[train_idx]])
-        inner_pred = np.zeros((len(candidates), len(train_idx)), dtype=np.int64)
-        for g in range(inner_folds):
-            fit_on, score_on = train_idx[train_group != g], train_idx[train_group == g]
-            inner_pred[:, train_group == g] = fit_candidates(x[fit_on], y[fit_on], x[score_on], candidates, n_classes).argmax(-1)
-        inner[f] = [uf1_uar(y[train_idx], inner_pred[c])["uf1"] for c in range(len(candidates))]
+        inner[f] = inner_cv_scores(x, y, subject, train_idx, candidates, inner_folds, n_classes)
         probs[:, test] = fit_candidates(x[train_idx], y[train_idx], x[test], candidates, n_classes)
         if progress:
             progress.advance(task)

@@ -474,3 +474,96 @@ def test_bench_floor_bad_flags_name_the_flag(args, message, tmp_path):
 
     with pytest.raises(SystemExit, match=message):
         bench(["floor", "--out", str(tmp_path), *args])
+
+
+def _select_and_floor(subset: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny `mex-train select` (its inner models and LOSO runs) and a `mex-bench floor` on the subset."""
+    from benchmarks.cli import main as bench
+
+    common = ["--data", str(subset), "--profile", "cpu-quick", "--epochs", "2", "--seeds", "1", "--device", "cpu", *TINY]
+    select = tmp_path / "select"
+    assert train_main(["select", "--out", str(select), *common, "--try", "mixup=0", "--holdout", "2", "--repeats", "2"]) == 0
+    assert bench(["floor", "--data", str(subset), "--C", "0.03,0.01", "--inner-folds", "2", "--out", str(tmp_path)]) == 0
+    return select, tmp_path / "floor"
+
+
+def test_stack_alpha_choice_never_sees_the_held_out_subject(subset, tmp_path):
+    """A fold's inner scores for the mix (so its alpha) stay the same whatever its held-out subject's
+    labels, images and inner predictions are, while the folds that validate on that subject move."""
+    from benchmarks.stack import nested_alphas, read_inner
+
+    select, _ = _select_and_floor(subset, tmp_path)
+    data = load_flow_folder(subset)
+    keys = list(zip(data.dataset, data.subject, data.clip))
+    groups, group_of_row, clip_of_row, deep_inner = read_inner(select / "inner-profile", keys)
+    x = data.x.reshape(len(data), -1).astype(np.float64)
+    subject = np.array(data.subject)
+    candidates, alphas = [(0.03, False), (0.01, True)], [1.0, 0.5, 0.0]
+
+    def scores(x, y, deep):
+        return nested_alphas(x, y, subject, groups, group_of_row, clip_of_row, deep, candidates, 2, alphas, 3)["scores"]
+
+    first = scores(x, data.y, deep_inner)
+    f = data.subjects[0]
+    test = subject == f
+    y = data.y.copy()
+    y[test] = (y[test] + 1) % 3
+    relabelled = scores(x, y, deep_inner)
+    assert np.array_equal(first[0], relabelled[0])
+    assert not np.array_equal(first[1:], relabelled[1:])  # f's group-mates validate on f
+    x_blank, deep_shuffled = x.copy(), deep_inner.copy()
+    x_blank[test] = 0.5
+    deep_shuffled[test[clip_of_row]] = deep_shuffled[test[clip_of_row]][:, ::-1]
+    assert np.array_equal(first[0], scores(x_blank, data.y, deep_shuffled)[0])
+
+
+def test_bench_stack_writes_a_run_that_rescores(subset, tmp_path):
+    """Each clip is its fold's chosen mix of the LOSO run's and the floor's probabilities; the run
+    re-scores and pools with `mex-train table` like any LOSO run."""
+    from benchmarks.cli import main as bench
+    from mex.labels import CLASSES
+
+    select, floor = _select_and_floor(subset, tmp_path)
+    loso = select / "outer-profile"
+    args = ["stack", "--data", str(subset), "--loso", str(loso), "--inner", str(select / "inner-profile"),
+            "--floor", str(floor), "--alphas", "1,0.5,0", "--out", str(tmp_path)]
+    assert bench(args) == 0
+    run = tmp_path / "stack-outer-profile"
+    saved = json.loads((run / "results.json").read_text())
+    rows = read_predictions(run / "predictions.csv")
+    assert saved["pooled"] == score_rows(rows)["pooled"]
+    alpha = {}
+    for fold in saved["choices"]:
+        assert fold["alpha"] == [1.0, 0.5, 0.0][int(np.argmax(fold["inner_uf1"]))] and fold["inner_clips"] > 0
+        alpha[fold["subject"]] = fold["alpha"]
+    assert set(alpha) == set(load_flow_folder(subset).subjects)
+    deep = {r["clip"]: r for r in read_predictions(loso / "predictions.csv")}
+    lin = {r["clip"]: r for r in read_predictions(floor / "predictions.csv")}
+    for r in rows:
+        a = alpha[r["subject"]]
+        want = [a * float(deep[r["clip"]][f"p_{c}"]) + (1 - a) * float(lin[r["clip"]][f"p_{c}"]) for c in CLASSES]
+        assert np.allclose([float(r[f"p_{c}"]) for c in CLASSES], want, atol=2e-6)
+    assert [f["alpha"] for f in saved["fixed"]] == [1.0, 0.5, 0.0]
+    assert saved["fixed"][0]["pooled"] == score_rows(read_predictions(loso / "predictions.csv"))["pooled"]
+    assert "nested" in (run / "stack.md").read_text() and (run / "stack.png").stat().st_size > 0
+    assert train_main(["table", str(run), str(run)]) == 0  # the layout mex-train table reads
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--inner": "select/outer-profile"}, "no inner_groups"),
+    ({"--loso": "select/outer-mixup=0"}, "not the same profile and seed"),
+    ({"--floor": "select"}, "select/results.json: not a `mex-bench floor` run"),
+    ({"--floor": "nowhere"}, "nowhere/results.json: not found"),
+    ({"--alphas": "1,2"}, "--alphas must be distinct numbers in"),
+])
+def test_bench_stack_bad_inputs_name_the_folder_or_flag(subset, tmp_path, change, message):
+    from benchmarks.cli import main as bench
+
+    _select_and_floor(subset, tmp_path)
+    flags = {"--loso": "select/outer-profile", "--inner": "select/inner-profile", "--floor": "floor", "--alphas": "1,0"}
+    flags.update(change)
+    args = ["stack", "--data", str(subset), "--out", str(tmp_path)]
+    for flag, value in flags.items():
+        args += [flag, value if flag == "--alphas" else str(tmp_path / value)]
+    with pytest.raises(SystemExit, match=message):
+        bench(args)
