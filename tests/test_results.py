@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from train.loso import read_predictions, score_rows
@@ -69,8 +70,10 @@ def _readme_row(starts_with: str) -> list[tuple[float, float]]:
          ("loso-ours-1seed", "loso-ours-seed1", "loso-ours-seed2", "loso-ours-seed3", "loso-ours-seed4")),
         ("| DA-CrossViT, nested selection per fold among `ours` and its 7 ablation variants (`mex-train select`), probability average of seeds 0, 1, 2",
          ("select-ours-seed0", "select-ours-seed1", "select-ours-seed2")),
+        ("| DA-CrossViT (`ours`) mixed with the nested floor, the deep model's weight chosen per fold on inner models (`mex-bench stack`: nested, honest), probability average of seeds 0, 1, 2",
+         ("stack-ours-seed0", "stack-ours-seed1", "stack-ours-seed2")),
     ],
-    ids=["recipe", "recipe-5-seeds", "nested-selection"],
+    ids=["recipe", "recipe-5-seeds", "nested-selection", "stack"],
 )
 def test_readme_seed_ensemble_rows_are_the_committed_runs(row_start, run_names):
     runs = [RESULTS / "cpu2-x86_64" / name for name in run_names]
@@ -86,3 +89,24 @@ def test_readme_floor_row_is_the_committed_floor_run():
     pooled = score_rows(read_predictions(run / "predictions.csv"))["pooled"]
     expected = [(round(pooled[c]["uf1"], 3), round(pooled[c]["uar"], 3)) for c in ("full", "casme2", "smic", "samm")]
     assert _readme_row("| logistic regression on raw pixels, penalty and class weighting chosen per fold") == expected
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_committed_stack_is_its_inputs_mixed_as_its_choices_say(seed):
+    """Each clip of a committed mex-bench stack run is its fold's alpha (the argmax of that fold's inner
+    scores) times the committed LOSO run's probabilities plus 1 - alpha times the committed floor's."""
+    run = RESULTS / "cpu2-x86_64" / f"stack-ours-seed{seed}"
+    saved = json.loads((run / "results.json").read_text())
+    alphas = [f["alpha"] for f in saved["fixed"]]
+    alpha = {f["subject"]: f["alpha"] for f in saved["choices"]}
+    assert all(f["alpha"] == alphas[f["inner_uf1"].index(max(f["inner_uf1"]))] for f in saved["choices"])
+    deep = {(r["subject"], r["clip"]): r for r in read_predictions(ROOT / saved["inputs"]["loso"] / "predictions.csv")}
+    floor = {(r["subject"], r["clip"]): r for r in read_predictions(ROOT / saved["inputs"]["floor"] / "predictions.csv")}
+    rows = read_predictions(run / "predictions.csv")
+    assert len(rows) == len(deep) == len(floor) == 442
+    columns = [c for c in rows[0] if c.startswith("p_")]
+    for r in rows:
+        a = alpha[r["subject"]]
+        key = (r["subject"], r["clip"])
+        want = [a * float(deep[key][c]) + (1 - a) * float(floor[key][c]) for c in columns]
+        assert np.allclose([float(r[c]) for c in columns], want, atol=2e-6), r["clip"]

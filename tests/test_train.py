@@ -537,11 +537,11 @@ def test_bench_stack_writes_a_run_that_rescores(subset, tmp_path):
         assert fold["alpha"] == [1.0, 0.5, 0.0][int(np.argmax(fold["inner_uf1"]))] and fold["inner_clips"] > 0
         alpha[fold["subject"]] = fold["alpha"]
     assert set(alpha) == set(load_flow_folder(subset).subjects)
-    deep = {r["clip"]: r for r in read_predictions(loso / "predictions.csv")}
-    lin = {r["clip"]: r for r in read_predictions(floor / "predictions.csv")}
+    deep = {(r["subject"], r["clip"]): r for r in read_predictions(loso / "predictions.csv")}
+    lin = {(r["subject"], r["clip"]): r for r in read_predictions(floor / "predictions.csv")}
     for r in rows:
-        a = alpha[r["subject"]]
-        want = [a * float(deep[r["clip"]][f"p_{c}"]) + (1 - a) * float(lin[r["clip"]][f"p_{c}"]) for c in CLASSES]
+        a, key = alpha[r["subject"]], (r["subject"], r["clip"])
+        want = [a * float(deep[key][f"p_{c}"]) + (1 - a) * float(lin[key][f"p_{c}"]) for c in CLASSES]
         assert np.allclose([float(r[f"p_{c}"]) for c in CLASSES], want, atol=2e-6)
     assert [f["alpha"] for f in saved["fixed"]] == [1.0, 0.5, 0.0]
     assert saved["fixed"][0]["pooled"] == score_rows(read_predictions(loso / "predictions.csv"))["pooled"]
