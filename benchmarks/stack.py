@@ -137,8 +137,9 @@ def nested_alphas(x: np.ndarray, y: np.ndarray, subject: np.ndarray, groups: lis
                   alphas: list[float], n_classes: int, progress=None) -> dict:
     """The choice of alpha per outer fold. Inner row r is clip `clip_of_row[r]` predicted by the deep
     inner model of group `group_of_row[r]` (probabilities `deep_inner[r]`), trained without that group's
-    subjects; the floor is fitted the same way. Returns {"subjects", "scores" (folds, alphas), "choice"
-    (folds,), "fit_scores" (alphas,), "fit_choice", "floor_inner", "floor_choice"}."""
+    subjects; the floor is fitted the same way. Returns {"subjects", "mates" (inner rows per fold),
+    "scores" (folds, alphas), "choice" (folds,), "fit_scores" (alphas,), "fit_choice", "floor_inner",
+    "floor_choice"}."""
     floor_groups, floor_choice = floor_for_groups(x, y, subject, groups, candidates, inner_folds, n_classes, progress)
     floor_inner = floor_groups[group_of_row, clip_of_row]
     y_inner, row_subject = y[clip_of_row], subject[clip_of_row]
@@ -271,8 +272,9 @@ def plot_stack(payload: dict, path: Path, name: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     fixed = sorted(payload["fixed"], key=lambda r: r["alpha"])
-    ax.plot([r["alpha"] for r in fixed], [r["pooled"]["full"]["uf1"] for r in fixed], "-o", label="alpha fixed for every fold (LOSO test subjects)")
-    ax.plot([r["alpha"] for r in fixed], [r["inner_uf1_all"] for r in fixed], "--s", color="C7", label="alpha fixed, inner validation (all inner clips)")
+    alpha = [r["alpha"] for r in fixed]
+    ax.plot(alpha, [r["pooled"]["full"]["uf1"] for r in fixed], "-o", label="alpha fixed for every fold (LOSO test subjects)")
+    ax.plot(alpha, [r["inner_uf1_all"] for r in fixed], "--s", color="C7", label="alpha fixed, inner validation (all inner clips)")
     nested = payload["pooled"]["full"]["uf1"]
     ax.axhline(nested, color="C3", lw=2, label=f"nested (alpha chosen per fold): {nested:.3f}")
     ax.set_xlabel("alpha, the deep model's weight (0: the floor alone, 1: the deep model alone)")

@@ -217,3 +217,17 @@ def test_tensorrt_engine_build_and_parity(exported, composite, tmp_path):
                             reference_name="onnxruntime", candidate_name="tensorrt-fp16",
                             min_agreement=parity.FP16_MIN_AGREEMENT)
     assert report["passed"], report
+
+
+def test_pixel_head_model_exports_with_parity(composite):
+    """The pixel head (a linear map of the input added to the logits) exports and runs in ONNX Runtime."""
+    from export.onnx_export import export_onnx
+    from export.parity import onnxruntime_logits
+
+    torch.manual_seed(0)
+    model = build_model("dacrossvit", dims=(16, 8), heads=(2, 1), pixel_head=True).eval()
+    with torch.no_grad():
+        model.pixel_head.weight.normal_(std=0.05)
+    proto = export_onnx(model, {})
+    x = composite.x[:16]
+    np.testing.assert_allclose(onnxruntime_logits(proto.SerializeToString(), x), torch_logits(model, x), atol=1e-4)

@@ -33,6 +33,9 @@ class DACrossViTConfig:
     da_form: str = "paper"  # "paper" (gate from q) | "aoa" (gate and info from [q ; v_hat])
     drop: float = 0.0  # dropout on embeddings, MLPs and the head input
     drop_path: float = 0.0  # stochastic depth, max rate (linearly increasing over blocks)
+    # a linear classifier on the input pixels added to the logits (the logistic-regression floor inside
+    # the model); zero-initialised, so training starts from the attention model alone
+    pixel_head: bool = False
 
     def __post_init__(self):
         self.patches, self.dims = tuple(self.patches), tuple(self.dims)
@@ -231,9 +234,12 @@ class DACrossViT(nn.Module):
         self.blocks = nn.ModuleList(MultiScaleBlock(cfg, r) for r in rates)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in cfg.dims)
         self.heads = nn.ModuleList(nn.Linear(d, cfg.num_classes) for d in cfg.dims)
+        self.pixel_head = nn.Linear(cfg.in_chans * cfg.img_size**2, cfg.num_classes) if cfg.pixel_head else None
         for p in [*self.cls, *self.pos]:
             nn.init.trunc_normal_(p, std=0.02)
         self.apply(_init_weights)
+        if self.pixel_head is not None:
+            nn.init.zeros_(self.pixel_head.weight)
 
     def forward(self, x):
         xs = []
@@ -243,7 +249,8 @@ class DACrossViT(nn.Module):
         for i, block in enumerate(self.blocks):
             xs = block(xs, cls_only=i == len(self.blocks) - 1)  # the last block: CLS tokens (b, d) only
         la, sm = (head(self.drop(norm(cls))) for cls, norm, head in zip(xs, self.norms, self.heads))
-        return (la + sm) / 2  # the mean of the two; two ONNX nodes where stack + mean takes four
+        logits = (la + sm) / 2  # the mean of the two; two ONNX nodes where stack + mean takes four
+        return logits if self.pixel_head is None else logits + self.pixel_head(x.flatten(1))
 
 
 def _init_weights(m):
