@@ -496,23 +496,28 @@ def test_bench_floor_bad_flags_name_the_flag(args, message, tmp_path):
         bench(["floor", "--out", str(tmp_path), *args])
 
 
-def _select_and_floor(subset: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A tiny `mex-train select` (its inner models and LOSO runs) and a `mex-bench floor` on the subset."""
+@pytest.fixture(scope="module")
+def selected(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A tiny `mex-train select` (its inner models and LOSO runs) and a `mex-bench floor` on a six-subject
+    subset, made once for the stack tests: (subset, select folder, floor folder). Tests write elsewhere."""
     from benchmarks.cli import main as bench
+    from conftest import make_subset
 
+    root = tmp_path_factory.mktemp("stack")
+    subset = make_subset(root / "subset")
     common = ["--data", str(subset), "--profile", "cpu-quick", "--epochs", "2", "--seeds", "1", "--device", "cpu", *TINY]
-    select = tmp_path / "select"
+    select = root / "select"
     assert train_main(["select", "--out", str(select), *common, "--try", "mixup=0", "--holdout", "2", "--repeats", "2"]) == 0
-    assert bench(["floor", "--data", str(subset), "--C", "0.03,0.01", "--inner-folds", "2", "--out", str(tmp_path)]) == 0
-    return select, tmp_path / "floor"
+    assert bench(["floor", "--data", str(subset), "--C", "0.03,0.01", "--inner-folds", "2", "--out", str(root)]) == 0
+    return subset, select, root / "floor"
 
 
-def test_stack_alpha_choice_never_sees_the_held_out_subject(subset, tmp_path):
+def test_stack_alpha_choice_never_sees_the_held_out_subject(selected):
     """A fold's inner scores for the mix (so its alpha) stay the same whatever its held-out subject's
     labels, images and inner predictions are, while the folds that validate on that subject move."""
     from benchmarks.stack import nested_alphas, read_inner
 
-    select, _ = _select_and_floor(subset, tmp_path)
+    subset, select, _ = selected
     data = load_flow_folder(subset)
     keys = list(zip(data.dataset, data.subject, data.clip))
     groups, group_of_row, clip_of_row, deep_inner = read_inner(select / "inner-profile", keys)
@@ -537,13 +542,13 @@ def test_stack_alpha_choice_never_sees_the_held_out_subject(subset, tmp_path):
     assert np.array_equal(first[0], scores(x_blank, data.y, deep_shuffled)[0])
 
 
-def test_bench_stack_writes_a_run_that_rescores(subset, tmp_path):
+def test_bench_stack_writes_a_run_that_rescores(selected, tmp_path):
     """Each clip is its fold's chosen mix of the LOSO run's and the floor's probabilities; the run
     re-scores and pools with `mex-train table` like any LOSO run."""
     from benchmarks.cli import main as bench
     from mex.labels import CLASSES
 
-    select, floor = _select_and_floor(subset, tmp_path)
+    subset, select, floor = selected
     loso = select / "outer-profile"
     args = ["stack", "--data", str(subset), "--loso", str(loso), "--inner", str(select / "inner-profile"),
             "--floor", str(floor), "--alphas", "1,0.5,0", "--out", str(tmp_path)]
@@ -576,14 +581,15 @@ def test_bench_stack_writes_a_run_that_rescores(subset, tmp_path):
     ({"--floor": "nowhere"}, "nowhere/results.json: not found"),
     ({"--alphas": "1,2"}, "--alphas must be distinct numbers in"),
 ])
-def test_bench_stack_bad_inputs_name_the_folder_or_flag(subset, tmp_path, change, message):
+def test_bench_stack_bad_inputs_name_the_folder_or_flag(selected, tmp_path, change, message):
     from benchmarks.cli import main as bench
 
-    _select_and_floor(subset, tmp_path)
+    subset, select, _ = selected
+    root = select.parent
     flags = {"--loso": "select/outer-profile", "--inner": "select/inner-profile", "--floor": "floor", "--alphas": "1,0"}
     flags.update(change)
     args = ["stack", "--data", str(subset), "--out", str(tmp_path)]
     for flag, value in flags.items():
-        args += [flag, value if flag == "--alphas" else str(tmp_path / value)]
+        args += [flag, value if flag == "--alphas" else str(root / value)]
     with pytest.raises(SystemExit, match=message):
         bench(args)
