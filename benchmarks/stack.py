@@ -61,6 +61,15 @@ def _read_json(path: Path) -> dict:
         _fail(f"{path}: not JSON ({e})")
 
 
+def _read_rows(path: Path) -> list[dict]:
+    from train.loso import read_predictions
+
+    try:
+        return read_predictions(path)
+    except FileNotFoundError:
+        _fail(f"{path}: not found (an unfinished run?)")
+
+
 def _same_profile(a: dict, b: dict) -> bool:
     """Equal profiles, a recipe field added after a run was made holding its default in that run."""
     from train.recipes import Recipe
@@ -84,10 +93,9 @@ def read_inner(inner_dir: Path, keys: list[tuple]) -> tuple[list[list[str]], np.
     """A `mex-train select` inner folder: its groups (run.json), and per predicted row the group index
     (deal-major, as in run.json), the clip's index in `keys` and the class probabilities."""
     from mex.labels import CLASSES
-    from train.loso import read_predictions
 
     groups = _read_json(inner_dir / "run.json")["inner_groups"]
-    rows = read_predictions(inner_dir / "predictions.csv")
+    rows = _read_rows(inner_dir / "predictions.csv")
     per_deal = len(groups) // len({r["deal"] for r in rows})
     group_of_row = np.array([int(r["deal"]) * per_deal + int(r["group"]) for r in rows])
     index = {k: i for i, k in enumerate(keys)}
@@ -160,7 +168,7 @@ def run(args) -> int:
 
     from mex.composite import DataError, load_flow_folder
     from mex.labels import CLASSES
-    from train.loso import prediction_row, read_predictions, score_rows, write_csv
+    from train.loso import prediction_row, score_rows, write_csv
     from train.metrics import uf1_uar
 
     try:
@@ -185,8 +193,8 @@ def run(args) -> int:
 
     keys = list(zip(data.dataset, data.subject, data.clip))
     subject = np.array(data.subject)
-    deep_outer = _probs_by_clip(read_predictions(loso_dir / "predictions.csv"), f"{loso_dir}/predictions.csv", keys)
-    floor_outer = _probs_by_clip(read_predictions(floor_dir / "predictions.csv"), f"{floor_dir}/predictions.csv", keys)
+    deep_outer = _probs_by_clip(_read_rows(loso_dir / "predictions.csv"), f"{loso_dir}/predictions.csv", keys)
+    floor_outer = _probs_by_clip(_read_rows(floor_dir / "predictions.csv"), f"{floor_dir}/predictions.csv", keys)
     groups, group_of_row, clip_of_row, deep_inner = read_inner(inner_dir, keys)
     candidates = [(c["C"], c["class_balanced"]) for c in floor_run["candidates"]]
     x = data.x.reshape(len(data), -1).astype(np.float64)
@@ -221,8 +229,8 @@ def run(args) -> int:
         "protocol": ("per LOSO fold, alpha * deep + (1 - alpha) * floor probabilities, alpha chosen by pooled UF1 on the "
                      "fold's group-mates' clips predicted by inner models that never saw the fold's subject"),
         "inputs": {"loso": str(loso_dir), "inner": str(inner_dir), "floor": str(floor_dir), "data": str(args.data)},
-        "deep_alone": score_rows(read_predictions(loso_dir / "predictions.csv"))["pooled"]["full"],
-        "floor_alone": score_rows(read_predictions(floor_dir / "predictions.csv"))["pooled"]["full"],
+        "deep_alone": score_rows(_read_rows(loso_dir / "predictions.csv"))["pooled"]["full"],
+        "floor_alone": score_rows(_read_rows(floor_dir / "predictions.csv"))["pooled"]["full"],
         "inner_deep_alone": uf1_uar(y_inner, deep_inner.argmax(1)),
         "inner_floor_alone": uf1_uar(y_inner, nested["floor_inner"].argmax(1)),
         "alpha_for_fit": alphas[nested["fit_choice"]], "fixed": fixed,

@@ -593,3 +593,15 @@ def test_bench_stack_bad_inputs_name_the_folder_or_flag(selected, tmp_path, chan
         args += [flag, value if flag == "--alphas" else str(root / value)]
     with pytest.raises(SystemExit, match=message):
         bench(args)
+
+
+def test_bench_stack_names_an_unfinished_run(selected, tmp_path):
+    from benchmarks.cli import main as bench
+
+    subset, select, floor = selected
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(select / "outer-profile", unfinished)
+    (unfinished / "predictions.csv").unlink()
+    with pytest.raises(SystemExit, match="unfinished/predictions.csv: not found"):
+        bench(["stack", "--data", str(subset), "--loso", str(unfinished), "--inner", str(select / "inner-profile"),
+               "--floor", str(floor), "--out", str(tmp_path)])
