@@ -205,12 +205,16 @@ def run(args) -> int:
     return 0
 
 
+def score_cells(pooled: dict) -> str:
+    """Full, CASME II, SMIC and SAMM UF1 / UAR as markdown table cells (README's column order)."""
+    return " | ".join(f"{pooled[k]['uf1']:.3f} / {pooled[k]['uar']:.3f}" if k in pooled else "-"
+                      for k in ("full", "casme2", "smic", "samm"))
+
+
 def floor_markdown(payload: dict) -> str:
     from train.report import REFERENCE_ROWS
 
     env = payload["environment"]
-    cells = lambda pooled: " | ".join(  # noqa: E731
-        f"{pooled[k]['uf1']:.3f} / {pooled[k]['uar']:.3f}" if k in pooled else "-" for k in ("full", "casme2", "smic", "samm"))
     lines = [
         f"### Logistic regression on the raw feature pixels, LOSO, pooled UF1 / UAR ({payload['clips']} clips; "
         f"{env['machine']}, {env['cpu']}, Python {env['python']}; {payload['seconds']:.0f} s)",
@@ -218,10 +222,10 @@ def floor_markdown(payload: dict) -> str:
         "| method | Full | CASME II | SMIC | SAMM | folds choosing it |",
         "|---|---|---|---|---|---|",
         f"| **nested: (C, weighting) chosen per fold by {payload['inner_folds']}-fold CV over its training subjects** "
-        f"| {cells(payload['pooled'])} | |",
+        f"| {score_cells(payload['pooled'])} | |",
     ]
     for cand in payload["candidates"]:
-        lines.append(f"| {cand['label']}, every fold | {cells(cand['pooled'])} | {cand['folds_choosing']} |")
+        lines.append(f"| {cand['label']}, every fold | {score_cells(cand['pooled'])} | {cand['folds_choosing']} |")
     for name, _ in REFERENCES:
         uf1, uar = dict(REFERENCE_ROWS)[name][0]
         lines.append(f"| {name} | {uf1:.4g} / {uar:.4g} | | | | |")

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from .common import environment, results_dir, write_json
-from .floor import DEFAULT_DATA, fit_logreg, inner_cv_scores, predict_proba
+from .floor import DEFAULT_DATA, fit_logreg, inner_cv_scores, predict_proba, score_cells
 
 ALPHAS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
@@ -70,30 +69,25 @@ def _read_rows(path: Path) -> list[dict]:
         _fail(f"{path}: not found (an unfinished run?)")
 
 
-def _same_profile(a: dict, b: dict) -> bool:
-    """Equal profiles, a recipe field added after a run was made holding its default in that run."""
-    from train.recipes import Recipe
+def _row_probs(rows: list[dict]) -> np.ndarray:
+    """(len(rows), n_classes) class probabilities of prediction rows."""
+    from mex.labels import CLASSES
 
-    norm = lambda p: {**p, "recipe": asdict(Recipe(**p.get("recipe", {})))}  # noqa: E731
-    return norm(a) == norm(b)
+    return np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
 
 
 def _probs_by_clip(rows: list[dict], what: str, keys: list[tuple]) -> np.ndarray:
     """(len(keys), n_classes) probabilities of the prediction rows, in the order of `keys` (dataset, subject, clip)."""
-    from mex.labels import CLASSES
-
     by_key = {(r["dataset"], r["subject"], r["clip"]): r for r in rows}
     missing = [k for k in keys if k not in by_key]
     if missing:
         _fail(f"{what}: no prediction for {len(missing)} clip(s) of the data, e.g. {'/'.join(missing[0])}")
-    return np.array([[float(by_key[k][f"p_{c}"]) for c in CLASSES] for k in keys])
+    return _row_probs([by_key[k] for k in keys])
 
 
 def read_inner(inner_dir: Path, keys: list[tuple]) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
     """A `mex-train select` inner folder: its groups (run.json), and per predicted row the group index
     (deal-major, as in run.json), the clip's index in `keys` and the class probabilities."""
-    from mex.labels import CLASSES
-
     groups = _read_json(inner_dir / "run.json")["inner_groups"]
     rows = _read_rows(inner_dir / "predictions.csv")
     per_deal = len(groups) // len({r["deal"] for r in rows})
@@ -107,7 +101,7 @@ def read_inner(inner_dir: Path, keys: list[tuple]) -> tuple[list[list[str]], np.
         strangers = {keys[c][1] for c in clip_of_row[group_of_row == g]} - set(members)
         if strangers:
             _fail(f"{inner_dir}/predictions.csv: group {g} predicts {sorted(strangers)[0]}, not in its run.json inner_groups entry")
-    return groups, group_of_row, clip_of_row, np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    return groups, group_of_row, clip_of_row, _row_probs(rows)
 
 
 def floor_for_groups(x: np.ndarray, y: np.ndarray, subject: np.ndarray, groups: list[list[str]],
@@ -169,6 +163,7 @@ def run(args) -> int:
     from mex.composite import DataError, load_flow_folder
     from mex.labels import CLASSES
     from train.loso import prediction_row, score_rows, write_csv
+    from train.recipes import pinned_profile
     from train.metrics import uf1_uar
 
     try:
@@ -188,13 +183,14 @@ def run(args) -> int:
         _fail(f"{inner_dir}/run.json: no inner_groups; --inner takes an inner-<candidate> folder of a `mex-train select` run")
     if floor_run.get("benchmark") != "floor":
         _fail(f"{floor_dir}/results.json: not a `mex-bench floor` run")
-    if inner_run["seed"] != loso_run["seed"] or not _same_profile(inner_run["profile"], loso_run["profile"]):
+    if inner_run["seed"] != loso_run["seed"] or pinned_profile(inner_run["profile"]) != pinned_profile(loso_run["profile"]):
         _fail(f"{inner_dir} and {loso_dir} are not the same profile and seed: the inner models must be the LOSO run's")
 
     keys = list(zip(data.dataset, data.subject, data.clip))
     subject = np.array(data.subject)
-    deep_outer = _probs_by_clip(_read_rows(loso_dir / "predictions.csv"), f"{loso_dir}/predictions.csv", keys)
-    floor_outer = _probs_by_clip(_read_rows(floor_dir / "predictions.csv"), f"{floor_dir}/predictions.csv", keys)
+    deep_rows, floor_rows = _read_rows(loso_dir / "predictions.csv"), _read_rows(floor_dir / "predictions.csv")
+    deep_outer = _probs_by_clip(deep_rows, f"{loso_dir}/predictions.csv", keys)
+    floor_outer = _probs_by_clip(floor_rows, f"{floor_dir}/predictions.csv", keys)
     groups, group_of_row, clip_of_row, deep_inner = read_inner(inner_dir, keys)
     candidates = [(c["C"], c["class_balanced"]) for c in floor_run["candidates"]]
     x = data.x.reshape(len(data), -1).astype(np.float64)
@@ -229,8 +225,8 @@ def run(args) -> int:
         "protocol": ("per LOSO fold, alpha * deep + (1 - alpha) * floor probabilities, alpha chosen by pooled UF1 on the "
                      "fold's group-mates' clips predicted by inner models that never saw the fold's subject"),
         "inputs": {"loso": str(loso_dir), "inner": str(inner_dir), "floor": str(floor_dir), "data": str(args.data)},
-        "deep_alone": score_rows(_read_rows(loso_dir / "predictions.csv"))["pooled"]["full"],
-        "floor_alone": score_rows(_read_rows(floor_dir / "predictions.csv"))["pooled"]["full"],
+        "deep_alone": score_rows(deep_rows)["pooled"]["full"],
+        "floor_alone": score_rows(floor_rows)["pooled"]["full"],
         "inner_deep_alone": uf1_uar(y_inner, deep_inner.argmax(1)),
         "inner_floor_alone": uf1_uar(y_inner, nested["floor_inner"].argmax(1)),
         "alpha_for_fit": alphas[nested["fit_choice"]], "fixed": fixed,
@@ -250,8 +246,6 @@ def run(args) -> int:
 
 
 def stack_markdown(payload: dict, name: str) -> str:
-    cells = lambda pooled: " | ".join(  # noqa: E731
-        f"{pooled[k]['uf1']:.3f} / {pooled[k]['uar']:.3f}" if k in pooled else "-" for k in ("full", "casme2", "smic", "samm"))
     env = payload["environment"]
     deep, floor = payload["deep_alone"], payload["floor_alone"]
     lines = [
@@ -260,11 +254,11 @@ def stack_markdown(payload: dict, name: str) -> str:
         "",
         "| method | Full | CASME II | SMIC | SAMM | folds choosing it |",
         "|---|---|---|---|---|---|",
-        f"| **nested: alpha chosen per fold on its training subjects' inner models** | {cells(payload['pooled'])} | |",
+        f"| **nested: alpha chosen per fold on its training subjects' inner models** | {score_cells(payload['pooled'])} | |",
     ]
     for row in payload["fixed"]:
         what = {1.0: " (the deep model alone)", 0.0: " (the nested floor alone)"}.get(row["alpha"], "")
-        lines.append(f"| alpha = {row['alpha']:g}{what}, every fold | {cells(row['pooled'])} | {row['folds_choosing']} |")
+        lines.append(f"| alpha = {row['alpha']:g}{what}, every fold | {score_cells(row['pooled'])} | {row['folds_choosing']} |")
     lines += ["", f"alpha is the deep model's weight. Inner validation over all subjects: deep alone "
               f"{payload['inner_deep_alone']['uf1']:.3f}, floor alone {payload['inner_floor_alone']['uf1']:.3f} UF1; the rule "
               f"applied to every inner prediction chooses alpha = {payload['alpha_for_fit']:g} (alpha_for_fit). Deep run "

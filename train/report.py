@@ -11,7 +11,6 @@ import itertools
 import json
 import re
 import textwrap
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from mex.labels import CLASSES
 
 from .loso import read_predictions, score_rows
 from .metrics import confusion
-from .recipes import Recipe
+from .recipes import pinned_profile
 
 COLUMNS = ("full", "casme2", "smic", "samm")
 COLUMN_TITLES = {"full": "Full", "casme2": "CASME II", "smic": "SMIC", "samm": "SAMM"}
@@ -161,8 +160,7 @@ def _grouped(runs: list[Path]) -> list[dict]:
     for run in runs:
         pinned = json.loads((run / "run.json").read_text())
         profile = pinned["profile"]
-        # a recipe field added to the code after a run was made holds its default in that run
-        key = json.dumps({**profile, "recipe": asdict(Recipe(**profile.get("recipe", {})))}, sort_keys=True)
+        key = json.dumps(pinned_profile(profile), sort_keys=True)
         group = groups.setdefault(key, {"label": re.sub(r"[-_]seed\d+$", "", run.name), "runs": [], "seeds": [], "scores": []})
         group["runs"].append(run)
         group["seeds"].append(int(pinned["seed"]))
