@@ -72,8 +72,10 @@ def _readme_row(starts_with: str) -> list[tuple[float, float]]:
          ("select-ours-seed0", "select-ours-seed1", "select-ours-seed2")),
         ("| DA-CrossViT (`ours`) mixed with the nested floor, the deep model's weight chosen per fold on inner models (`mex-bench stack`: nested, honest), probability average of seeds 0, 1, 2",
          ("stack-ours-seed0", "stack-ours-seed1", "stack-ours-seed2")),
+        ("| STSTNet (published config, 1,683 parameters), this repo's recipe `ours` (`--model ststnet`), probability average of seeds 0, 1, 2",
+         ("loso-ours-ststnet-seed0", "loso-ours-ststnet-seed1", "loso-ours-ststnet-seed2")),
     ],
-    ids=["recipe", "recipe-5-seeds", "nested-selection", "stack"],
+    ids=["recipe", "recipe-5-seeds", "nested-selection", "stack", "ststnet"],
 )
 def test_readme_seed_ensemble_rows_are_the_committed_runs(row_start, run_names):
     runs = [RESULTS / "cpu2-x86_64" / name for name in run_names]
