@@ -70,12 +70,14 @@ def _readme_row(starts_with: str) -> list[tuple[float, float]]:
          ("loso-ours-1seed", "loso-ours-seed1", "loso-ours-seed2", "loso-ours-seed3", "loso-ours-seed4")),
         ("| DA-CrossViT, nested selection per fold among `ours` and its 7 ablation variants (`mex-train select`), probability average of seeds 0, 1, 2",
          ("select-ours-seed0", "select-ours-seed1", "select-ours-seed2")),
+        ("| DA-CrossViT, the same nested selection with the doubled shift (`shift_px=3.0`) as a ninth candidate, probability average of seeds 0, 1, 2",
+         ("select-ours-plus-shift-3px-seed0", "select-ours-plus-shift-3px-seed1", "select-ours-plus-shift-3px-seed2")),
         ("| DA-CrossViT (`ours`) mixed with the nested floor, the deep model's weight chosen per fold on inner models (`mex-bench stack`: nested, honest), probability average of seeds 0, 1, 2",
          ("stack-ours-seed0", "stack-ours-seed1", "stack-ours-seed2")),
         ("| STSTNet (published config, 1,683 parameters), this repo's recipe `ours` (`--model ststnet`), probability average of seeds 0, 1, 2",
          ("loso-ours-ststnet-seed0", "loso-ours-ststnet-seed1", "loso-ours-ststnet-seed2")),
     ],
-    ids=["recipe", "recipe-5-seeds", "nested-selection", "stack", "ststnet"],
+    ids=["recipe", "recipe-5-seeds", "nested-selection", "nested-selection-plus-shift", "stack", "ststnet"],
 )
 def test_readme_seed_ensemble_rows_are_the_committed_runs(row_start, run_names):
     runs = [RESULTS / "cpu2-x86_64" / name for name in run_names]

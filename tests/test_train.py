@@ -1,6 +1,7 @@
 """Training side: metrics, batched folds, LOSO outputs, resume, bad data."""
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -423,6 +424,22 @@ def test_nested_selection_picks_per_fold_by_inner_score_and_reuses_matching_runs
     assert res["choice_for_fit"] == names[int(np.argmax(overall))]
     first = (out / "predictions.csv").read_text()
     assert train_main(args) == 0 and (out / "predictions.csv").read_text() == first  # a rerun reads the finished runs back
+
+    # a committed run made before `precision` and `tta_flip` were pinned, its data path relative: reused as the same run
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "predictions.csv").write_text((pre / "predictions.csv").read_text())
+    pinned = json.loads((pre / "run.json").read_text())
+    del pinned["precision"], pinned["profile"]["recipe"]["tta_flip"]
+    pinned["data"] = os.path.relpath(pinned["data"])
+    (old / "run.json").write_text(json.dumps(pinned))
+    again = tmp_path / "select-old"
+    assert train_main([*args[:2], str(again), *args[3:-1], str(old)]) == 0
+    assert json.loads((again / "results.json").read_text())["candidates"]["profile"]["outer_run"] == str(old)
+    assert not (again / "outer-profile").exists()
+    (old / "run.json").write_text(json.dumps({**pinned, "seed": 1}))  # another seed is another run
+    assert train_main([*args[:2], str(tmp_path / "select-seed"), *args[3:-1], str(old)]) == 0
+    assert (tmp_path / "select-seed" / "outer-profile" / "predictions.csv").exists()
 
 
 @pytest.mark.parametrize("balanced", [False, True])
