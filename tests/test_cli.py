@@ -214,9 +214,12 @@ def test_sigint_is_a_clean_stop_with_the_event_log_flushed(work):
     clip = work["dir"] / "long.mp4"  # 20 s at its own pace: a loaded machine cannot finish it before the signal
     synth.write_clip(clip, synth.ClipSpec(fps=30.0, seconds=20.0, size=(320, 240), events=6, duration_s=(0.2, 0.3),
                                           amplitude_px=(2.0, 3.0), face_px=90.0, seed=4))
+    # A shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C handler (mex-live
+    # rightly keeps that: nohup'd jobs stop by SIGTERM). The child gets the default a terminal gives it.
     proc = subprocess.Popen([PY, "-m", "realtime.cli", "--video", str(clip), "--realtime", "--model",
                              str(work["model"]), "--events", str(out), "--no-display"], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         line = ""
