@@ -28,7 +28,7 @@ from mex.models import build_model, num_params
 
 from .batched import Members, augment, autocast, lr_factor, mirror, optimizer, resolve_precision
 from .metrics import uf1_uar
-from .recipes import Profile
+from .recipes import Profile, pinned_profile
 
 STATE = "state.pt"
 
@@ -279,18 +279,39 @@ def loso_run_args(data: FlowSet, profile: Profile, seed: int, precision: str) ->
             "precision": precision}
 
 
+def _comparable(pinned: dict, like: dict) -> dict:
+    """A run.json as the current code would pin it: written before the precision was pinned (fp32 was all
+    there was), before a recipe field existed (it held its default), or committed with the data path
+    relative to the repository (resolved from the working folder), it pins what it did then."""
+    out = dict(pinned)
+    if "precision" in like:
+        out.setdefault("precision", "fp32")
+    if "data" in out:
+        out["data"] = str(Path(out["data"]).resolve())
+    if "profile" in out:
+        out["profile"] = pinned_profile(out["profile"])
+    return out
+
+
+def _pinned_and_wanted(out: Path, run_args: dict) -> tuple[dict, dict]:
+    wanted = json.loads(json.dumps(run_args))  # as JSON, where tuples are lists
+    return _comparable(json.loads((out / "run.json").read_text()), wanted), _comparable(wanted, wanted)
+
+
 def same_run(out: Path, run_args: dict) -> bool:
-    """Whether OUT/run.json pins exactly these arguments (compared as JSON, where tuples are lists)."""
-    pinned = out / "run.json"
-    return pinned.exists() and json.loads(pinned.read_text()) == json.loads(json.dumps(run_args))
+    """Whether OUT/run.json pins these arguments (see `_comparable` for runs pinned by older code)."""
+    if not (out / "run.json").exists():
+        return False
+    pinned, wanted = _pinned_and_wanted(out, run_args)
+    return pinned == wanted
 
 
 def pin_run(out: Path, run_args: dict) -> None:
     pinned = out / "run.json"
     if pinned.exists():
         if not same_run(out, run_args):
-            before = json.loads(pinned.read_text())
-            changed = sorted(k for k in run_args if json.dumps(before.get(k)) != json.dumps(run_args[k]))
+            before, wanted = _pinned_and_wanted(out, run_args)
+            changed = sorted(k for k in wanted if before.get(k) != wanted[k])
             raise RunMismatch(
                 f"{out}: holds a run with other arguments (differs in: {', '.join(changed)}); "
                 "use another --out, or delete the folder to start over"

@@ -69,6 +69,7 @@ OURS_RECIPE = Recipe(
     seeds=3,
 )
 
+
 def pinned_profile(profile: dict) -> dict:
     """A profile as a run.json pinned it, with recipe fields added to the code since then holding their
     defaults: runs that differ only in such fields compare equal."""

@@ -29,10 +29,10 @@ from mex.composite import FlowSet
 from .batched import resolve_precision
 from .loso import (
     _predict, _versions, loso_folds, loso_run_args, padded_index, pin_run, prediction_row, read_predictions,
-    run_loso, score_rows, train_members, write_csv,
+    run_loso, same_run, score_rows, train_members, write_csv,
 )
 from .metrics import uf1_uar
-from .recipes import Profile, pinned_profile
+from .recipes import Profile
 
 
 def deal_groups(n_subjects: int, holdout: int, repeats: int, seed: int) -> list[list[list[int]]]:
@@ -117,22 +117,10 @@ def _outer_run(data: FlowSet, profile: Profile, out: Path, device, seed: int, re
     ones this run would pin, else trained (resumably) into OUT."""
     wanted = loso_run_args(data, profile, seed, resolve_precision(precision, device))
     for run in reuse:
-        if _reusable(run, wanted):
+        if same_run(run, wanted) and (run / "predictions.csv").exists():
             return run, read_predictions(run / "predictions.csv")
     run_loso(data, profile, out, device, seed=seed, progress=progress, save_every_s=save_every_s, precision=precision)
     return out, read_predictions(out / "predictions.csv")
-
-
-def _reusable(run: Path, wanted: dict) -> bool:
-    """Whether RUN is a finished LOSO run of these arguments. A run pinned before a recipe field or the
-    precision was pinned (all runs were fp32 then) counts as what it was, and a committed run's data
-    path may be relative to the working folder: such runs are reused instead of retrained."""
-    if not (run / "run.json").exists() or not (run / "predictions.csv").exists():
-        return False
-    pinned = json.loads((run / "run.json").read_text())
-    pinned = {"precision": "fp32", **pinned, "data": str(Path(pinned.get("data", "")).resolve()),
-              "profile": pinned_profile(pinned.get("profile", {}))}
-    return pinned == json.loads(json.dumps(wanted))
 
 
 def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, device, seed: int = 0,
