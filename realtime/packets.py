@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from realtime.framing import FacePatch
+
 
 @dataclass
 class Frame:
@@ -24,7 +26,8 @@ class FaceFrame:
     state: str  # "face" | "no_face" | "lost" | "reacquired"
     box: tuple[int, int, int, int] | None = None  # x, y, w, h in the frame
     landmarks: np.ndarray | None = None  # (K, 2) pixel coordinates in the frame
-    crop: np.ndarray | None = None  # aligned gray uint8 face crop (canonical size), None without a face
+    crop: np.ndarray | None = None  # eye-aligned gray uint8 crop for spotting (canonical size), None without a face
+    patch: FacePatch | None = None  # what recognition cuts its crops from (training framing), None without a face
 
 
 @dataclass

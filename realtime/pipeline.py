@@ -23,7 +23,7 @@ holds an interval open, waiting for the motion to settle before it confirms the 
 (`Spotter.provisional()`), offered once the peak has held for a frame; only the newest offer is kept
 waiting, one is computed at a time. When the
 candidate arrives the recognizer takes those features if the peak held (or waits for them if they are
-being computed) and otherwise computes them itself. Features are a pure function of the two crops, so
+being computed) and otherwise computes them itself. Features are a pure function of the two patches, so
 events are the same with and without it; only the time from confirmation to label changes. Off for
 files read as fast as possible, where frames come far faster than a flow is solved.
 
@@ -48,6 +48,7 @@ import numpy as np
 
 from mex.labels import CLASSES
 
+from .framing import pair_crops
 from .packets import Candidate, Event, FaceFrame
 
 _EOS = object()
@@ -215,11 +216,13 @@ class FrameSink:
 
 
 class Recognizer:
-    """Candidate -> Event: features through the one feature path (mex.features.encode), then the engine."""
+    """Candidate -> Event: the onset and apex recognition crops (realtime/framing.py: training framing,
+    one transform, apex registered onto onset), features through the one feature path
+    (mex.features.encode), then the engine."""
 
     def __init__(self, engine, flow: str = "auto", encode: Callable | None = None, fps: float = 30.0,
                  classes: Sequence[str] = CLASSES):
-        """`encode(onset, apex, flow=)` per pair; by default the whole batch goes through
+        """`encode(onset, apex, flow=)` per pair of crops; by default the whole batch goes through
         mex.features.encode_batch (the same path as mex.features.encode, one flow call per batch)."""
         self.engine = engine
         self.flow = flow
@@ -241,13 +244,15 @@ class Recognizer:
         self.last_skip = why
 
     def _usable(self, c: Candidate) -> bool:
-        if c.onset.crop is None or c.apex.crop is None:
-            self._skip(f"frame {c.apex.frame.index}: candidate without a face crop")
+        if c.onset.patch is None or c.apex.patch is None:
+            self._skip(f"frame {c.apex.frame.index}: candidate without a face patch")
             return False
         return True
 
-    def features(self, onsets: Sequence[np.ndarray], apexes: Sequence[np.ndarray]) -> np.ndarray:
-        """Pairs of crops -> float32 (n, 3, 28, 28), for candidates and for the Speculator alike."""
+    def features(self, pairs: Sequence[tuple[FaceFrame, FaceFrame]]) -> np.ndarray:
+        """(onset, apex) face frames -> float32 (n, 3, 28, 28), for candidates and for the Speculator alike."""
+        crops = [pair_crops(onset.patch, apex.patch) for onset, apex in pairs]
+        onsets, apexes = [a for a, _ in crops], [b for _, b in crops]
         if self._encode_batch is not None:
             return np.asarray(self._encode_batch(onsets, apexes, flow=self.flow), dtype=np.float32)
         return np.stack([np.asarray(self.encode(a, b, flow=self.flow), dtype=np.float32) for a, b in zip(onsets, apexes)])
@@ -257,13 +262,13 @@ class Recognizer:
         if not cands:
             return []
         try:
-            return list(self.features([c.onset.crop for c in cands], [c.apex.crop for c in cands]))
+            return list(self.features([(c.onset, c.apex) for c in cands]))
         except (ValueError, RuntimeError):
             # one bad pair must not stop a live run: encode pair by pair, skip (and count) the bad ones
             rows = []
             for c in cands:
                 try:
-                    rows.append(self.features([c.onset.crop], [c.apex.crop])[0])
+                    rows.append(self.features([(c.onset, c.apex)])[0])
                 except (ValueError, RuntimeError) as e:
                     self._skip(f"{type(e).__name__}: {e}")
                     rows.append(None)
@@ -313,18 +318,18 @@ class Speculator:
     """Features of the open interval's (onset, peak so far), computed before the apex is confirmed.
 
     `offer(onset, apex)` from the spotting thread (newest wins: an offer not yet started is replaced);
-    `run()` on its own thread computes one pair at a time with `encode(onset_crop, apex_crop)`;
+    `run()` on its own thread computes one pair at a time with `encode(onset, apex)` (face frames);
     `take(candidate)` from the recognizer returns the candidate's features if they were computed (or
     waits for them while they are being computed), else None. Keeps the last `keep` results.
     """
 
-    def __init__(self, encode: Callable[[np.ndarray, np.ndarray], np.ndarray], stats: RingStats | None = None,
+    def __init__(self, encode: Callable[[FaceFrame, FaceFrame], np.ndarray], stats: RingStats | None = None,
                  keep: int = 8):
         self.encode = encode
         self.stats = stats
         self.keep = keep
         self._cond = threading.Condition()
-        self._wanted: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
+        self._wanted: tuple[tuple[int, int], FaceFrame, FaceFrame] | None = None
         self._busy: tuple[int, int] | None = None
         self._done: dict[tuple[int, int], np.ndarray | None] = {}
         self._closed = False
@@ -337,12 +342,12 @@ class Speculator:
 
     def offer(self, onset: FaceFrame, apex: FaceFrame) -> None:
         key = self.key(onset, apex)
-        if onset.crop is None or apex.crop is None:
+        if onset.patch is None or apex.patch is None:
             return
         with self._cond:
             if key in self._done or key == self._busy or (self._wanted is not None and self._wanted[0] == key):
                 return
-            self._wanted = (key, onset.crop, apex.crop)
+            self._wanted = (key, onset, apex)
             self._cond.notify_all()
 
     def take(self, cand: Candidate) -> np.ndarray | None:
@@ -424,7 +429,7 @@ class Pipeline:
         if speculate is None:
             speculate = paced
         can = hasattr(spotter, "provisional") and hasattr(recognizer, "features")
-        self.speculator = (Speculator(lambda a, b: recognizer.features([a], [b])[0], self.stats)
+        self.speculator = (Speculator(lambda a, b: recognizer.features([(a, b)])[0], self.stats)
                            if speculate and can else None)
         self.events: deque[Event] = deque(maxlen=keep_events)
         self.n_events = 0

@@ -22,6 +22,7 @@ import warnings
 import cv2
 import numpy as np
 
+from realtime import framing
 from realtime.packets import Frame, FaceFrame
 
 # canonical eye centres as fractions of the crop size: the crop holds brows to chin
@@ -146,6 +147,10 @@ class _MeshBackend:
         (a, b), (c, d) = MESH_EYE_CORNERS
         return np.stack([(pts[a] + pts[b]) / 2, (pts[c] + pts[d]) / 2, (pts[MESH_MOUTH[0]] + pts[MESH_MOUTH[1]]) / 2])
 
+    def framing(self, pts: np.ndarray) -> np.ndarray:
+        """frame px -> recognition crop px, from the mesh's rigid landmarks."""
+        return framing.fit_framing(pts)
+
     def forget(self) -> None:
         self.roi = None
 
@@ -180,6 +185,10 @@ class _HaarBackend:
         """Left eye, right eye (no mouth from a box): (2, 2)."""
         return pts[2:4]
 
+    def framing(self, pts: np.ndarray) -> np.ndarray:
+        """frame px -> recognition crop px, from the two eyes (all a box gives)."""
+        return framing.eyes_framing(pts[2], pts[3])
+
     def forget(self) -> None:
         pass
 
@@ -188,7 +197,8 @@ class _HaarBackend:
 
 
 class FaceTracker:
-    """Frame -> FaceFrame: the largest face, its landmarks and an eye-aligned gray crop.
+    """Frame -> FaceFrame: the largest face, its landmarks, an eye-aligned gray crop for spotting and a
+    patch for recognition (realtime/framing.py: the face framed as in the training crops).
 
     States: "face" (tracked), "lost" (missing for less than `lost_s` seconds after being tracked),
     "no_face" (nothing, or missing for longer), "reacquired" (the first frame with a face again).
@@ -216,6 +226,8 @@ class FaceTracker:
         self.mesh_every, self.lost_s = mesh_every, lost_s
         self.anchor_filter = OneEuro(min_cutoff_hz, beta)
         self.m: np.ndarray | None = None  # current frame -> crop transform
+        self.to_crop: np.ndarray | None = None  # current frame -> recognition crop transform (unsmoothed:
+        # a candidate's two crops are cut with one transform, so landmark jitter does not reach the flow)
         self.landmarks: np.ndarray | None = None
         self.reference: np.ndarray | None = None  # small normalised crop at the last landmark check
         self.since_check = 0
@@ -251,6 +263,7 @@ class FaceTracker:
             return self._missing(frame)
         anchors = self.anchor_filter(self.backend.anchors(pts).ravel(), frame.t_video).reshape(-1, 2)
         self.m = eye_transform(anchors[0], anchors[1], self.crop_size, anchors[2] if len(anchors) > 2 else None)
+        self.to_crop = self.backend.framing(pts)
         self.landmarks = pts
         crop = self._crop(bgr)
         self.reference = _small(crop)
@@ -261,7 +274,8 @@ class FaceTracker:
         self.state, self.seen, self.missing_since = state, True, None
         lo, hi = self.landmarks.min(0), self.landmarks.max(0)
         box = (int(lo[0]), int(lo[1]), int(hi[0] - lo[0]), int(hi[1] - lo[1]))
-        return FaceFrame(frame=frame, state=state, box=box, landmarks=self.landmarks, crop=crop)
+        return FaceFrame(frame=frame, state=state, box=box, landmarks=self.landmarks, crop=crop,
+                         patch=framing.cut_patch(frame.image, self.to_crop))
 
     def _missing(self, frame: Frame) -> FaceFrame:
         if self.missing_since is None:
@@ -273,7 +287,7 @@ class FaceTracker:
             box = (int(lo[0]), int(lo[1]), int(hi[0] - lo[0]), int(hi[1] - lo[1]))
         else:
             self.state = "no_face"
-        self.m, self.reference = None, None
+        self.m, self.to_crop, self.reference = None, None, None
         self.backend.forget()
         self.anchor_filter.reset()
         return FaceFrame(frame=frame, state=self.state, box=box)

@@ -10,12 +10,19 @@ import time
 import numpy as np
 import pytest
 
+from realtime.framing import FacePatch
 from realtime.packets import Candidate, FaceFrame, Frame
 from realtime.pipeline import Aborted, Channel, DisplayState, Pipeline, Recognizer, RingStats, Speculator
 from realtime.sinks import EventLog, ListSink, VideoRecorder, annotate
 from realtime.sources import ArraySource, CameraSource, SourceError, VideoSource
 
 CROP = 32
+
+
+def flat_patch(value: int) -> FacePatch:
+    """A uniform recognition patch whose crops are CROP px of `value` (the frame is the crop: identity framing)."""
+    margin = CROP // 8
+    return FacePatch(np.full((2 * (CROP + 2 * margin),) * 2, value, np.uint8), np.eye(2, 3), CROP, margin)
 
 
 class FakeTracker:
@@ -27,7 +34,7 @@ class FakeTracker:
             time.sleep(self.delay_s)
         crop = np.full((CROP, CROP), frame.index % 256, np.uint8)
         lm = np.array([[10.0, 10.0], [20.0, 20.0]])
-        return FaceFrame(frame, "face", (4, 4, 24, 24), lm, crop)
+        return FaceFrame(frame, "face", (4, 4, 24, 24), lm, crop, flat_patch(frame.index % 256))
 
 
 class FakeSpotter:
@@ -420,7 +427,8 @@ class ProvisionalSpotter(FakeSpotter):
 
 
 def face(index: int, value: int = 0) -> FaceFrame:
-    return FaceFrame(Frame(index, time.monotonic(), index / 30, None), "face", crop=np.full((CROP, CROP), value, np.uint8))
+    return FaceFrame(Frame(index, time.monotonic(), index / 30, None), "face", crop=np.full((CROP, CROP), value, np.uint8),
+                     patch=flat_patch(value))
 
 
 def wait_for(predicate, timeout_s: float = 10.0) -> None:
@@ -434,8 +442,8 @@ def test_speculator_computes_the_newest_offer_and_hands_it_over():
     calls = []
 
     def encode(onset, apex):
-        calls.append((int(onset[0, 0]), int(apex[0, 0])))
-        return fake_encode(onset, apex)
+        calls.append((int(onset.crop[0, 0]), int(apex.crop[0, 0])))
+        return fake_encode(onset.crop, apex.crop)
 
     spec = Speculator(encode)
     spec.offer(face(0, 1), face(3, 5))
@@ -459,7 +467,7 @@ def test_speculator_take_waits_for_a_pair_being_computed():
 
     def slow(onset, apex):
         release.wait(10)
-        return fake_encode(onset, apex)
+        return fake_encode(onset.crop, apex.crop)
 
     spec = Speculator(slow)
     worker = threading.Thread(target=spec.run)
