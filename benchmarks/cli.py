@@ -13,6 +13,7 @@ BENCHMARKS = {
     "flow-recipes": ("benchmarks.flow_recipes", "cheaper TV-L1 settings on the CPU: speed against feature fidelity"),
     "engines": ("benchmarks.engines", "inference engines: batch-1 latency, batch-256 throughput"),
     "spotting": ("benchmarks.spotting", "onset/apex spotting on generated clips: MEGC F1, false alarms"),
+    "fidelity": ("benchmarks.fidelity", "live crops against ideal crops of the same generated movement: feature correlation, label agreement"),
     "latency": ("benchmarks.latency", "whole live pipeline on a generated clip: fps, per-stage latency"),
     "floor": ("benchmarks.floor", "logistic regression on the raw feature pixels under LOSO: fixed and nested-chosen penalties"),
     "stack": ("benchmarks.stack", "the deep model's and the floor's probabilities mixed, the weight chosen per LOSO fold on inner models"),
