@@ -110,13 +110,11 @@ def warm_up(engine, flow: str, encode=None) -> None:
 
 def make_pipeline(source, engine, flow="auto", tracker_backend="auto", event_sinks=(), frame_sinks=(),
                   queue_size=8, want_display=False, max_frames=None, segmented=False):
-    from mex import features
-
     from .pipeline import Pipeline, Recognizer
     from .spotting import ClipSpotter, Spotter
     from .tracking import FaceTracker
 
-    tracker = FaceTracker(crop_size=features.CROP_SIZE, backend=tracker_backend)
+    tracker = FaceTracker(backend=tracker_backend)
     spotter = (ClipSpotter if segmented else Spotter)(source.fps)
     recognizer = Recognizer(engine, flow=flow, fps=source.fps)
     return Pipeline(source, tracker, spotter, recognizer, event_sinks=event_sinks, frame_sinks=frame_sinks,

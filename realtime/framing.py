@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-CROP_SIZE = 128  # side of the recognition crop (px): what mex.features.encode gets live
+from mex.features import CROP_SIZE  # side of the recognition crop: what mex.features.encode gets live
+
 MARGIN = 0.125  # patch margin around the recognition crop, as a fraction of its side
 
 # Rigid face-mesh landmarks -> mean position in CASME II's training crops (x right, y down, 0..1 of
@@ -57,7 +58,7 @@ class FacePatch:
     image: np.ndarray
     to_crop: np.ndarray  # 2x3 float64
     size: int = CROP_SIZE
-    margin: int = int(MARGIN * CROP_SIZE)
+    margin: int = int(round(MARGIN * CROP_SIZE))
 
 
 def fit_framing(landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:

@@ -60,7 +60,7 @@ __all__ = ["Clip", "Reading", "PrepareReport", "EXCLUDED", "read_casme2", "read_
 EXCLUDED: frozenset[str] = frozenset({"others", "other", "tense"})
 
 CACHE_MANIFEST = "prepare-cache.json"
-RESIZE_RULE = "square-same-size-as-is-else-area-to-CROP_SIZE-v1"  # part of the cache key
+RESIZE_RULE = f"square-same-size-as-is-else-area-to-{_features.CROP_SIZE}-v1"  # part of the cache key
 _IMAGE_EXT = r"(?:jpg|jpeg|png|bmp)"
 
 Crop = None | tuple[int, int, int, int] | Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -35,7 +35,8 @@ from .params import TVL1Params
 __all__ = ["encode", "encode_batch", "crop_flow", "flow_to_features", "get_backend", "available_backends", "FlowBackend",
            "BackendUnavailable", "TVL1Params", "CROP_SIZE", "FLOW_PAD", "MIN_CROP_SIZE", "MIN_RANGE"]
 
-CROP_SIZE = 128  # the canonical aligned grey face crop the live pipeline passes (px per side)
+CROP_SIZE = 224  # side of the live recognition crop (px): about the databases' own face crops (CASME II's are
+# about 231 x 282), so the flow is solved at the scale the training images were computed at
 MIN_CROP_SIZE = 32  # smaller crops give a 2-level pyramid and would have to be upsampled to 28x28
 FLOW_PAD = 8  # px of replicated edge around each crop while solving (see step 2)
 MIN_RANGE = 1e-6  # a channel spanning less than this (px, or strain units) carries no signal
