@@ -336,17 +336,19 @@ class ClipSpotter(Spotter):
     median region's, is its score. Slow drift (head, lighting) moves the face along that path and
     scores little; the database clip's end, back near neutral, scores nothing; the movement, away
     from both ends, scores most. A blink is not the apex: on a frame where both eyes change by more
-    than `blink_gray / 2` from the path (a half-closed lid; an eyelid micro-movement changes less)
-    the eye regions do not count. The score is averaged over `smooth_s` and its largest frame is the apex.
+    than `blink_gray`, or by more than half of it and more than the brows (a closing lid; a brow
+    movement reaches the eyes less), the eyes and brows count as unchanged, and each region's change is the median over
+    `smooth_s`, which removes what is left of the blink around those frames; the frame with the
+    largest change is the apex.
 
     A clip holding only onset..apex frames ends at its peak, and the path runs through the movement:
-    when the best score is under half of the end's own change from the onset, the clip did not come
-    back, and the apex is the frame most unlike the onset (same regions and blink rule), usually near
-    the end.
+    when the best score is under `return_frac` of the end's own change from the onset, the clip did
+    not come back, and the apex is the frame most unlike the onset (same regions, blink rule and
+    median), usually near the end.
 
-    At most `max_frames` face frames are kept (their crops, not the frame images): when they fill up,
-    every other one is dropped and from then on only every other frame is kept (a clip of any length
-    keeps at most `max_frames`, evenly spaced; the last face frame is always kept). One candidate, at
+    At most `max_frames` face frames are kept (their crops, not the frame images): whenever they fill
+    up, every other one is dropped and the spacing of kept frames doubles (a clip of any length keeps
+    at most `max_frames`, evenly spaced; the last face frame is always kept). One candidate, at
     the end of the stream; none if the clip has fewer than two face frames."""
 
     def __init__(self, fps: float, config: SpotterConfig | None = None, max_frames: int = 1000,
@@ -411,7 +413,10 @@ class ClipSpotter(Spotter):
             off_path.append(self._regions(cv2.absdiff(work, (1 - a) * on + a * back)))
             from_onset.append(self._regions(cv2.absdiff(work, on)))
         off_path, from_onset = np.array(off_path), np.array(from_onset)
-        blink = off_path[:, 2:4].min(1) > self.cfg.blink_gray / 2  # both eyes: a closing lid
+        # a closing lid: both eyes change by more than `blink_gray` (the online rule), or by half as much
+        # and more than the brows (a brow movement reaches the eye regions less; a lid on its way does)
+        eyes = off_path[:, 2:4].min(1)
+        blink = (eyes > self.cfg.blink_gray) | ((eyes > self.cfg.blink_gray / 2) & (eyes > off_path[:, :2].max(1)))
         half = int(self.smooth_s * self.fps / self.stride / 2)
         path_score, path_region = self._scores(off_path, blink, half)
         onset_score, onset_region = self._scores(from_onset, blink, half)
