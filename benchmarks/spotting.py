@@ -1,9 +1,14 @@
-"""mex-bench spotting: the online spotter on generated clips, scored with the MEGC metric.
+"""mex-bench spotting: the online spotter on generated clips, scored with the MEGC metric, and the
+pre-segmented clip spotter's apex error.
 
-Each condition renders a few clips with realtime.synth (in memory, seeded), runs FaceTracker +
+Online: each condition renders a few clips with realtime.synth (in memory, seeded), runs FaceTracker +
 Spotter on every frame as the live pipeline would, and scores the spotted intervals against the
 planted ones (IoU >= 0.5). Neutral conditions plant nothing but head motion and blinks: every
-interval spotted there is a false alarm. Writes spotting.json and spotting.md to the results folder.
+interval spotted there is a false alarm.
+Segmented: database-like clips (`synth.database_spec`: onset to offset, a held peak, blinks, drift),
+each kind at 100 and 200 fps, through FaceTracker + ClipSpotter (`mex-live --segmented`); the found
+apex against the planted one (the hold's middle frame) and against the hold.
+Writes spotting.json and spotting.md to the results folder (`--only` runs one part).
 """
 from __future__ import annotations
 
@@ -86,26 +91,112 @@ def spot_clip(spec, config=None, progress=None, mesh_every: int = 4) -> dict:
             "spot_cpu_ms": float(np.median(spot_cpu_ms))}
 
 
+def segmented_clip(spec, spotter=None, mesh_every: int = 4) -> dict:
+    """Run tracker + ClipSpotter (or `spotter`, a class with its interface) over one database-like clip:
+    the planted event and the apex found."""
+    from realtime.packets import Frame
+    from realtime.spotting import ClipSpotter
+    from realtime.synth import render, truth
+    from realtime.tracking import FaceTracker
+
+    clip_spotter = (spotter or ClipSpotter)(spec.fps)
+    with FaceTracker(mesh_every=mesh_every) as tracker:
+        for i, image in enumerate(render(spec)):
+            clip_spotter.push(tracker.track(Frame(index=i, t_capture=time.monotonic(), t_video=i / spec.fps, image=image)))
+    found = clip_spotter.flush()
+    event = truth(spec)["events"][0]
+    apex = found[0].apex.frame.index if found else None
+    lo, hi = event["apex_span"]
+    return {"event": event, "apex": apex,
+            "error": None if apex is None else abs(apex - event["apex"]),
+            "error_hold": None if apex is None else max(0, lo - apex, apex - hi)}
+
+
+def segmented_specs(quick: bool, seed: int):
+    """Per fps (100, 200), `n` database-like clips of each kind, seeded."""
+    from realtime.synth import KINDS, database_spec
+
+    n = 1 if quick else 6
+    for fps in (100.0, 200.0):
+        for k, kind in enumerate(KINDS):
+            for j in range(n):
+                yield database_spec(kind, fps, seed=seed + 1000 * k + 100 * int(fps) + j)
+
+
+def error_stats(errors: list[int], fps: float) -> dict:
+    """Median, 90th percentile and max of apex errors in frames, and the same in ms."""
+    e = np.array(errors, np.float64)
+    frames = {"median": float(np.median(e)), "p90": float(np.percentile(e, 90)), "max": float(e.max())}
+    return {"frames": frames, "ms": {k: round(1000 * v / fps, 1) for k, v in frames.items()}}
+
+
+def run_segmented(args, console) -> tuple[list[dict], list[dict]]:
+    from rich.progress import Progress
+
+    specs = list(segmented_specs(args.quick, args.seed))
+    clips = []
+    with Progress(console=console) as bar:
+        task = bar.add_task("segmented clips: tracking, choosing the apex", total=len(specs))
+        for spec in specs:
+            res = segmented_clip(spec, mesh_every=args.mesh_every)
+            clips.append({"fps": spec.fps, "seed": spec.seed, "frames": round(spec.seconds * spec.fps), **res})
+            bar.advance(task)
+    rows = []
+    for fps in sorted({c["fps"] for c in clips}):
+        mine = [c for c in clips if c["fps"] == fps]
+        found = [c for c in mine if c["apex"] is not None]
+        rows.append({"fps": fps, "clips": len(mine), "found": len(found),
+                     "frames_median": float(np.median([c["frames"] for c in mine])),
+                     "error_apex": error_stats([c["error"] for c in found], fps),
+                     "error_hold": error_stats([c["error_hold"] for c in found], fps)})
+    return rows, clips
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--quick", action="store_true", help="one clip per condition, shorter neutral clips")
+    parser.add_argument("--quick", action="store_true",
+                        help="one clip per condition, shorter neutral clips; one segmented clip per kind and fps")
+    parser.add_argument("--only", choices=("online", "segmented"), default=None,
+                        help="run one part: the online spotter's conditions or the segmented apex error")
     parser.add_argument("--seed", type=int, default=100, help="first clip seed")
     parser.add_argument("--mesh-every", type=int, default=4, help="tracker: face mesh on every Nth frame")
 
 
 def run(args) -> int:
     from rich.console import Console
+
+    from realtime.spotting import SpotterConfig
+
+    console = Console()
+    t0 = time.perf_counter()
+    rows, clips = run_online(args, console) if args.only != "segmented" else ([], [])
+    seg_rows, seg_clips = run_segmented(args, console) if args.only != "online" else ([], [])
+    wall = time.perf_counter() - t0
+    for r in seg_rows:
+        a, h = r["error_apex"], r["error_hold"]
+        console.print(f"segmented {r['fps']:g} fps, {r['clips']} clips: apex error median/p90/max "
+                      f"{a['frames']['median']:g}/{a['frames']['p90']:g}/{a['frames']['max']:g} frames, to the hold "
+                      f"{h['frames']['median']:g}/{h['frames']['p90']:g}/{h['frames']['max']:g}")
+    env = environment()
+    out = results_dir(args.out)
+    payload = {"benchmark": "spotting", "environment": env, "config": asdict(SpotterConfig()),
+               "tracker": {"mesh_every": args.mesh_every}, "wall_s": round(wall, 1), "quick": bool(args.quick),
+               "only": args.only, "conditions": rows, "clips": clips, "segmented": seg_rows, "segmented_clips": seg_clips}
+    write_json(out / "spotting.json", payload)
+    (out / "spotting.md").write_text(markdown(rows, env, wall, seg_rows))
+    console.print(f"wrote {out / 'spotting.json'} and spotting.md ({wall:.0f} s)")
+    return 0
+
+
+def run_online(args, console) -> tuple[list[dict], list[dict]]:
     from rich.progress import Progress
     from rich.table import Table
 
     from realtime.metrics import SpotScore
-    from realtime.spotting import SpotterConfig
 
-    console = Console()
     conds = conditions(args.quick)
     total = sum(round(c.fps * c.seconds) * c.clips for c in conds)
     rows, clips = [], []
     totals = {"all planted (1-3 px)": SpotScore(), "all neutral": SpotScore()}
-    t0 = time.perf_counter()
     with Progress(console=console) as bar:
         task = bar.add_task("rendering, tracking, spotting", total=total)
         for ci, cond in enumerate(conds):
@@ -128,7 +219,6 @@ def run(args) -> int:
                          "track_ms_mean": round(float(np.mean(track_ms)), 3),
                          "spot_ms_median": round(float(np.median(spot_ms)), 3),
                          "spot_cpu_ms_median": round(float(np.median(spot_cpu_ms)), 3)})
-    wall = time.perf_counter() - t0
     for name, summed in totals.items():
         rows.append({"condition": name, "fps": None, "clips": None, "neutral": name == "all neutral",
                      **summed.to_json(), "clip_seconds": None, "apex_error_max_ms": None,
@@ -145,23 +235,45 @@ def run(args) -> int:
                       "-" if r["neutral"] else f"{r['recall']:.3f}", f1, apex, f"{r['false_alarms_per_min']:.2f}",
                       "" if r["spot_cpu_ms_median"] is None else f"{r['spot_cpu_ms_median']:.3f}")
     console.print(table)
-
-    env = environment()
-    out = results_dir(args.out)
-    payload = {"benchmark": "spotting", "environment": env, "config": asdict(SpotterConfig()),
-               "tracker": {"mesh_every": args.mesh_every},
-               "wall_s": round(wall, 1), "quick": bool(args.quick), "conditions": rows, "clips": clips}
-    write_json(out / "spotting.json", payload)
-    (out / "spotting.md").write_text(markdown(rows, env, wall))
-    console.print(f"wrote {out / 'spotting.json'} and spotting.md ({wall:.0f} s)")
-    return 0
+    return rows, clips
 
 
-def markdown(rows: list[dict], env: dict, wall: float) -> str:
+def markdown(rows: list[dict], env: dict, wall: float, seg_rows: list[dict]) -> str:
     lines = [
         "# Spotting on generated clips",
         "",
-        f"Machine `{env['machine']}` ({env['cpu_count']} CPUs, {env['cpu']}), {env['when']}, {wall:.0f} s. "
+        f"Machine `{env['machine']}` ({env['cpu_count']} CPUs, {env['cpu']}), {env['when']}, {wall:.0f} s."]
+    if rows:
+        lines += online_markdown(rows)
+    if seg_rows:
+        lines += segmented_markdown(seg_rows)
+    return "\n".join(lines) + "\n"
+
+
+def segmented_markdown(rows: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "## Pre-segmented clips (`--segmented`): apex error",
+        "",
+        "Database-like clips (`realtime.synth.database_spec`): onset to offset, the movement held at its peak "
+        "0.04-0.15 s, a full or partial blink, slow sway, a turn in depth and side light growing through "
+        "the clip; each of the five kinds at each fps. Error: frames (ms) from the found apex to the planted "
+        "one (the hold's middle frame) and to the hold (0 inside it).",
+        "",
+        "| fps | clips | median length (frames) | apex found | to the apex: median / p90 / max | "
+        "to the hold: median / p90 / max |",
+        "|---|---|---|---|---|---|",
+    ]
+    fmt = lambda e: " / ".join(f"{e['frames'][k]:g} ({e['ms'][k]:g} ms)" for k in ("median", "p90", "max"))  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['fps']:g} | {r['clips']} | {r['frames_median']:g} | {r['found']} | "
+                     f"{fmt(r['error_apex'])} | {fmt(r['error_hold'])} |")
+    return lines
+
+
+def online_markdown(rows: list[dict]) -> list[str]:
+    lines = [
+        "",
         "`mex-bench spotting`; MEGC metric: a spotted interval is a hit when its IoU with a planted one is ≥ 0.5. "
         "Neutral clips plant only head motion and blinks: everything spotted there is a false alarm. "
         "Spot CPU ms is the spotter's median CPU time per frame (thread time: robust to other jobs sharing the "
@@ -184,4 +296,4 @@ def markdown(rows: list[dict], env: dict, wall: float) -> str:
         lines.append(f"| {name} | {clips_s} | {r['tp']} | {r['fp']} | {r['fn']} | "
                      f"{r['precision']:.3f} | {'–' if dash else format(r['recall'], '.3f')} | "
                      f"{'–' if dash else format(r['f1'], '.3f')} | {apex} | {r['false_alarms_per_min']:.2f} {costs}")
-    return "\n".join(lines) + "\n"
+    return lines

@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--fps", type=float, help="camera capture rate; the rate of a --video folder of frames")
     src.add_argument("--realtime", action="store_true", help="play a file (or the demo) at its own frame rate")
     src.add_argument("--segmented", action="store_true",
-                     help="the --video is one pre-segmented clip (a database clip from its onset): onset = first "
-                          "frame, apex = the frame that differs most from it, one event at the end")
+                     help="the --video is one pre-segmented clip (a database clip, onset to offset): onset = first "
+                          "frame, apex = the frame furthest off the onset -> last-frame path (the frame "
+                          "most unlike the onset when the clip ends at its peak), one event at the end")
     src.add_argument("--seed", type=int, default=0, help="demo clip seed (default 0)")
     m = p.add_argument_group("recognition")
     m.add_argument("--model", metavar="PATH", help="exported model (.onnx, or .engine for TensorRT); default: the shipped mex/assets/default.onnx")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -179,9 +179,13 @@ class Spotter:
         `cell_px` square in the region (a lip corner moves a small patch, not a whole region); and
         the smaller of the two eyes' changes; the registration's motion."""
         aligned, motion = self._register(ref, cur)
-        diff = cv2.blur(cv2.absdiff(aligned, ref), (self.cfg.cell_px, self.cfg.cell_px))
-        d = np.array([cv2.minMaxLoc(diff[y0:y1, x0:x1])[1] for x0, y0, x1, y1 in self.boxes.values()], np.float32)
+        d = self._regions(cv2.absdiff(aligned, ref))
         return d, float(min(d[2], d[3])), motion
+
+    def _regions(self, absdiff: np.ndarray) -> np.ndarray:
+        """Per region, the largest mean of |difference| over a `cell_px` square."""
+        diff = cv2.blur(absdiff, (self.cfg.cell_px, self.cfg.cell_px))
+        return np.array([cv2.minMaxLoc(diff[y0:y1, x0:x1])[1] for x0, y0, x1, y1 in self.boxes.values()], np.float32)
 
     def _register(self, ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, float]:
         """cur warped onto ref by a small similarity, and how far that moved it (pixels at the crop's rim).
@@ -322,48 +326,102 @@ class Spotter:
 
 class ClipSpotter(Spotter):
     """One pre-segmented clip (`mex-live --segmented`): a database clip as CASME II, SAMM and SMIC
-    distribute them, starting at or just before the onset. Such a clip is shorter than the online
-    spotter's warm-up and has no still baseline to learn noise from, so nothing is spotted online.
-    The onset is the first frame with a face; every later face frame is registered onto it and
-    compared region by region as above; the apex is the frame whose largest face-region change
-    (above the median region's, in gray levels) is the greatest, the offset the last face frame.
-    One candidate, at the end of the stream; none if the clip has fewer than two face frames."""
+    distribute them, from at or just before the onset to the offset. Such a clip is shorter than the
+    online spotter's warm-up and has no still baseline to learn noise from, so nothing is spotted
+    online: the face frames are kept and the apex is chosen when the clip ends.
 
-    def __init__(self, fps: float, config: SpotterConfig | None = None):
+    The onset is the first face frame, the offset the last. Frame t, a fraction `a` of the way from
+    onset to end, is compared with the straight path between the two: onset and end crops are
+    registered onto it (as above), blended (1 - a, a), and the regional change from the blend, above the
+    median region's, is its score. Slow drift (head, lighting) moves the face along that path and
+    scores little; the database clip's end, back near neutral, scores nothing; the movement, away
+    from both ends, scores most. A blink is not the apex: on a frame where both eyes change by more
+    than `blink_gray`, or by more than half of it and more than the brows (a closing lid; a brow
+    movement reaches the eyes less), the eyes and brows count as unchanged, and each region's change is the median over
+    `smooth_s`, which removes what is left of the blink around those frames; the frame with the
+    largest change is the apex.
+
+    A clip holding only onset..apex frames ends at its peak, and the path runs through the movement:
+    when the best score is under `return_frac` of the end's own change from the onset, the clip did
+    not come back, and the apex is the frame most unlike the onset (same regions, blink rule and
+    median), usually near the end.
+
+    At most `max_frames` face frames are kept (their crops, not the frame images): whenever they fill
+    up, every other one is dropped and the spacing of kept frames doubles (a clip of any length keeps
+    at most `max_frames`, evenly spaced; the last face frame is always kept). One candidate, at
+    the end of the stream; none if the clip has fewer than two face frames."""
+
+    def __init__(self, fps: float, config: SpotterConfig | None = None, max_frames: int = 1000,
+                 smooth_s: float = 0.03):
         super().__init__(fps, config)
-        self.onset: tuple[FaceFrame, np.ndarray] | None = None  # (face, work crop)
-        self.apex: tuple[FaceFrame, float, int] | None = None  # (face, change, region)
-        self.changes: list[float] = []
-        self.last_face: int | None = None
+        self.max_frames, self.smooth_s = max_frames, smooth_s
+        # the clip came back toward neutral when its movement stands out from the onset -> end path by at
+        # least this fraction of the end's own change from the onset (generated clips: 0.43 or more for
+        # database-like clips with drift, mostly under 0.35 for clips cut at their apex)
+        self.return_frac = 0.4
+        self.kept: list[tuple[FaceFrame, np.ndarray]] = []  # (face frame without its image, work crop)
+        self.last: tuple[FaceFrame, np.ndarray] | None = None  # the latest face frame, kept or not
+        self.stride, self.n_faces = 1, 0
 
     def _push(self, ff: FaceFrame) -> list[Candidate]:
         if ff.crop is None:  # frames without a face are skipped; the onset stays
             self.history.append(0.0)
             return []
         work = self._work(ff.crop)
-        if self.onset is None:
-            self.onset = (ff, work)
+        face = replace(ff, frame=replace(ff.frame, image=None))  # the crop is kept, not the frame image
+        self.last = (face, work)
+        if self.n_faces % self.stride == 0:
+            if len(self.kept) == self.max_frames:
+                del self.kept[1::2]
+                self.stride *= 2
+            if self.n_faces % self.stride == 0:
+                self.kept.append(self.last)
+        self.n_faces += 1
+        if self.n_faces == 1:
             self.history.append(0.0)
             return []
-        d, _, _ = self._difference(self.onset[1], work)
-        d -= sorted(d.tolist())[len(d) // 2]  # whole-face change is not local motion
-        self.last_z = d
-        k = int(np.argmax(d[:6]))
-        change = float(d[k])
-        self.changes.append(change)
-        self.history.append(change)
-        self.last_face = ff.frame.index
-        if self.apex is None or change > self.apex[1]:
-            self.apex = (ff, change, k)
+        d, _, _ = self._difference(self.kept[0][1], work)  # change from the onset, for the display
+        self.last_z = d - sorted(d.tolist())[len(d) // 2]
+        self.history.append(float(self.last_z[:6].max()))
         return []
 
     def provisional(self) -> None:
         return None  # the apex is known only at the end of the clip
 
+    def _scores(self, d: np.ndarray, blink: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per frame (rows of d), the largest face region's change above the median region's, and that
+        region. On blink frames the eyes and brows count as unchanged, and each region's change is the
+        median over 2 * half + 1 frames: what is left of a blink around those frames (the lid on its way)
+        lasts a few frames, a movement's peak longer."""
+        z = (d - np.median(d, axis=1, keepdims=True))[:, :6]
+        z[blink, :4] = 0.0
+        padded = np.pad(z, ((half, half), (0, 0)), mode="edge")
+        z = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0), axis=-1)
+        return z.max(1), z.argmax(1)
+
     def flush(self) -> list[Candidate]:
-        if self.apex is None:
+        frames = self.kept if not self.kept or self.kept[-1] is self.last else [*self.kept, self.last]
+        if len(frames) < 2:
             return []
-        face, _, region = self.apex
-        return [Candidate(onset=self.onset[0], apex=face, offset_index=self.last_face,
-                          signal=np.array(self.changes, np.float32), t_apex_confirmed=time.monotonic(),
-                          region=self.names[region].split("_")[0])]
+        (onset, first), (end, last) = frames[0], frames[-1]
+        i0, n = onset.frame.index, end.frame.index - onset.frame.index
+        off_path, from_onset = [], []
+        for face, work in frames:
+            a = (face.frame.index - i0) / n
+            on, _ = self._register(work, first)
+            back, _ = self._register(work, last)
+            off_path.append(self._regions(cv2.absdiff(work, (1 - a) * on + a * back)))
+            from_onset.append(self._regions(cv2.absdiff(work, on)))
+        off_path, from_onset = np.array(off_path), np.array(from_onset)
+        # a closing lid: both eyes change by more than `blink_gray` (the online rule), or by half as much
+        # and more than the brows (a brow movement reaches the eye regions less; a lid on its way does)
+        eyes = off_path[:, 2:4].min(1)
+        blink = (eyes > self.cfg.blink_gray) | ((eyes > self.cfg.blink_gray / 2) & (eyes > off_path[:, :2].max(1)))
+        half = int(self.smooth_s * self.fps / self.stride / 2)
+        path_score, path_region = self._scores(off_path, blink, half)
+        onset_score, onset_region = self._scores(from_onset, blink, half)
+        returned = path_score.max() >= self.return_frac * onset_score[-1]
+        score, region = (path_score, path_region) if returned else (onset_score, onset_region)
+        q = 1 + int(np.argmax(score[1:]))  # the onset is not its own apex
+        return [Candidate(onset=onset, apex=frames[q][0], offset_index=end.frame.index, signal=score.astype(np.float32),
+                          t_apex_confirmed=time.monotonic(), region=self.names[region[q]].split("_")[0])]

@@ -55,8 +55,16 @@ class PlantedEvent:
     onset_s: float
     duration_s: float  # onset -> offset
     amplitude_px: float  # peak displacement in output-frame pixels
-    apex_frac: float = 0.5  # where the apex sits between onset and offset
+    apex_frac: float = 0.5  # where the apex (the hold's start) sits between onset and offset, hold excluded
     side: str = "both"  # "both" | "left" | "right"
+    hold_s: float = 0.0  # the movement stays at its peak this long (part of duration_s)
+
+
+@dataclass
+class PlantedBlink:
+    start_s: float
+    duration_s: float  # lids closing and opening again
+    closure: float = 1.0  # 1 closes the eyes fully; 0.3 is a partial blink
 
 
 @dataclass
@@ -69,9 +77,11 @@ class ClipSpec:
     kinds: tuple[str, ...] = tuple(KINDS)
     duration_s: tuple[float, float] = (1 / 25, 1 / 3)  # range drawn from, onset -> offset
     amplitude_px: tuple[float, float] = (1.0, 3.0)
-    blinks: int = 0  # eyelid closures of 0.1-0.3 s
+    blinks: list[PlantedBlink] | int = 0  # explicit blinks, or how many full closures of 0.1-0.3 s to draw
     head_motion: float = 0.0  # 0 still; 1 gentle drift of about +-8 px, +-2 deg, +-2 % scale
     head_moves: int = 0  # quick nods / shifts of 0.3-0.8 s (distractors)
+    turn: float = 0.0  # by the last frame the face is this fraction narrower (a slow turn in depth, not a similarity)
+    light: float = 0.0  # by the last frame light from one side brightens the face's edges by this many gray levels
     noise: float = 1.5  # sensor noise, gray-level sigma
     jpeg_quality: int | None = None  # per-frame JPEG round trip (None: off)
     face_px: float = 120.0  # brow-to-lower-lip height of the face in the frame
@@ -130,17 +140,21 @@ class _Bump:
 
 
 class _Warp:
-    """One planted movement: bumps scaled over time by an onset -> apex -> offset raised-cosine profile."""
+    """One planted movement: bumps scaled over time by a raised-cosine rise from onset to apex, a hold
+    at the peak up to `hold_end` (the apex itself when there is no hold) and a raised-cosine fall to offset."""
 
-    def __init__(self, bumps, onset, apex, offset, peak):
+    def __init__(self, bumps, onset, apex, offset, peak, hold_end=None):
         self.bumps, self.onset, self.apex, self.offset, self.peak = bumps, onset, apex, offset, peak
+        self.hold_end = apex if hold_end is None else hold_end
 
     def amplitude(self, i: int) -> float:
         if i <= self.onset or i >= self.offset:
             return 0.0
         if i <= self.apex:
             return self.peak * 0.5 * (1 - math.cos(math.pi * (i - self.onset) / (self.apex - self.onset)))
-        return self.peak * 0.5 * (1 + math.cos(math.pi * (i - self.apex) / (self.offset - self.apex)))
+        if i <= self.hold_end:
+            return self.peak
+        return self.peak * 0.5 * (1 + math.cos(math.pi * (i - self.hold_end) / (self.offset - self.hold_end)))
 
 
 class _Face:
@@ -237,11 +251,16 @@ class _Plan:
         for ev in sorted(planted, key=lambda e: e.onset_s):
             onset = _frames(ev.onset_s, fps)
             offset = max(onset + 2, _frames(ev.onset_s + ev.duration_s, fps))  # at least one moving frame
-            apex = min(offset - 1, max(onset + 1, onset + round((offset - onset) * ev.apex_frac)))
+            hold = _frames(ev.hold_s, fps)
+            start = min(offset - 1, max(onset + 1, onset + round((offset - onset - hold) * ev.apex_frac)))
+            end = min(offset - 1, start + hold)  # the hold: the peak from frame `start` to `end`
             peak = ev.amplitude_px / self.scale
-            self.warps.append(_Warp(_event_bumps(self.face, ev.kind, ev.side, shape), onset, apex, offset, peak))
-            self.events.append({"onset": onset, "apex": apex, "offset": offset, "region": KINDS[ev.kind],
-                                "kind": ev.kind, "side": ev.side, "amplitude_px": round(ev.amplitude_px, 3)})
+            bumps = _event_bumps(self.face, ev.kind, ev.side, shape)
+            self.warps.append(_Warp(bumps, onset, start, offset, peak, hold_end=end))
+            # the apex of a held movement is the hold's middle frame
+            self.events.append({"onset": onset, "apex": (start + end) // 2, "apex_span": [start, end],
+                                "offset": offset, "region": KINDS[ev.kind], "kind": ev.kind, "side": ev.side,
+                                "amplitude_px": round(ev.amplitude_px, 3)})
 
         self.distractors: list[dict] = []
         self.head_moves = []  # (start frame, end frame, dx px, dy px, rotation deg)
@@ -256,16 +275,22 @@ class _Plan:
             self.head_moves.append((a, b, mag * math.cos(ang), mag * math.sin(ang), rng.uniform(-3, 3)))
             self.distractors.append({"kind": "head_move", "start": a, "end": b})
 
-        for _ in range(spec.blinks):
-            length = rng.uniform(0.1, 0.3)
-            t0 = free_slot(length, 0.5)
-            if t0 is None:
-                break
-            a = _frames(t0, fps)
-            b = max(a + 2, _frames(t0 + length, fps))
+        blinks = spec.blinks
+        if isinstance(blinks, int):
+            drawn = []
+            for _ in range(blinks):
+                length = rng.uniform(0.1, 0.3)
+                t0 = free_slot(length, 0.5)
+                if t0 is None:
+                    break
+                drawn.append(PlantedBlink(t0, length))
+            blinks = drawn
+        for blink in blinks:
+            a = _frames(blink.start_s, fps)
+            b = max(a + 2, _frames(blink.start_s + blink.duration_s, fps))
             apex = a + max(1, round((b - a) * 0.4))  # closing is faster than opening
-            self.warps.append(_Warp(_blink_bumps(self.face, shape), a, min(apex, b - 1), b, 1.0))
-            self.distractors.append({"kind": "blink", "start": a, "end": b})
+            self.warps.append(_Warp(_blink_bumps(self.face, shape), a, min(apex, b - 1), b, blink.closure))
+            self.distractors.append({"kind": "blink", "start": a, "end": b, "closure": blink.closure})
 
         # slow drift: two sinusoids per degree of freedom with random phases
         self.drift = rng.uniform(0, 2 * math.pi, size=(4, 2)), rng.uniform(0.08, 0.5, size=(4, 2))
@@ -335,9 +360,16 @@ def render(spec: ClipSpec) -> Iterator[np.ndarray]:
         m = cv2.getRotationMatrix2D((float(plan.face.center[0]), float(plan.face.center[1])), rot,
                                     plan.scale * math.exp(logs))
         m[:, 2] += np.array([w / 2 + mx, h / 2 + my]) - plan.face.center
+        late = i / max(1, plan.n - 1)  # the slow changes grow linearly through the clip
+        if spec.turn:  # narrower about the face's vertical axis
+            sx = 1 - spec.turn * late
+            m[0] = sx * m[0] + np.array([0, 0, (1 - sx) * (w / 2 + mx)])
         frame = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         if spec.second_face:
             _paste_second_face(frame, spec.second_face)
+        if spec.light:
+            ramp = np.linspace(-spec.light * late, spec.light * late, w, dtype=np.float32)[None, :, None]
+            frame = np.clip(frame + ramp, 0, 255).astype(np.uint8)
         if spec.noise > 0:
             oy, ox = rng.integers(0, 64, size=2)
             frame = cv2.add(frame, pool[oy:oy + h, ox:ox + w], dtype=cv2.CV_8U)
@@ -378,3 +410,29 @@ def demo_spec(seed: int = 0) -> ClipSpec:
     """The Quickstart demo: 20 s at 30 fps of the astronaut, six micro-expressions, blinks, gentle head motion."""
     return ClipSpec(photo="astronaut.jpg", fps=30.0, seconds=20.0, events=6, duration_s=(0.2, 1 / 3),
                     amplitude_px=(2.0, 3.0), blinks=3, head_motion=0.5, head_moves=1, noise=1.5, seed=seed)
+
+
+def database_spec(kind: str, fps: float, seed: int = 0, blinks: int = 1) -> ClipSpec:
+    """One clip as CASME II, SAMM and SMIC distribute them: the face filling the frame (CASME II's
+    `Cropped` frames are about 231x282), from a few frames before the onset to the offset. The movement
+    rises over 0.06-0.2 s, holds its peak for 0.04-0.15 s and falls back over 0.1-0.25 s (truth: the
+    hold as `apex_span`, its middle frame as `apex`); the clip holds `blinks` blinks of 0.1-0.25 s, one
+    per equal share of the clip (full or partial: closing the lids 30-100 %), wherever they fall against
+    the movement; the head sways slowly throughout, and turns in depth (up to 3 % narrower) and is lit
+    from one side (up to 6 gray levels at the face's edges) more and more by the end: changes that no
+    registration removes and that grow through the clip, as in real clips."""
+    rng = np.random.default_rng(seed)
+    lead, rise, hold, fall = rng.uniform(0, 0.02), rng.uniform(0.06, 0.2), rng.uniform(0.04, 0.15), rng.uniform(0.1, 0.25)
+    seconds = lead + rise + hold + fall
+    event = PlantedEvent(kind, onset_s=lead, duration_s=rise + hold + fall, amplitude_px=float(rng.uniform(1.5, 3.0)),
+                         apex_frac=rise / (rise + fall), side=str(rng.choice(["both", "both", "left", "right"])),
+                         hold_s=hold)
+    share = seconds / max(1, blinks)
+    planted = []
+    for k in range(blinks):
+        length = min(share, rng.uniform(0.1, 0.25))
+        closure = float(min(1.0, rng.uniform(0.3, 1.4)))  # about a third of them full
+        planted.append(PlantedBlink(k * share + float(rng.uniform(0, share - length)), float(length), closure))
+    return ClipSpec(fps=fps, seconds=seconds + 1 / fps, size=(232, 280), events=[event], blinks=planted,
+                    head_motion=1.0, turn=float(rng.uniform(-0.03, 0.03)), light=float(rng.uniform(-6, 6)),
+                    noise=1.5, jpeg_quality=90, face_px=150.0, seed=seed)

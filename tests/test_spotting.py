@@ -6,7 +6,7 @@ import pytest
 from realtime.metrics import SpotScore, iou, match, score
 from realtime.packets import FaceFrame, Frame
 from realtime.spotting import Spotter, SpotterConfig
-from realtime.synth import ClipSpec, PlantedEvent, render, truth
+from realtime.synth import ClipSpec, PlantedBlink, PlantedEvent, render, truth
 
 
 # -- the metric on hand-made intervals --------------------------------------------------------------
@@ -129,3 +129,60 @@ def test_no_face_frames_are_skipped_and_reset():
         assert spotter.push(ff) == []
     assert spotter.flush() == []
     assert np.all(spotter.signal_history() == 0)
+
+
+# -- pre-segmented clips (ClipSpotter) -----------------------------------------------------------------
+def clip_apex(spec) -> int:
+    pytest.importorskip("mediapipe")
+    from realtime.spotting import ClipSpotter
+    from realtime.tracking import FaceTracker
+
+    spotter = ClipSpotter(spec.fps)
+    with FaceTracker() as tracker:
+        for i, image in enumerate(render(spec)):
+            assert spotter.push(tracker.track(Frame(i, time.monotonic(), i / spec.fps, image))) == []
+    (cand,) = spotter.flush()
+    assert cand.onset.frame.index == 0 and cand.offset_index == truth(spec)["frames"] - 1
+    return cand.apex.frame.index
+
+
+def database_clip(seconds: float = 0.4):
+    """200 fps, a brow raise held 60 ms (frames 15-27), back to neutral at the clip's end; a full blink
+    after the hold; the head sways, turns and is lit from one side more and more (drift)."""
+    event = PlantedEvent("brow_raise", onset_s=0.01, duration_s=0.38, amplitude_px=3.0, apex_frac=0.2, hold_s=0.06)
+    return ClipSpec(fps=200.0, seconds=seconds, size=(192, 224), face_px=120.0, events=[event],
+                    blinks=[PlantedBlink(start_s=0.22, duration_s=0.12)], head_motion=1.0, turn=0.03, light=6.0,
+                    jpeg_quality=90, seed=4)
+
+
+def test_clip_apex_is_in_the_hold_despite_a_later_blink_and_drift():
+    """The frame most unlike the onset is in the blink; the frame furthest off the onset -> end path,
+    eyes and brows not counted while the lids move, is in the hold."""
+    spec = database_clip()
+    lo, hi = truth(spec)["events"][0]["apex_span"]
+    apex = clip_apex(spec)
+    assert lo - 3 <= apex <= hi + 3, (apex, (lo, hi))
+
+
+def test_clip_cut_at_its_apex_gets_an_apex_near_its_end():
+    """onset..apex only: the clip does not come back, so the apex is the frame most unlike the onset."""
+    lo, _ = truth(database_clip())["events"][0]["apex_span"]
+    spec = database_clip(seconds=(lo + 1) / 200)
+    apex = clip_apex(spec)
+    assert apex >= lo - 3, (apex, lo)
+
+
+def test_clip_spotter_keeps_a_bounded_evenly_spaced_clip():
+    from realtime.spotting import ClipSpotter
+
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 255, (128, 128), np.uint8)
+    spotter = ClipSpotter(200, max_frames=8)
+    for i in range(41):
+        image = np.zeros((4, 4, 3), np.uint8)
+        assert spotter.push(FaceFrame(frame=Frame(i, 0.0, i / 200, image), state="face", crop=face)) == []
+    kept = [f.frame.index for f, _ in spotter.kept]
+    assert len(kept) <= 8 and kept == list(range(0, 41, 8)) and spotter.last[0].frame.index == 40
+    assert all(f.frame.image is None for f, _ in spotter.kept)  # crops kept, not frame images
+    (cand,) = spotter.flush()
+    assert cand.onset.frame.index == 0 and cand.offset_index == 40 and 0 < cand.apex.frame.index <= 40
