@@ -351,7 +351,7 @@ class ClipSpotter(Spotter):
     at most `max_frames`, evenly spaced; the last face frame is always kept). One candidate, at
     the end of the stream; none if the clip has fewer than two face frames."""
 
-    def __init__(self, fps: float, config: SpotterConfig | None = None, max_frames: int = 1000,
+    def __init__(self, fps: float, config: SpotterConfig | None = None, max_frames: int = 500,
                  smooth_s: float = 0.03):
         super().__init__(fps, config)
         self.max_frames, self.smooth_s = max_frames, smooth_s

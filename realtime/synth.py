@@ -47,6 +47,16 @@ KINDS = {
     "lip_corner_pull": "mouth",  # AU12
     "lip_corner_depress": "mouth",  # AU15
 }
+# The class MEGC's grouping of the databases' emotions most often gives each single movement (CASME II
+# codes AU1+2 mostly as surprise, AU4 / AU7 / AU15 as disgust or repression, AU12 as happiness). A
+# planted movement is one action unit, not an acted emotion: the demo compares labels with this.
+USUAL_CLASS = {
+    "brow_raise": "surprise",
+    "brow_lower": "negative",
+    "eyelid_tighten": "negative",
+    "lip_corner_pull": "positive",
+    "lip_corner_depress": "negative",
+}
 
 
 @dataclass
