@@ -1,6 +1,8 @@
-"""Face tracking and alignment: Frame -> FaceFrame with an aligned gray crop.
+"""Face tracking and alignment: Frame -> FaceFrame with an aligned gray crop for spotting and a patch
+for recognition (realtime/framing.py: the face framed as in the training crops, from the mesh's rigid
+landmarks at each landmark run; cut per frame, so the spotter's window holds it for any frame).
 
-The crop is a similarity transform of the frame that puts the two eye centres (the mean of each
+The spotting crop is a similarity transform of the frame that puts the two eye centres (the mean of each
 eye's two corners: corners do not move when the eye blinks) at fixed canonical positions, so the
 same pixel of the crop is the same place on the face from frame to frame. (A face turned sideways
 has its eyes close together; its scale is capped so that the mouth stays inside the crop.)
