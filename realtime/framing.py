@@ -10,9 +10,11 @@ other cells of the 28 x 28 grid than training did. So:
    its rigid landmarks (eye corners and the nose line, which micro-expressions do not move) to where
    they sit in CASME II's crops (`TARGET`). CASME II and SMIC frame alike; SAMM's crops show more
    of the head.
-2. Patches. The tracker cuts, per frame, a grey `FacePatch`: the recognition crop plus a margin, at
-   twice its resolution, with the transform it was cut with. Small and independent of the frame's size,
-   so the spotter's window can hold it for every frame.
+2. Patches. The tracker cuts, per frame, a grey `FacePatch`: the recognition crop plus a margin, with
+   the transform it was cut with; at twice the crop's resolution where the face is larger than the
+   crop (the crops are then halved with a Gaussian: a shrunk face aliases, and aliasing changes with
+   sub-pixel position, which would read as motion), else at the crop's own. Small and independent of
+   the frame's size, so the spotter's window can hold it for every frame.
 3. One transform for the pair. `pair_crops` cuts the apex with the ONSET's transform (the composition
    of the two patches' transforms is exact, so landmark jitter between the two frames does not enter)
    and then registers the apex crop onto the onset crop on the nose (`STABLE`) with a robust
@@ -52,13 +54,14 @@ STABLE = (0.38, 0.32, 0.62, 0.60)
 
 @dataclass
 class FacePatch:
-    """The recognition crop's surroundings in one frame: grey uint8 at twice the crop's resolution with a
-    margin of `margin` crop px on each side; `to_crop` maps frame px to recognition-crop px."""
+    """The recognition crop's surroundings in one frame: grey uint8 at `oversample` times the crop's
+    resolution with a margin of `margin` crop px on each side; `to_crop` maps frame px to crop px."""
 
     image: np.ndarray
     to_crop: np.ndarray  # 2x3 float64
     size: int = CROP_SIZE
     margin: int = int(round(MARGIN * CROP_SIZE))
+    oversample: int = 1  # 2 where the frame's face is larger than the crop
 
 
 def fit_framing(landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
@@ -80,19 +83,22 @@ def eyes_framing(left: np.ndarray, right: np.ndarray, size: int = CROP_SIZE) -> 
     return m
 
 
-def _patch_transform(to_crop: np.ndarray, size: int, margin: int) -> np.ndarray:
-    """frame px -> patch px: crop px shifted by the margin, at twice the resolution."""
-    return 2.0 * (to_crop + np.array([[0.0, 0.0, margin], [0.0, 0.0, margin]]))
+def _patch_transform(patch: FacePatch) -> np.ndarray:
+    """frame px -> patch px: crop px shifted by the margin, times the oversampling."""
+    return patch.oversample * (patch.to_crop + np.array([[0.0, 0.0, patch.margin], [0.0, 0.0, patch.margin]]))
 
 
 def cut_patch(bgr: np.ndarray, to_crop: np.ndarray, size: int = CROP_SIZE) -> FacePatch:
     """The patch of one frame (BGR or grey uint8) for the recognition-crop transform `to_crop`."""
-    margin = int(round(MARGIN * size))
-    n = 2 * (size + 2 * margin)
+    to_crop = np.asarray(to_crop, np.float64)
+    shrinks = abs(np.linalg.det(to_crop[:, :2])) < 1.0
+    patch = FacePatch(image=np.empty(0, np.uint8), to_crop=to_crop, size=size, margin=int(round(MARGIN * size)),
+                      oversample=2 if shrinks else 1)
+    n = patch.oversample * (size + 2 * patch.margin)
     gray = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    image = cv2.warpAffine(gray, _patch_transform(to_crop, size, margin), (n, n), flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
-    return FacePatch(image=image, to_crop=np.asarray(to_crop, np.float64), size=size, margin=margin)
+    patch.image = cv2.warpAffine(gray, _patch_transform(patch), (n, n), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE)
+    return patch
 
 
 def _affine3(m: np.ndarray) -> np.ndarray:
@@ -100,14 +106,15 @@ def _affine3(m: np.ndarray) -> np.ndarray:
 
 
 def _crop_from(patch: FacePatch, crop_to_frame: np.ndarray) -> np.ndarray:
-    """The crop whose pixel x shows frame point crop_to_frame(x), sampled from the patch at twice the
-    resolution and halved (as the tracker's crops are: sub-pixel aliasing would read as motion)."""
-    s, n = patch.size, 2 * patch.size
-    half = np.array([[0.5, 0, 0], [0, 0.5, 0], [0, 0, 1.0]])  # crop x2 px -> crop px
-    m = _affine3(_patch_transform(patch.to_crop, s, patch.margin)) @ _affine3(crop_to_frame) @ half
-    big = cv2.warpAffine(patch.image, m[:2], (n, n), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REPLICATE)
-    return cv2.pyrDown(big)
+    """The crop whose pixel x shows frame point crop_to_frame(x), sampled from the patch at its
+    resolution (an oversampled one is then halved with a Gaussian)."""
+    k = patch.oversample
+    n = k * patch.size
+    down = np.diag([1.0 / k, 1.0 / k, 1.0])  # sampled px -> crop px
+    m = _affine3(_patch_transform(patch)) @ _affine3(crop_to_frame) @ down
+    sampled = cv2.warpAffine(patch.image, m[:2], (n, n), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+    return cv2.pyrDown(sampled) if k == 2 else sampled
 
 
 def stable_mask(size: int) -> np.ndarray:
@@ -173,12 +180,24 @@ def register(onset: np.ndarray, apex: np.ndarray, to_crop: np.ndarray | None = N
     return _similarity(p, size / 2, turn)
 
 
+def _resample(patch: FacePatch, oversample: int) -> FacePatch:
+    """The patch at another oversampling (patch px scale with it: pixel x of the new one is old x * ratio)."""
+    n = oversample * (patch.size + 2 * patch.margin)
+    ratio = oversample / patch.oversample
+    image = cv2.warpAffine(patch.image, np.array([[ratio, 0.0, 0.0], [0.0, ratio, 0.0]]), (n, n),
+                           flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    return FacePatch(image=image, to_crop=patch.to_crop, size=patch.size, margin=patch.margin, oversample=oversample)
+
+
 def pair_crops(onset: FacePatch, apex: FacePatch, registered: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The (onset, apex) recognition crops, grey uint8 (size, size): both cut with the onset's framing,
     the apex then registered onto the onset (`registered=False`: each cut with its own framing, for
     comparison in mex-bench fidelity)."""
     if onset.size != apex.size:
         raise ValueError(f"onset patch is for {onset.size} px crops but apex patch for {apex.size} px")
+    if onset.oversample != apex.oversample:  # the face crossed the crop's size: cut both alike
+        k = max(onset.oversample, apex.oversample)
+        onset, apex = (p if p.oversample == k else _resample(p, k) for p in (onset, apex))
     onset_crop = _crop_from(onset, np.linalg.inv(_affine3(onset.to_crop))[:2])
     if not registered:
         return onset_crop, _crop_from(apex, np.linalg.inv(_affine3(apex.to_crop))[:2])

@@ -50,8 +50,9 @@ def test_recognition_crop_frames_the_face_as_the_training_crops_do():
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=True) as mesh:
         found = mesh.process(cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)).multi_face_landmarks
     lm = np.array([(p.x, p.y) for p in found[0].landmark])
-    for i in (33, 133, 362, 263, 1):  # eye corners and nose tip where CASME II's crops have them
-        assert lm[i] == pytest.approx(framing.TARGET[i], abs=0.025), i
+    # eye corners and nose tip where CASME II's crops have them, within about 3 of their std over the 145 crops
+    for i in (33, 133, 362, 263, 1):
+        assert lm[i] == pytest.approx(framing.TARGET[i], abs=0.03), i
 
 
 def test_a_pure_head_move_between_onset_and_apex_leaves_almost_no_flow():
@@ -99,6 +100,29 @@ def test_eyes_framing_puts_the_eyes_where_the_target_has_them():
     m = framing.eyes_framing(np.array([100.0, 120.0]), np.array([160.0, 110.0]), size=128)
     got = (m @ np.array([[100.0, 120.0, 1.0], [160.0, 110.0, 1.0]]).T).T
     np.testing.assert_allclose(got, framing.TARGET_EYES * 128, atol=1e-9)
+
+
+@pytest.mark.parametrize("det", [0.8, 1.25])
+def test_a_patch_is_oversampled_where_the_face_is_larger_than_the_crop(det):
+    """A shrinking transform cuts at twice the crop's resolution (aliasing); both kinds give the same
+    crops, and a pair mixing them (the face crossed the crop's size) is cut alike."""
+    rng = np.random.default_rng(1)
+    frame = cv2.GaussianBlur(rng.uniform(0, 255, (400, 400)).astype(np.float32), (0, 0), 3.0)
+    frame = cv2.normalize(frame, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    s = math.sqrt(det)
+    to_crop = np.array([[s, 0.0, -40.0], [0.0, s, -30.0]])
+    patch = framing.cut_patch(frame, to_crop, size=96)
+    assert patch.oversample == (2 if det < 1 else 1)
+    want = cv2.warpAffine(frame, to_crop, (96, 96), flags=cv2.INTER_CUBIC)
+    crop, _ = framing.pair_crops(patch, patch)
+    inner = np.s_[8:-8, 8:-8]
+    assert np.abs(crop[inner].astype(float) - want[inner]).mean() < 3.0
+    other = framing.cut_patch(frame, to_crop * np.array([[1.0], [1.0]]) * (1.3 if det < 1 else 0.7), size=96)
+    assert other.oversample != patch.oversample
+    a, b = framing.pair_crops(patch, other, registered=False)
+    assert a.shape == b.shape == (96, 96)
+    _, b1 = framing.pair_crops(other, other, registered=False)
+    assert np.abs(b[inner].astype(float) - b1[inner]).mean() < 1.5
 
 
 def test_patches_of_different_crop_sizes_are_refused():

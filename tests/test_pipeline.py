@@ -22,7 +22,7 @@ CROP = 32
 def flat_patch(value: int) -> FacePatch:
     """A uniform recognition patch whose crops are CROP px of `value` (the frame is the crop: identity framing)."""
     margin = CROP // 8
-    return FacePatch(np.full((2 * (CROP + 2 * margin),) * 2, value, np.uint8), np.eye(2, 3), CROP, margin)
+    return FacePatch(np.full((CROP + 2 * margin,) * 2, value, np.uint8), np.eye(2, 3), CROP, margin)
 
 
 class FakeTracker:
