@@ -357,8 +357,10 @@ class ClipSpotter(Spotter):
         self.max_frames, self.smooth_s = max_frames, smooth_s
         # the clip came back toward neutral when its movement stands out from the onset -> end path by at
         # least this fraction of the end's own change from the onset (generated clips: 0.43 or more for
-        # database-like clips with drift, mostly under 0.35 for clips cut at their apex)
-        self.return_frac = 0.4
+        # database-like clips with drift, mostly under 0.35 for clips cut at their apex). Set low: a
+        # database clip is what --segmented is for, and "most unlike the onset" is the rule that picked
+        # apexes at the end of real CASME II clips
+        self.return_frac = 0.3
         self.kept: list[tuple[FaceFrame, np.ndarray]] = []  # (face frame without its image, work crop)
         self.last: tuple[FaceFrame, np.ndarray] | None = None  # the latest face frame, kept or not
         self.stride, self.n_faces = 1, 0
