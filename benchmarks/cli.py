@@ -17,6 +17,7 @@ BENCHMARKS = {
     "latency": ("benchmarks.latency", "whole live pipeline on a generated clip: fps, per-stage latency"),
     "floor": ("benchmarks.floor", "logistic regression on the raw feature pixels under LOSO: fixed and nested-chosen penalties"),
     "stack": ("benchmarks.stack", "the deep model's and the floor's probabilities mixed, the weight chosen per LOSO fold on inner models"),
+    "live-gap": ("benchmarks.live_gap", "LOSO scored on the composite images and on mex.features.encode's encodings of the same clips"),
     "encoding": ("benchmarks.encoding", "mex.features on raw clips (mex-train prepare) against the composite set's images"),
 }
 

@@ -83,9 +83,12 @@ def mirror(x: torch.Tensor) -> torch.Tensor:
 def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
     """Flow-aware augmentation of (..., 3, 28, 28) images in [0, 1], channels (u, v, strain).
 
-    A horizontal flip mirrors the motion (`mirror`). Shifts and small rotations move the pattern; a
-    rotation by a few degrees changes the flow vectors' direction by the same few degrees, which the
-    min-max encoding cannot follow exactly and which we accept as noise at <= 5 degrees.
+    A horizontal flip mirrors the motion (`mirror`). Shifts, small rotations and zooms move the
+    pattern; a rotation by a few degrees changes the flow vectors' direction by the same few degrees,
+    which the min-max encoding cannot follow exactly and which we accept as noise at <= 5 degrees.
+    The blur/sharpen and the redone min-max scaling (`rescale`) span what another encoder of the
+    same motion changes. Each step draws random numbers only when it is on, so a recipe without
+    it gets the same batches as before the step existed.
     """
     shape = x.shape
     x = x.reshape(-1, *shape[-3:])
@@ -93,14 +96,44 @@ def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tens
     if recipe.flip:
         flip = torch.rand(n, device=dev, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], mirror(x), x)
-    if recipe.shift_px > 0 or recipe.rotate_deg > 0:
+    if recipe.shift_px > 0 or recipe.rotate_deg > 0 or recipe.zoom > 0:
         angle = (torch.rand(n, device=dev, generator=gen) * 2 - 1) * math.radians(recipe.rotate_deg)
         shift = (torch.rand(n, 2, device=dev, generator=gen) * 2 - 1) * (2 * recipe.shift_px / shape[-1])
         cos, sin = torch.cos(angle), torch.sin(angle)
+        if recipe.zoom > 0:  # the grid samples 1/scale of the image: scale > 1 zooms in
+            scale = 1 + (torch.rand(n, device=dev, generator=gen) * 2 - 1) * recipe.zoom
+            cos, sin = cos / scale, sin / scale
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = nn.functional.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
         x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if recipe.blur > 0:
+        k = (torch.rand(n, 1, 1, 1, device=dev, generator=gen) * 2 - 1) * recipe.blur
+        x = (x + k * (x - box3(x))).clamp(0, 1)
+    if recipe.span_min != 1 or recipe.span_max != 1:
+        x = rescale(x, recipe.span_min, recipe.span_max, gen)
     return x.reshape(shape)
+
+
+def box3(x: torch.Tensor) -> torch.Tensor:
+    """(n, C, H, W) images smoothed by a 3x3 box per channel, the border replicated."""
+    return nn.functional.avg_pool2d(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+
+def rescale(x: torch.Tensor, span_min: float, span_max: float, gen: torch.Generator) -> torch.Tensor:
+    """(n, 3, H, W) images with each channel's min-max scaling redone at random.
+
+    An encoder scales each channel by its extreme pixels, which are a few pixels wherever the flow
+    is noisiest and differ between encoders of the same motion. Had the extremes spanned `span`
+    times the image's range (span > 1: a spike elsewhere, the rest compressed) or only part of it
+    (span < 1: those pixels clipped), the channel would read clip((x - lo) / span) with lo somewhere
+    in [min(0, 1 - span), max(0, 1 - span)]: span is drawn log-uniform in [span_min, span_max] and
+    where the extra range lies (below, above, split) uniformly.
+    """
+    n, c = x.shape[:2]
+    u = torch.rand(n, c, 2, 1, 1, device=x.device, generator=gen)
+    span = span_min * (span_max / span_min) ** u[:, :, 0]
+    lo = (1 - span) * u[:, :, 1]
+    return ((x - lo) / span).clamp(0, 1)
 
 
 def lr_factor(recipe: Recipe, epoch_progress: float) -> float:

@@ -87,6 +87,18 @@ def _profile(args, extra_sets: list[str] = ()):
     return prof
 
 
+def _add_live(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--live", default="data/casme2-live-encoded", metavar="DIR",
+                   help="live-encoded clips (composite format) trained on when the recipe's live_clips is on")
+
+
+def _live(args, prof):
+    """The --live folder, read only when the recipe trains on it."""
+    from mex.composite import load_flow_folder
+
+    return load_flow_folder(args.live) if prof.recipe.live_clips else None
+
+
 def cmd_loso(args) -> int:
 
     from mex.composite import load_flow_folder
@@ -105,7 +117,7 @@ def cmd_loso(args) -> int:
     with _progress() as progress:
         results = run_loso(
             data, prof, out, device, seed=args.seed, eval_every=args.eval_every, progress=progress, save_every_s=args.save_every,
-            precision=args.precision,
+            precision=args.precision, live=_live(args, prof),
         )
     write_reports(out)
     p = results["pooled"]
@@ -129,7 +141,7 @@ def cmd_fit(args) -> int:
     with _progress() as progress:
         path = fit_all(
             data, prof, Path(args.out), pick_device(args.device), args.seed, progress, loso_dir=args.loso, save_every_s=args.save_every,
-            precision=args.precision,
+            precision=args.precision, live=_live(args, prof),
         )
     console.print(f"wrote {path}")
     return 0
@@ -204,10 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("loso", help="leave-one-subject-out: all folds trained at once, pooled UF1/UAR")
     _add_common(p)
+    _add_live(p)
     p.add_argument("--eval-every", type=int, default=10, help="epochs between points of the UF1/UAR curve")
     p.set_defaults(func=cmd_loso)
     p = sub.add_parser("fit", help="train on all clips with the profile's recipe; writes a checkpoint")
     _add_common(p)
+    _add_live(p)
     p.add_argument("--loso", help="a LOSO run folder of the same profile, whose numbers go into the model card")
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("select", help="nested selection: each fold picks a candidate recipe on held-out training subjects")

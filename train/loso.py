@@ -28,7 +28,7 @@ from mex.models import build_model, num_params
 
 from .batched import Members, augment, autocast, lr_factor, mirror, optimizer, resolve_precision
 from .metrics import uf1_uar
-from .recipes import Profile, pinned_profile
+from .recipes import Profile, Recipe, pinned_profile
 
 STATE = "state.pt"
 
@@ -68,18 +68,25 @@ def run_loso(
     progress=None,
     save_every_s: float = 30.0,
     precision: str = "auto",
+    live: FlowSet | None = None,
+    predict_also: dict[str, FlowSet] | None = None,
 ) -> dict:
-    """Train and score; writes OUT/predictions.csv, OUT/curve.csv, OUT/results.json. Returns results."""
+    """Train and score; writes OUT/predictions.csv, OUT/curve.csv, OUT/results.json. Returns results.
+
+    `live`: live-encoded clips to train on when the recipe's `live_clips` is on (see `training_clips`).
+    `predict_also`: name -> clips of the folds' subjects, each predicted by the fold model that held out
+    its subject, written to OUT/predictions-NAME.csv (scored by whoever asked for them).
+    """
     out.mkdir(parents=True, exist_ok=True)
     subjects, fold_of = loso_folds(data)
     n_folds, n_seeds = len(subjects), profile.recipe.seeds
     precision = resolve_precision(precision, device)
-    pin_run(out, loso_run_args(data, profile, seed, precision))
+    train_set, train_fold = training_clips(data, profile.recipe, live)
+    pin_run(out, loso_run_args(data, profile, seed, precision, live if profile.recipe.live_clips else None))
 
-    fold = torch.from_numpy(fold_of).to(device)
     # member m = (fold m // n_seeds, seed m % n_seeds)
     member_fold = torch.arange(n_folds, device=device).repeat_interleave(n_seeds)
-    train_mask = fold[None, :] != member_fold[:, None]  # (members, N)
+    train_mask = torch.from_numpy(train_fold).to(device)[None, :] != member_fold[:, None]  # (members, clips trained on)
     test_idx = padded_index([np.flatnonzero(fold_of == f) for f in range(n_folds)], device)  # (folds, T)
     y = torch.from_numpy(data.y).to(device)
 
@@ -89,11 +96,16 @@ def run_loso(
         return uf1_uar(*_pooled(_predict(members, params, x, test_idx, n_seeds, tta), y, test_idx))
 
     members, params, log = train_members(
-        data, train_mask, profile, out, device, seed, progress, evaluate, eval_every, save_every_s, precision
+        train_set, train_mask, profile, out, device, seed, progress, evaluate, eval_every, save_every_s, precision
     )
     probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds, tta)
     rows = _prediction_rows(data, probs, test_idx)
     write_csv(out / "predictions.csv", rows)
+    for name, other in (predict_also or {}).items():
+        other_fold = fold_index(other, subjects, name)
+        other_idx = padded_index([np.flatnonzero(other_fold == f) for f in range(n_folds)], device)
+        other_probs = _predict(members, params, torch.from_numpy(other.x).to(device), other_idx, n_seeds, tta)
+        write_csv(out / f"predictions-{name}.csv", _prediction_rows(other, other_probs, other_idx))
     write_csv(out / "curve.csv", log.curve, ["epoch", "loss", "uf1", "uar"])
     results = score_rows(rows)
     recipe = profile.recipe
@@ -273,10 +285,36 @@ def train_members(
     return members, ema or members.params, TrainLog(curve, wall_before + time.perf_counter() - t0, segments)
 
 
-def loso_run_args(data: FlowSet, profile: Profile, seed: int, precision: str) -> dict:
+def fold_index(clips: FlowSet, subjects: list[str], what: str) -> np.ndarray:
+    """Each clip's fold: the index of its subject among the LOSO `subjects`."""
+    index = {s: i for i, s in enumerate(subjects)}
+    unknown = sorted(set(clips.subject) - set(index))
+    if unknown:
+        raise ValueError(f"{clips.root}: {what} clips of subject(s) {', '.join(unknown)}, which are not in the LOSO data")
+    return np.array([index[s] for s in clips.subject])
+
+
+def training_clips(data: FlowSet, recipe: Recipe, live: FlowSet | None) -> tuple[FlowSet, np.ndarray]:
+    """The clips the folds train on and each one's fold: `data`, then, when the recipe's `live_clips` is
+    on, the `live` clips, each counting as its subject's, so that no fold trains on the live encoding of
+    its held-out subject."""
+    _, fold_of = loso_folds(data)
+    if not recipe.live_clips:
+        return data, fold_of
+    if live is None:
+        raise ValueError("the recipe trains on live-encoded clips (live_clips): give their folder (--live)")
+    both = FlowSet(np.concatenate([data.x, live.x]), np.concatenate([data.y, live.y]), data.dataset + live.dataset,
+                   data.subject + live.subject, data.clip + live.clip, data.root)
+    return both, np.concatenate([fold_of, fold_index(live, data.subjects, "live")])
+
+
+def loso_run_args(data: FlowSet, profile: Profile, seed: int, precision: str, live: FlowSet | None = None) -> dict:
     """What OUT/run.json of a LOSO run pins (precision resolved): equal arguments, equal run."""
-    return {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": data.subjects,
+    args = {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": data.subjects,
             "precision": precision}
+    if live is not None:  # only runs that train on live clips pin them, so older runs stay comparable
+        args["live"] = str(live.root.resolve())
+    return args
 
 
 def _comparable(pinned: dict, like: dict) -> dict:
@@ -286,8 +324,9 @@ def _comparable(pinned: dict, like: dict) -> dict:
     out = dict(pinned)
     if "precision" in like:
         out.setdefault("precision", "fp32")
-    if "data" in out:
-        out["data"] = str(Path(out["data"]).resolve())
+    for key in ("data", "live"):
+        if key in out:
+            out[key] = str(Path(out[key]).resolve())
     if "profile" in out:
         out["profile"] = pinned_profile(out["profile"])
     return out

@@ -28,6 +28,16 @@ class Recipe:
     flip: bool = False  # horizontal flip with u mirrored (u -> 1 - u in min-max space)
     shift_px: float = 0.0  # random translation up to this many pixels (border-replicated)
     rotate_deg: float = 0.0  # random rotation up to this many degrees
+    zoom: float = 0.0  # random scale of the grid by up to this fraction (0.08 = +-8 %)
+    # Per image and channel, the min-max scaling redone as if the channel's true extremes spanned a
+    # range `span` times its own (log-uniform in [span_min, span_max]), placed at random around it:
+    # x -> clip((x - lo) / span), lo = (1 - span) t, t ~ U(0, 1). 1, 1 = off. See `augment`.
+    span_min: float = 1.0
+    span_max: float = 1.0
+    blur: float = 0.0  # x + k (x - blur3x3(x)), k ~ U(-blur, blur): k = -1 is the 3x3 blur, k > 0 sharpens
+    # train also on live-encoded clips (mex.features.encode of the same clips, e.g. data/casme2-live-encoded),
+    # each only in folds that do not hold out its subject (train/loso.py training_clips)
+    live_clips: bool = False
     mixup: float = 0.0  # Beta(a, a) mixing of pairs within a batch; 0 = off
     class_balanced: bool = False  # loss weights inversely proportional to class frequency
     ema: float = 0.0  # evaluate an exponential moving average of the weights with this decay; 0 = off
@@ -39,6 +49,10 @@ class Recipe:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.seeds < 1:
             raise ValueError("epochs, batch_size and seeds must be >= 1")
+        if not 0 < self.span_min <= self.span_max:
+            raise ValueError(f"need 0 < span_min <= span_max, got {self.span_min}, {self.span_max}")
+        if not 0 <= self.zoom < 1 or not 0 <= self.blur <= 1:
+            raise ValueError(f"zoom must be in [0, 1) and blur in [0, 1], got {self.zoom}, {self.blur}")
 
 
 @dataclass
@@ -91,6 +105,12 @@ PROFILES: dict[str, Profile] = {
         {**SMALL, "drop": 0.1, "drop_path": 0.1},
         OURS_RECIPE,
         "right-sized model, flow-aware augmentation, mixup, label smoothing, EMA, 3-seed ensemble",
+    ),
+    "live": Profile(
+        "dacrossvit",
+        {**SMALL, "drop": 0.1, "drop_path": 0.1},
+        dataclasses.replace(OURS_RECIPE, span_min=0.8, span_max=6.0, live_clips=True),
+        "`ours` made robust to the live encoder: min-max scaling redone at random (span 0.8-6x), training subjects' live clips",
     ),
     "logreg": Profile(
         "logreg",
