@@ -63,6 +63,7 @@ def live_index(data, live) -> np.ndarray:
 
 
 def augments(recipe) -> bool:
+    """Whether `train.batched.augment` changes images under this recipe (the floor's copies need it to)."""
     return (recipe.flip or recipe.shift_px > 0 or recipe.rotate_deg > 0 or recipe.zoom > 0 or recipe.blur > 0
             or recipe.span_min != 1 or recipe.span_max != 1)
 
@@ -137,8 +138,7 @@ def gap_markdown(payload: dict) -> str:
     lines = [
         f"### Live-encoder gap: {payload['learner']} ({env['machine']}, {env['cpu']}; {payload['seconds']:.0f} s)",
         "",
-        f"`{payload['command']}`",
-        "",
+        *([f"`{payload['command']}`", ""] if payload["command"] else []),
         f"| {g['clips']} CASME II clips, LOSO | UF1 | UAR | accuracy |",
         "|---|---|---|---|",
         f"| composite images | {c['uf1']:.3f} | {c['uar']:.3f} | {c['accuracy']:.3f} |",

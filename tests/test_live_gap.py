@@ -89,10 +89,10 @@ def test_a_committed_run_of_an_older_profile_is_still_the_same_run():
     run = ROOT / "benchmarks" / "results" / "cpu2-x86_64" / "loso-logreg"
     pinned = json.loads((run / "run.json").read_text())
     assert "zoom" not in pinned["profile"]["recipe"]  # pinned before the fields existed
-    data, seeds = load_flow_folder(COMPOSITE), pinned["profile"]["recipe"]["seeds"]
+    data, live, seeds = load_flow_folder(COMPOSITE), load_flow_folder(LIVE), pinned["profile"]["recipe"]["seeds"]
     for changes, same in (({}, True), ({"zoom": 0.08}, False), ({"live_clips": True}, False)):
         profile = resolve("logreg", seeds=seeds, **changes)
-        args = {**loso_run_args(data, profile, pinned["seed"], pinned.get("precision", "fp32")), "data": pinned["data"]}
+        args = {**loso_run_args(data, profile, pinned["seed"], pinned.get("precision", "fp32"), live), "data": pinned["data"]}
         assert same_run(run, args) == same
 
 

@@ -82,7 +82,7 @@ def run_loso(
     n_folds, n_seeds = len(subjects), profile.recipe.seeds
     precision = resolve_precision(precision, device)
     train_set, train_fold = training_clips(data, profile.recipe, live)
-    pin_run(out, loso_run_args(data, profile, seed, precision, live if profile.recipe.live_clips else None))
+    pin_run(out, loso_run_args(data, profile, seed, precision, live))
 
     # member m = (fold m // n_seeds, seed m % n_seeds)
     member_fold = torch.arange(n_folds, device=device).repeat_interleave(n_seeds)
@@ -312,7 +312,7 @@ def loso_run_args(data: FlowSet, profile: Profile, seed: int, precision: str, li
     """What OUT/run.json of a LOSO run pins (precision resolved): equal arguments, equal run."""
     args = {"data": str(data.root.resolve()), "profile": profile.to_dict(), "seed": seed, "folds": data.subjects,
             "precision": precision}
-    if live is not None:  # only runs that train on live clips pin them, so older runs stay comparable
+    if profile.recipe.live_clips:  # only runs that train on live clips pin them, so older runs stay comparable
         args["live"] = str(live.root.resolve())
     return args
 
