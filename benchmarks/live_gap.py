@@ -47,6 +47,9 @@ def add_arguments(p) -> None:
     p.add_argument("--epochs", type=int, help="override the profile's epochs (quick checks)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16")
+    p.add_argument("--table", nargs="+", metavar="RUN",
+                   help="train nothing: re-score these live-gap folders from their predictions files and write "
+                        "live-gap-table.md to --out (per run, and mean ± std per learner)")
 
 
 def live_index(data, live) -> np.ndarray:
@@ -152,6 +155,47 @@ def gap_markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def table(runs: list[str], out: Path) -> str:
+    """Markdown over live-gap folders, re-scored from their two predictions files: a row per run, then the
+    mean ± std (over runs, sample std) of each learner's runs."""
+    import json
+    import shlex
+    import sys
+
+    from train.loso import read_predictions
+
+    rows = []
+    for run_dir in map(Path, runs):
+        try:
+            meta = json.loads((run_dir / "live-gap.json").read_text())
+            g = gap_scores(read_predictions(run_dir / "predictions.csv"), read_predictions(run_dir / "predictions-live.csv"))
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"mex-bench live-gap --table: {run_dir}: {e}")
+        rows.append((meta["learner"], run_dir.name, g))
+
+    def cells(gs: list[dict]) -> str:
+        def fmt(vals):
+            v = np.array(vals)
+            return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+        return " | ".join(fmt([pick(g) for g in gs]) for pick in (
+            lambda g: g["composite"]["uf1"], lambda g: g["live"]["uf1"], lambda g: g["gap"]["uf1"],
+            lambda g: g["gap"]["uar"], lambda g: g["agreement"], lambda g: g["composite_loso"]["uf1"],
+            lambda g: g["composite_loso"]["uar"]))
+
+    lines = [f"`{shlex.join(['mex-bench', 'live-gap', *sys.argv[sys.argv.index('live-gap') + 1:]])}`"
+             if "live-gap" in sys.argv else "", "",
+             "| learner | run(s) | composite UF1 (138 clips) | live UF1 | gap UF1 | gap UAR | same prediction | "
+             "Full UF1 (442) | Full UAR |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {learner} | {name} | {cells([g])} |" for learner, name, g in rows]
+    for learner in dict.fromkeys(r[0].split(", seed")[0] for r in rows):
+        group = [g for name, _, g in rows if name.split(", seed")[0] == learner]
+        lines.append(f"| **{learner}** | mean ± std of {len(group)} | {cells(group)} |")
+    md = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "live-gap-table.md").write_text(md)
+    return md
+
+
 def run(args) -> int:
     import shlex
     import sys
@@ -166,6 +210,9 @@ def run(args) -> int:
 
     if args.out is None:
         raise SystemExit("mex-bench live-gap: --out is required (a folder of its own; nothing goes to benchmarks/results/ unasked)")
+    if args.table:
+        print(table(args.table, Path(args.out)))
+        return 0
     try:
         recipe_sets, model_sets = _parse_sets(args.set)
         profile = resolve(args.profile, epochs=args.epochs, **recipe_sets)

@@ -214,6 +214,13 @@ def test_bench_live_gap_floor_and_trainer_write_files_that_rescore(subset, tmp_p
     assert bench([*common, "--profile", "live", "--epochs", "2", "--device", "cpu", *TINY, "--out", str(tmp_path / "live")]) == 0
     saved = check_gap_files(tmp_path / "live", n_data, n_live)
     assert saved["profile"]["recipe"]["live_clips"] and json.loads((tmp_path / "live" / "run.json").read_text())["live"] == str(live)
+    # --table re-scores the two runs from their files: each row, then a learner's mean over its runs
+    assert bench(["live-gap", "--table", str(tmp_path / "floor"), str(tmp_path / "live"), "--out", str(tmp_path / "t")]) == 0
+    md = (tmp_path / "t" / "live-gap-table.md").read_text()
+    for run in ("floor", "live"):
+        s = json.loads((tmp_path / run / "live-gap.json").read_text())["scores"]
+        assert f"| {s['composite']['uf1']:.3f} | {s['live']['uf1']:.3f} | {s['gap']['uf1']:.3f} |" in md
+    assert md.count("mean") == 2
 
 
 def test_bench_live_gap_needs_an_out_folder():
