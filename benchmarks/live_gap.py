@@ -47,6 +47,9 @@ def add_arguments(p) -> None:
     p.add_argument("--epochs", type=int, help="override the profile's epochs (quick checks)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16")
+    p.add_argument("--model", metavar="ONNX",
+                   help="train nothing: how an exported model (e.g. mex/assets/default.onnx) labels the live clips' "
+                        "composite images and their live encodings (accuracy, agreement); writes live-gap-model.md to --out")
     p.add_argument("--table", nargs="+", metavar="RUN",
                    help="train nothing: re-score these live-gap folders from their predictions files and write "
                         "live-gap-table.md to --out (per run, and mean ± std per learner)")
@@ -155,6 +158,24 @@ def gap_markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
+def model_fidelity(model: str, data_dir: str, live_dir: str, out: Path) -> str:
+    """An exported model on the live clips, both encodings: accuracy on each and how often they agree.
+    For a model trained on these clips this measures fidelity to its training images, not generalisation."""
+    from mex.composite import load_flow_folder
+    from realtime.engines import load_engine
+
+    data, live = load_flow_folder(data_dir), load_flow_folder(live_dir)
+    engine = load_engine(model, kind="onnxruntime")
+    composite = engine.probs(data.x[live_index(data, live)].astype(np.float32)).argmax(1)
+    encoded = engine.probs(live.x.astype(np.float32)).argmax(1)
+    md = (f"| model | clips | accuracy, composite images | accuracy, live encodings | same label |\n|---|---|---|---|---|\n"
+          f"| `{model}` | {len(live)} | {(composite == live.y).mean():.3f} | {(encoded == live.y).mean():.3f} | "
+          f"{(composite == encoded).mean():.3f} |\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "live-gap-model.md").write_text(md)
+    return md
+
+
 def table(runs: list[str], out: Path) -> str:
     """Markdown over live-gap folders, re-scored from their two predictions files: a row per run, then the
     mean ± std (over runs, sample std) of each learner's runs."""
@@ -212,6 +233,9 @@ def run(args) -> int:
         raise SystemExit("mex-bench live-gap: --out is required (a folder of its own; nothing goes to benchmarks/results/ unasked)")
     if args.table:
         print(table(args.table, Path(args.out)))
+        return 0
+    if args.model:
+        print(model_fidelity(args.model, args.data, args.live, Path(args.out)))
         return 0
     try:
         recipe_sets, model_sets = _parse_sets(args.set)
