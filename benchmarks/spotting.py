@@ -125,6 +125,8 @@ def segmented_specs(quick: bool, seed: int):
 
 def error_stats(errors: list[int], fps: float) -> dict:
     """Median, 90th percentile and max of apex errors in frames, and the same in ms."""
+    if not errors:
+        return {"frames": None, "ms": None}
     e = np.array(errors, np.float64)
     frames = {"median": float(np.median(e)), "p90": float(np.percentile(e, 90)), "max": float(e.max())}
     return {"frames": frames, "ms": {k: round(1000 * v / fps, 1) for k, v in frames.items()}}
@@ -172,10 +174,13 @@ def run(args) -> int:
     seg_rows, seg_clips = run_segmented(args, console) if args.only != "online" else ([], [])
     wall = time.perf_counter() - t0
     for r in seg_rows:
-        a, h = r["error_apex"], r["error_hold"]
+        a, h = r["error_apex"]["frames"], r["error_hold"]["frames"]
+        if a is None:
+            console.print(f"segmented {r['fps']:g} fps, {r['clips']} clips: no apex found")
+            continue
         console.print(f"segmented {r['fps']:g} fps, {r['clips']} clips: apex error median/p90/max "
-                      f"{a['frames']['median']:g}/{a['frames']['p90']:g}/{a['frames']['max']:g} frames, to the hold "
-                      f"{h['frames']['median']:g}/{h['frames']['p90']:g}/{h['frames']['max']:g}")
+                      f"{a['median']:g}/{a['p90']:g}/{a['max']:g} frames, to the hold "
+                      f"{h['median']:g}/{h['p90']:g}/{h['max']:g}")
     env = environment()
     out = results_dir(args.out)
     payload = {"benchmark": "spotting", "environment": env, "config": asdict(SpotterConfig()),
@@ -264,7 +269,11 @@ def segmented_markdown(rows: list[dict]) -> list[str]:
         "to the hold: median / p90 / max |",
         "|---|---|---|---|---|---|",
     ]
-    fmt = lambda e: " / ".join(f"{e['frames'][k]:g} ({e['ms'][k]:g} ms)" for k in ("median", "p90", "max"))  # noqa: E731
+    def fmt(e):
+        if e["frames"] is None:
+            return "–"
+        return " / ".join(f"{e['frames'][k]:g} ({e['ms'][k]:g} ms)" for k in ("median", "p90", "max"))
+
     for r in rows:
         lines.append(f"| {r['fps']:g} | {r['clips']} | {r['frames_median']:g} | {r['found']} | "
                      f"{fmt(r['error_apex'])} | {fmt(r['error_hold'])} |")

@@ -59,8 +59,8 @@ class FacePatch:
 
     image: np.ndarray
     to_crop: np.ndarray  # 2x3 float64
-    size: int = CROP_SIZE
-    margin: int = int(round(MARGIN * CROP_SIZE))
+    size: int  # side of the recognition crop
+    margin: int  # crop px around it
     oversample: int = 1  # 2 where the frame's face is larger than the crop
 
 
@@ -83,22 +83,21 @@ def eyes_framing(left: np.ndarray, right: np.ndarray, size: int = CROP_SIZE) -> 
     return m
 
 
-def _patch_transform(patch: FacePatch) -> np.ndarray:
+def _patch_transform(to_crop: np.ndarray, margin: int, oversample: int) -> np.ndarray:
     """frame px -> patch px: crop px shifted by the margin, times the oversampling."""
-    return patch.oversample * (patch.to_crop + np.array([[0.0, 0.0, patch.margin], [0.0, 0.0, patch.margin]]))
+    return oversample * (to_crop + np.array([[0.0, 0.0, margin], [0.0, 0.0, margin]]))
 
 
 def cut_patch(bgr: np.ndarray, to_crop: np.ndarray, size: int = CROP_SIZE) -> FacePatch:
     """The patch of one frame (BGR or grey uint8) for the recognition-crop transform `to_crop`."""
     to_crop = np.asarray(to_crop, np.float64)
-    shrinks = abs(np.linalg.det(to_crop[:, :2])) < 1.0
-    patch = FacePatch(image=np.empty(0, np.uint8), to_crop=to_crop, size=size, margin=int(round(MARGIN * size)),
-                      oversample=2 if shrinks else 1)
-    n = patch.oversample * (size + 2 * patch.margin)
-    gray = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    patch.image = cv2.warpAffine(gray, _patch_transform(patch), (n, n), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REPLICATE)
-    return patch
+    margin = int(round(MARGIN * size))
+    oversample = 2 if abs(np.linalg.det(to_crop[:, :2])) < 1.0 else 1  # the face is larger than the crop
+    n = oversample * (size + 2 * margin)
+    gray = bgr if bgr.ndim == 2 else cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)  # cheaper than warping 3 channels
+    image = cv2.warpAffine(gray, _patch_transform(to_crop, margin, oversample), (n, n), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+    return FacePatch(image=image, to_crop=to_crop, size=size, margin=margin, oversample=oversample)
 
 
 def _affine3(m: np.ndarray) -> np.ndarray:
@@ -111,7 +110,7 @@ def _crop_from(patch: FacePatch, crop_to_frame: np.ndarray) -> np.ndarray:
     k = patch.oversample
     n = k * patch.size
     down = np.diag([1.0 / k, 1.0 / k, 1.0])  # sampled px -> crop px
-    m = _affine3(_patch_transform(patch)) @ _affine3(crop_to_frame) @ down
+    m = _affine3(_patch_transform(patch.to_crop, patch.margin, k)) @ _affine3(crop_to_frame) @ down
     sampled = cv2.warpAffine(patch.image, m[:2], (n, n), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_REPLICATE)
     return cv2.pyrDown(sampled) if k == 2 else sampled

@@ -428,7 +428,7 @@ def database_spec(kind: str, fps: float, seed: int = 0, blinks: int = 1) -> Clip
     rises over 0.06-0.2 s, holds its peak for 0.04-0.15 s and falls back over 0.1-0.25 s (truth: the
     hold as `apex_span`, its middle frame as `apex`); the clip holds `blinks` blinks of 0.1-0.25 s, one
     per equal share of the clip (full or partial: closing the lids 30-100 %), wherever they fall against
-    the movement; the head sways slowly throughout, and turns in depth (up to 3 % narrower) and is lit
+    the movement; the head sways slowly throughout, and turns in depth (the face up to 3 % narrower or wider) and is lit
     from one side (up to 6 gray levels at the face's edges) more and more by the end: changes that no
     registration removes and that grow through the clip, as in real clips."""
     rng = np.random.default_rng(seed)

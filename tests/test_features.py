@@ -122,7 +122,7 @@ def test_numba_parity_with_opencv(pairs):
 @needs_opencv_tvl1
 @needs_numba
 def test_numba_follows_opencv_at_the_live_crop_size():
-    """At the live size (128 px crops, solved at 144) the numba solver is OpenCV's algorithm: the same
+    """At the live size (mex.features.CROP_SIZE, solved FLOW_PAD px larger) the numba solver is OpenCV's algorithm: the same
     flow inside the padding up to float rounding and the odd stopping decision, the same features."""
     from mex.features import CROP_SIZE, FLOW_PAD
 

@@ -247,3 +247,13 @@ def test_bench_live_gap_model_scores_an_exported_model_on_both_encodings(tmp_pat
     pred = load_engine(str(DEFAULT_MODEL), kind="onnxruntime").probs(live.x.astype(np.float32)).argmax(1)
     row = (tmp_path / "live-gap-model.md").read_text().splitlines()[2].split("|")
     assert int(row[2]) == 138 and float(row[4]) == pytest.approx((pred == live.y).mean(), abs=5e-4)
+
+
+def test_select_and_study_refuse_profiles_that_train_on_live_clips(tmp_path):
+    from train.cli import main as train_main
+    from train.studies import configurations
+
+    with pytest.raises(ValueError, match="does not train on live clips"):
+        configurations("ablation", "live", 1)
+    rc = train_main(["select", "--profile", "ours", "--try", "live_clips=true", "--out", str(tmp_path / "s")])
+    assert rc != 0 and not (tmp_path / "s").exists()

@@ -161,6 +161,10 @@ def cmd_select(args) -> int:
         candidates.append((item, _profile(args, re.split(r",(?=[\w.]+=)", item))))
     if len(candidates) < 2:
         raise ValueError("--try: give at least one candidate besides the profile (e.g. --try label_smoothing=0)")
+    live = [name for name, prof in candidates if prof.recipe.live_clips]
+    if live:  # the inner folds would train without them: refuse rather than select on something else
+        raise ValueError(f"mex-train select does not train on live clips (live_clips is on in: {', '.join(live)}); "
+                         "compare such profiles with mex-bench live-gap or mex-train loso")
     device = pick_device(args.device)
     data = load_flow_folder(args.data)
     out = Path(args.out)

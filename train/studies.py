@@ -40,6 +40,9 @@ STUDIES: dict[str, list[tuple[str, dict, str | None, dict]]] = {
 def configurations(study: str, profile_name: str, epochs: int | None) -> list[tuple[str, Profile]]:
     if study not in STUDIES:
         raise ValueError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
+    if resolve(profile_name).recipe.live_clips:
+        raise ValueError(f"mex-train study does not train on live clips (profile {profile_name!r} has live_clips on); "
+                         "run its configurations with mex-train loso --set ...")
     out = []
     for name, recipe_changes, family, model_changes in STUDIES[study]:
         prof = resolve(profile_name, family, epochs, **recipe_changes)
