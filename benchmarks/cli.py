@@ -1,4 +1,5 @@
-"""mex-bench BENCHMARK: speed, latency and accuracy benchmarks; results go to benchmarks/results/<machine>/."""
+"""mex-bench BENCHMARK: speed, latency and accuracy benchmarks; results go to --out, else runs/bench/<machine>/
+(the committed reference results in benchmarks/results/<machine>/ change only when named as --out)."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (module, help_) in BENCHMARKS.items():
         p = sub.add_parser(name, help=help_)
         p.set_defaults(module=module)
-        p.add_argument("--out", default=None, help="results folder (default benchmarks/results/<machine>)")
+        p.add_argument("--out", default=None, help="results folder (default runs/bench/<machine>; committed reference "
+                       "results: --out benchmarks/results/<machine>)")
         try:
             importlib.import_module(module).add_arguments(p)
         except ModuleNotFoundError as e:

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # committed reference results: written only when named
+SCRATCH = Path("runs") / "bench"  # where a benchmark writes when --out is not given (ignored by git)
 
 
 def machine_name() -> str:
@@ -52,7 +53,9 @@ def environment() -> dict:
 
 
 def results_dir(out: str | None) -> Path:
-    path = Path(out) if out else RESULTS / machine_name()
+    """--out, else runs/bench/<machine>: a quick run never replaces the committed reference results
+    (benchmarks/results/<machine>/, updated by naming that folder as --out)."""
+    path = Path(out) if out else SCRATCH / machine_name()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

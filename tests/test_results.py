@@ -116,3 +116,12 @@ def test_committed_stack_is_its_inputs_mixed_as_its_choices_say(seed):
         key = (r["subject"], r["clip"])
         want = [a * float(deep[key][c]) + (1 - a) * float(floor[key][c]) for c in columns]
         assert np.allclose([float(r[c]) for c in columns], want, atol=2e-6), r["clip"]
+
+
+def test_a_benchmark_without_out_never_writes_into_the_committed_results(tmp_path, monkeypatch):
+    from benchmarks.common import results_dir
+
+    monkeypatch.chdir(tmp_path)
+    path = results_dir(None).resolve()
+    assert path.is_dir() and path.is_relative_to(tmp_path) and not path.is_relative_to(RESULTS)
+    assert results_dir(str(tmp_path / "named")) == tmp_path / "named"
