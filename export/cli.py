@@ -109,8 +109,11 @@ def export(args: argparse.Namespace, console: Console) -> bool:
     report.update(artifact=str(onnx_path), data=str(images.root), graph=summary)
     parity.print_report(report, console)
     console.print(f"parity report: {parity.write_report(onnx_path.with_name(onnx_path.name + '.parity.json'), report)}")
-    if not report["passed"] or args.format == "onnx":
-        return report["passed"]
+    if not report["passed"]:
+        onnx_path.unlink()  # a model that does not compute what was trained (NaN weights, a broken op) is not left to be loaded
+        return False
+    if args.format == "onnx":
+        return True
     return export_engine(args, onnx_path, out, metadata, images.x, console)
 
 
@@ -127,6 +130,8 @@ def export_engine(args, onnx_path: Path, engine_path: Path, metadata: dict, x, c
     report.update(artifact=str(engine_path), tensorrt=build)
     parity.print_report(report, console)
     console.print(f"parity report: {parity.write_report(engine_path.with_name(engine_path.name + '.parity.json'), report)}")
+    if not report["passed"]:
+        engine_path.unlink(missing_ok=True)
     return report["passed"]
 
 
@@ -139,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mex-export: error: {e}", file=sys.stderr)
         return 1
     if not passed:
-        print("mex-export: error: parity check failed (report above); the artifact was written but must not be shipped",
-              file=sys.stderr)
+        print("mex-export: error: parity check failed (report above, and its .parity.json): the exported model was "
+              "removed, nothing to ship", file=sys.stderr)
         return 1
     return 0
 

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--record", metavar="OUT.mp4", help="write the annotated video")
     o.add_argument("--events", metavar="OUT.jsonl", help="write one JSON object per detected micro-expression")
+    o.add_argument("--force", action="store_true", help="let --events / --record replace an existing file (never an input)")
     o.add_argument("--no-display", action="store_true", help="headless: no overlay; one line per event and a summary")
     o.add_argument("--window", action="store_true", help="OpenCV window overlay (falls back to the terminal overlay without a display)")
     o.add_argument("--queue-size", type=int, default=8, help="frames buffered between stages (default 8)")
@@ -59,6 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------- building
+def check_outputs(args) -> None:
+    """--events and --record never write over an input or each other, and replace an existing file only
+    with --force: a mistyped output must not cost the user a recording."""
+    inputs = {Path(p).resolve() for p in (args.video, args.model) if p is not None}
+    seen = {}
+    for flag, path in (("--events", args.events), ("--record", args.record)):
+        if path is None:
+            continue
+        target = Path(path).resolve()
+        if target in inputs or (args.video is not None and Path(args.video).is_dir()
+                                and target.is_relative_to(Path(args.video).resolve())):
+            raise CliError(f"{flag} {path}: that is an input of this run; choose another file")
+        if target in seen:
+            raise CliError(f"{flag} {path}: {seen[target]} writes there too; choose another file")
+        if target.exists() and not args.force:
+            raise CliError(f"{flag} {path}: file exists; pass --force to replace it")
+        if target.is_dir():
+            raise CliError(f"{flag} {path}: is a folder; give a file name")
+        seen[target] = flag
+
+
 def load_engine_for(args):
     from mex.artifact import ArtifactError
 
@@ -106,7 +128,11 @@ def warm_up(engine, flow: str, encode=None) -> None:
         x = np.asarray(encode(onset, apex, flow=flow), np.float32)[None]
     except (ValueError, RuntimeError, ImportError) as e:
         raise CliError(f"--flow {flow}: {e}") from None
-    engine.probs(x)
+    for probe in (x, np.zeros_like(x), np.full_like(x, 0.5)):
+        p = np.asarray(engine.probs(probe), np.float64)
+        if not (np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1.0, atol=1e-3) and (p >= 0).all()):
+            raise CliError(f"--model {getattr(engine, 'path', None) or 'the model'}: its outputs are not probabilities "
+                           f"(got {np.array2string(p[0], precision=3)}): NaN or broken weights; re-export it")
 
 
 def make_pipeline(source, engine, flow="auto", tracker_backend="auto", event_sinks=(), frame_sinks=(),
@@ -155,6 +181,20 @@ def match_events(found, planted, iou_min: float = 0.5):
             used.add(best)
             pairs.append((p, found[best]))
     return len(pairs), pairs
+
+
+def shortfalls(summary: dict, source, max_frames: int | None) -> list[str]:
+    """What a run that ended normally did not do although it should have: a file that ended before its
+    container's frame count (truncated or damaged), a source in which no face was ever found."""
+    out = []
+    total, read = source.total_frames, summary["frames_read"]
+    cut_short = summary["interrupted"] or summary["aborted"] or (max_frames is not None and read >= max_frames)
+    if total and read < total and not cut_short and not source.live:
+        out.append(f"{source.name}: {read} of the {total} frames its container announces could be read "
+                   f"(truncated or damaged file?): the run covers the first {read}")
+    if read and summary["face_frames"] == 0:
+        out.append(f"{source.name}: no face was found in any of the {read} frames: nothing could be spotted")
+    return out
 
 
 def print_summary(out, summary: dict, source, events, console_ok=True) -> None:
@@ -239,6 +279,7 @@ def _run(args) -> int:
         raise CliError("--segmented needs --video (a file or a folder of frames holding one clip)")
     if args.video is not None and not Path(args.video).exists():
         raise CliError(f"--video {args.video}: no such file or folder")
+    check_outputs(args)
     try:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     except ValueError:  # not the main thread (tests calling main() from a thread)
@@ -344,6 +385,9 @@ def _run(args) -> int:
                 pass
 
     print_summary(sys.stdout, summary, source, keep.events)
+    for note in shortfalls(summary, source, args.max_frames):
+        print(f"  warning     {note}")
+        print(f"mex-live: warning: {note}", file=sys.stderr)
     if args.events:
         print(f"  events log  {args.events}")
     if args.record:

@@ -118,11 +118,31 @@ def test_bad_inputs_exit_non_zero_with_a_message(work, tmp_path, capsys):
             prop.value = "some-other-encoding-v9"
     onnx.save(other, str(tmp_path / "other.onnx"))
     cases.append((["--video", str(work["clip"]), "--model", str(tmp_path / "other.onnx")], "some-other-encoding-v9"))
+    nan_model = onnx.load(str(work["model"]))  # NaN weights: mex-live must refuse it at start-up
+    from onnx import numpy_helper
+
+    init = nan_model.graph.initializer[0]
+    init.CopyFrom(numpy_helper.from_array(np.full_like(numpy_helper.to_array(init), np.nan), init.name))
+    onnx.save(nan_model, str(tmp_path / "nan.onnx"))
+    cases.append((["--video", str(work["clip"]), "--model", str(tmp_path / "nan.onnx")], "not probabilities"))
+    # outputs: never an input, never each other, an existing file only with --force
+    clip, before = str(work["clip"]), work["clip"].read_bytes()
+    old = tmp_path / "old.jsonl"
+    old.write_text("kept\n")
+    same = str(tmp_path / "same.out")
+    cases += [
+        (["--video", clip, "--model", model, "--events", clip], "that is an input"),
+        (["--video", clip, "--model", model, "--record", clip, "--force"], "that is an input"),
+        (["--video", clip, "--model", model, "--events", model], "that is an input"),
+        (["--video", clip, "--model", model, "--events", str(old)], "file exists; pass --force"),
+        (["--video", clip, "--model", model, "--events", same, "--record", same], "--events writes there too"),
+    ]
     for argv, needle in cases:
         rc = cli.main([*argv, "--no-display"])
         err = capsys.readouterr().err
         assert rc == 2, (argv, err)
         assert err.startswith("mex-live: error:") and needle in err, (argv, err)
+    assert work["clip"].read_bytes() == before and old.read_text() == "kept\n"
 
 
 def _frame_folder(clip: Path, folder: Path, suffix: str = ".png") -> int:
@@ -397,3 +417,30 @@ def test_camera_unplugged_mid_run_shows_state_and_resumes(work, monkeypatch, cap
     assert rc == 0, out.err
     assert "camera 0: reconnecting" in out.err and "camera 0: ok (resumed)" in out.err
     assert "camera      1 reconnects" in out.out and "60 read" in out.out
+
+
+def test_shortfalls_name_a_truncated_file_and_a_faceless_one():
+    from types import SimpleNamespace
+
+    src = SimpleNamespace(name="video cut.mp4", total_frames=100, live=False)
+    ok = {"frames_read": 100, "face_frames": 90, "interrupted": False, "aborted": False}
+    assert cli.shortfalls(ok, src, None) == []
+    cut = dict(ok, frames_read=37)
+    (note,) = cli.shortfalls(cut, src, None)
+    assert "37 of the 100 frames" in note and "cut.mp4" in note
+    assert cli.shortfalls(cut, src, 37) == [] and cli.shortfalls(dict(cut, interrupted=True), src, None) == []
+    (note,) = cli.shortfalls(dict(ok, face_frames=0), src, None)
+    assert "no face was found in any of the 100 frames" in note
+
+
+def test_a_video_without_a_face_says_so(tmp_path, capsys):
+    import cv2
+
+    path = tmp_path / "wall.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (160, 120))
+    for i in range(15):
+        writer.write(np.full((120, 160, 3), 40 + i, np.uint8))
+    writer.release()
+    assert cli.main(["--video", str(path), "--no-display"]) == 0
+    out = capsys.readouterr()
+    assert "no face was found in any of the 15 frames" in out.err and "warning" in out.out

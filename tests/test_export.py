@@ -231,3 +231,17 @@ def test_pixel_head_model_exports_with_parity(composite):
     proto = export_onnx(model, {})
     x = composite.x[:16]
     np.testing.assert_allclose(onnxruntime_logits(proto.SerializeToString(), x), torch_logits(model, x), atol=1e-4)
+
+
+def test_a_model_that_fails_parity_is_not_left_to_be_loaded(tmp_path, capsys):
+    """NaN weights: PyTorch and ONNX Runtime both give NaN, parity fails, and no .onnx is left behind."""
+    import torch
+
+    model = build_model("ststnet")
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    path = tmp_path / "nan.pt"
+    save_checkpoint(path, "ststnet", model)
+    code, err = run_cli(["--checkpoint", str(path)], capsys)
+    assert code == 1 and "parity check failed" in err and "removed" in err
+    assert not (tmp_path / "nan.onnx").exists() and (tmp_path / "nan.onnx.parity.json").exists()

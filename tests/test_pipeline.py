@@ -336,6 +336,20 @@ def test_event_log_is_flushed_per_event(tmp_path):
     log.close()
 
 
+def test_event_log_stays_valid_json_whatever_the_numbers(tmp_path):
+    from dataclasses import replace
+
+    p = make(ArraySource(images(40), fps=30))
+    p.run()
+    broken = replace(p.events[0], probs={"negative": float("nan"), "positive": float("inf"), "surprise": 0.5})
+    log = EventLog(tmp_path / "e.jsonl")
+    log.on_event(broken)
+    log.close()
+    line = (tmp_path / "e.jsonl").read_text()
+    assert "NaN" not in line and "Infinity" not in line
+    assert json.loads(line)["probs"] == {"negative": None, "positive": None, "surprise": 0.5}
+
+
 def test_annotate_and_record(tmp_path):
     import cv2
 
