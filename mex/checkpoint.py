@@ -45,9 +45,15 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        # torch's own message for a file it will not unpickle advises weights_only=False, which would run
+        # code from the file: never pass that on
+        why = "damaged, or not plain tensors" if "weights_only" in str(e) else str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {why})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mex checkpoint (expected format {FORMAT})")
+    missing = [k for k in ("model", "config", "classes", "encoding_version", "state_dict") if k not in blob]
+    if missing:
+        raise CheckpointError(f"{path}: mex checkpoint without {', '.join(missing)} (damaged or hand-edited)")
     if blob["encoding_version"] != ENCODING_VERSION:
         raise CheckpointError(
             f"{path}: trained on feature encoding {blob['encoding_version']}, this code makes {ENCODING_VERSION}"

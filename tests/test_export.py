@@ -245,3 +245,15 @@ def test_a_model_that_fails_parity_is_not_left_to_be_loaded(tmp_path, capsys):
     code, err = run_cli(["--checkpoint", str(path)], capsys)
     assert code == 1 and "parity check failed" in err and "removed" in err
     assert not (tmp_path / "nan.onnx").exists() and (tmp_path / "nan.onnx.parity.json").exists()
+
+
+def test_damaged_checkpoints_are_named_without_torch_advice(tmp_path, capsys):
+    import os
+
+    import torch
+
+    torch.save({"format": "mex-checkpoint-v1", "model": "ststnet"}, tmp_path / "noconfig.pt")
+    (tmp_path / "rand.pt").write_bytes(os.urandom(5000))
+    for name, needle in (("noconfig.pt", "without config"), ("rand.pt", "not a readable checkpoint")):
+        code, err = run_cli(["--checkpoint", str(tmp_path / name)], capsys)
+        assert code == 1 and name in err and needle in err and "weights_only" not in err
