@@ -200,16 +200,20 @@ class VideoRecorder(FrameSink):
         try:
             if not self.path.parent.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "wb"):
-                pass  # fail now, with the flag's name, not on the first frame
         except OSError as e:
             raise SinkError(f"{flag} {self.path}: cannot write ({e.strerror or e})") from None
+        # fail now, with the flag's name, not mid-run: a small writer proves the folder and the container
+        self._open(64, 64).release()
+        self.path.unlink(missing_ok=True)
 
     def _open(self, w: int, h: int):
         import cv2
 
         ext = self.path.suffix.lower()
-        fourccs = {".avi": ["MJPG", "XVID"], ".mkv": ["mp4v", "MJPG"]}.get(ext, ["mp4v", "avc1"])
+        fourccs = {".avi": ["MJPG", "XVID"], ".mkv": ["mp4v", "MJPG"], ".mp4": ["mp4v", "avc1"],
+                   ".mov": ["mp4v", "avc1"]}.get(ext)
+        if fourccs is None:
+            raise SinkError(f"{self.flag} {self.path}: unknown video container {ext or '(no suffix)'}; use .mp4, .avi, .mkv or .mov")
         for cc in fourccs:
             wr = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*cc), self.fps, (w, h))
             if wr.isOpened():

@@ -136,13 +136,14 @@ def test_bad_inputs_exit_non_zero_with_a_message(work, tmp_path, capsys):
         (["--video", clip, "--model", model, "--events", model], "that is an input"),
         (["--video", clip, "--model", model, "--events", str(old)], "file exists; pass --force"),
         (["--video", clip, "--model", model, "--events", same, "--record", same], "--events writes there too"),
+        (["--video", clip, "--model", model, "--record", str(tmp_path / "out.xyz")], "unknown video container .xyz"),
     ]
     for argv, needle in cases:
         rc = cli.main([*argv, "--no-display"])
         err = capsys.readouterr().err
         assert rc == 2, (argv, err)
         assert err.startswith("mex-live: error:") and needle in err, (argv, err)
-    assert work["clip"].read_bytes() == before and old.read_text() == "kept\n"
+    assert work["clip"].read_bytes() == before and old.read_text() == "kept\n" and not (tmp_path / "out.xyz").exists()
 
 
 def _frame_folder(clip: Path, folder: Path, suffix: str = ".png") -> int:
