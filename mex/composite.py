@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import CLASSES, INPUT_SHAPE
+from .labels import CLASSES, INPUT_SHAPE, class_of_emotion
 
 COLUMNS = ("dataset", "subject", "clip", "label", "emotion", "file")
 
@@ -70,7 +70,7 @@ def load_flow_folder(root: str | Path) -> FlowSet:
         raise DataError(f"{root}: data folder does not exist")
     if not table.is_file():
         raise DataError(f"{table}: labels.csv is missing")
-    with table.open(newline="") as f:
+    with table.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's BOM is not a column name
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -81,6 +81,7 @@ def load_flow_folder(root: str | Path) -> FlowSet:
 
     xs, ys, datasets, subjects, clips = [], [], [], [], []
     seen: dict[tuple[str, str, str], int] = {}
+    files: dict[str, tuple[int, int]] = {}  # image -> (first row, its label)
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{table}, row {line}"
         for c in COLUMNS:
@@ -96,6 +97,15 @@ def load_flow_folder(root: str | Path) -> FlowSet:
             raise DataError(f"{where}: label '{row['label']}' is not an integer") from None
         if not 0 <= label < len(CLASSES):
             raise DataError(f"{where}: unknown label {label}; expected 0..{len(CLASSES) - 1} ({', '.join(CLASSES)})")
+        named = class_of_emotion(row["emotion"])
+        if named is not None and named != label:
+            raise DataError(f"{where}: emotion '{row['emotion']}' is class {CLASSES[named]} but label {label} is "
+                            f"{CLASSES[label]}")
+        file = row["file"].strip()
+        if file in files and files[file][1] != label:
+            raise DataError(f"{where}: image {file} is also row {files[file][0]}'s, with another label "
+                            f"({files[file][1]} there, {label} here)")
+        files.setdefault(file, (line, label))
         img = read_png_rgb(root / row["file"])
         if img.shape != (INPUT_SHAPE[1], INPUT_SHAPE[2], 3):
             raise DataError(f"{root / row['file']} (row {line}): shape {img.shape}, expected (28, 28, 3)")

@@ -228,6 +228,10 @@ def _write_labels(folder: Path, rows: list[list[str]]) -> None:
         (lambda d, rows: _write_labels(d, rows + [rows[0]]), "duplicate clip"),
         (lambda d, rows: _write_labels(d, [[rows[0][0], ""] + rows[0][2:]] + rows[1:]), "empty 'subject'"),
         (lambda d, rows: (d / "labels.csv").write_text("dataset,subject\nx,y\n"), "missing column"),
+        (lambda d, rows: _write_labels(d, [rows[0][:3] + ["2", "happiness"] + rows[0][5:]] + rows[1:]),
+         "emotion 'happiness' is class positive but label 2 is surprise"),
+        (lambda d, rows: _write_labels(d, rows + [rows[0][:2] + ["another", "1" if rows[0][3] != "1" else "0", "others",
+                                                             rows[0][5]]]), "with another label"),
     ],
 )
 def test_bad_folders_name_the_problem(subset, mutate, message, capsys):
@@ -239,6 +243,12 @@ def test_bad_folders_name_the_problem(subset, mutate, message, capsys):
     rc = train_main(["loso", "--data", str(subset), "--out", str(subset.parent / "o"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 2 and message.split()[0] in err and str(subset) in err.replace("\n", "")
+
+
+def test_labels_saved_by_a_spreadsheet_with_a_bom_read(subset):
+    text = (subset / "labels.csv").read_text()
+    (subset / "labels.csv").write_text("\ufeff" + text, encoding="utf-8")
+    assert len(load_flow_folder(subset)) == len(text.strip().splitlines()) - 1
 
 
 def test_unknown_override_is_refused(capsys):
