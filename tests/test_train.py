@@ -163,6 +163,11 @@ def test_rerun_with_other_arguments_is_refused(tiny_subset, tmp_path, capsys):
     assert train_main(args) == 0
     assert train_main([*args, "--seed", "5"]) == 2
     assert "other arguments" in capsys.readouterr().err
+    assert train_main([*args[:-len(TINY)], "--epochs", "2", *TINY]) == 2
+    assert "profile.recipe.epochs (1 -> 2)" in capsys.readouterr().err.replace("\n", "")
+    (tmp_path / "file").write_text("x")
+    assert train_main(["loso", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
 
 
 def _run_cli(args, **kw):

@@ -11,6 +11,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .datasets import add_prepare_arguments, prepare_command
+
+REPO = Path(__file__).resolve().parents[1]
+# the repository's data, wherever the command runs from
+COMPOSITE = str(REPO / "data" / "megc2019-composite-flow")
+LIVE = str(REPO / "data" / "casme2-live-encoded")
 from .recipes import MODEL_FAMILIES, PRECISIONS, PROFILES
 
 console = Console(stderr=True)
@@ -30,7 +35,8 @@ def _progress() -> Progress:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="data/megc2019-composite-flow", help="composite-format folder (labels.csv + PNGs)")
+    p.add_argument("--data", default=COMPOSITE, help="composite-format folder (labels.csv + PNGs; default the repository's "
+                   "data/megc2019-composite-flow)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", default="ours", choices=sorted(PROFILES), help="model + recipe (train/recipes.py)")
     p.add_argument("--model", choices=MODEL_FAMILIES, help="model family (default: the profile's)")
@@ -88,7 +94,7 @@ def _profile(args, extra_sets: list[str] = ()):
 
 
 def _add_live(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--live", default="data/casme2-live-encoded", metavar="DIR",
+    p.add_argument("--live", default=LIVE, metavar="DIR",
                    help="live-encoded clips (composite format) trained on when the recipe's live_clips is on")
 
 
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_select)
     p = sub.add_parser("study", help="a comparison table: fusion (Table 4), patches (Table 3) or ablation")
     p.add_argument("study", choices=["fusion", "patches", "ablation"])
-    p.add_argument("--data", default="data/megc2019-composite-flow")
+    p.add_argument("--data", default=COMPOSITE)
     p.add_argument("--out", required=True)
     p.add_argument("--profile", default="ours", choices=sorted(PROFILES))
     p.add_argument("--seeds", type=int, default=3, help="runs per configuration (seeds 0..N-1) for mean ± std")
@@ -261,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the table here (markdown) and the paired differences beside it (.png)")
     p.set_defaults(func=cmd_table)
     args = parser.parse_args(argv)
+    if args.cmd in ("loso", "fit", "select", "study") and Path(args.out).exists() and not Path(args.out).is_dir():
+        console.print(f"[red]error:[/red] --out {escape(args.out)}: is a file; give a folder for the run")
+        return 2
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -345,12 +345,24 @@ def same_run(out: Path, run_args: dict) -> bool:
     return pinned == wanted
 
 
+def _differences(before: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """'profile.recipe.epochs (200 -> 30)': the leaves that differ, so a user sees which argument changed."""
+    out = []
+    for k in sorted(set(before) | set(wanted)):
+        a, b = before.get(k), wanted.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} ({a} -> {b})")
+    return out
+
+
 def pin_run(out: Path, run_args: dict) -> None:
     pinned = out / "run.json"
     if pinned.exists():
         if not same_run(out, run_args):
             before, wanted = _pinned_and_wanted(out, run_args)
-            changed = sorted(k for k in wanted if before.get(k) != wanted[k])
+            changed = _differences(before, wanted)
             raise RunMismatch(
                 f"{out}: holds a run with other arguments (differs in: {', '.join(changed)}); "
                 "use another --out, or delete the folder to start over"
