@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from mex import version_line
+
 # Each benchmark is a module here with `add_arguments(parser)` and `run(args)`.
 # subcommand -> module under benchmarks/ (imported only when chosen, so one missing extra breaks one benchmark)
 BENCHMARKS = {
@@ -25,6 +27,7 @@ BENCHMARKS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mex-bench", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line("mex-bench"))
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     for name, (module, help_) in BENCHMARKS.items():
         p = sub.add_parser(name, help=help_)

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from mex.artifact import artifact_metadata
 from mex.checkpoint import CheckpointError, load_checkpoint
+from mex import version_line
 from mex.composite import DataError, load_flow_folder
 
 from . import parity
@@ -39,6 +40,7 @@ def batch_profile(text: str) -> BatchProfile:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mex-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_line("mex-export"))
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by mex-train fit (.pt)")
     p.add_argument("--format", default="onnx", choices=sorted(SUFFIX), help="onnx (default) or a TensorRT engine")
     p.add_argument("--out", metavar="PATH", help="output file (default: CKPT with the format's suffix)")

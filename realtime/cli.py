@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from mex import version_line
 from mex.features.backends import BACKENDS as FLOW_BACKENDS
 
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT = 0, 1, 2
@@ -28,6 +29,7 @@ class CliError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mex-live", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_line("mex-live"))
     src = p.add_argument_group("source (exactly one)")
     g = src.add_mutually_exclusive_group(required=True)
     g.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index")

@@ -445,3 +445,22 @@ def test_a_video_without_a_face_says_so(tmp_path, capsys):
     assert cli.main(["--video", str(path), "--no-display"]) == 0
     out = capsys.readouterr()
     assert "no face was found in any of the 15 frames" in out.err and "warning" in out.out
+
+
+def test_every_command_says_its_version(capsys):
+    import re
+    import tomllib
+
+    import mex
+    from benchmarks.cli import main as bench_main
+    from export.cli import main as export_main
+    from train.cli import main as train_main
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert mex.__version__ == declared
+    for prog, entry in (("mex-live", cli.main), ("mex-train", train_main), ("mex-export", export_main),
+                        ("mex-bench", bench_main)):
+        with pytest.raises(SystemExit) as done:
+            entry(["--version"])
+        assert done.value.code == 0
+        assert re.match(rf"{prog} {re.escape(declared)} ", capsys.readouterr().out)

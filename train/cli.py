@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from mex import version_line
+
 from .datasets import add_prepare_arguments, prepare_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,6 +225,7 @@ def cmd_table(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mex-train", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line("mex-train"))
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("loso", help="leave-one-subject-out: all folds trained at once, pooled UF1/UAR")
     _add_common(p)
