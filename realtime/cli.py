@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--demo", action="store_true", help="generated clip from the shipped face photo, micro-expressions planted at known frames")
     src.add_argument("--width", type=int, help="camera capture width")
     src.add_argument("--height", type=int, help="camera capture height")
-    src.add_argument("--fps", type=float, help="camera capture rate; the rate of a --video folder of frames")
+    src.add_argument("--fps", type=float, help="camera capture rate; the rate of a --video folder of frames; a video "
+                     "file's true rate where its container states a wrong one")
     src.add_argument("--realtime", action="store_true", help="play a file (or the demo) at its own frame rate")
     src.add_argument("--segmented", action="store_true",
                      help="the --video is one pre-segmented clip (a database clip, onset to offset): onset = first "
@@ -109,7 +110,7 @@ def open_source(args):
         if args.video is not None and Path(args.video).is_dir():
             return FrameFolderSource(args.video, args.fps, realtime=args.realtime)
         if args.video is not None:
-            return VideoSource(args.video, realtime=args.realtime)
+            return VideoSource(args.video, realtime=args.realtime, fps=args.fps)
         return CameraSource(args.camera, args.width, args.height, args.fps)
     except SourceError as e:
         raise CliError(str(e)) from None
@@ -269,10 +270,12 @@ def _run(args) -> int:
 
     if args.camera is not None and args.camera < 0:
         raise CliError(f"--camera {args.camera}: a camera index is 0 or more")
-    folder = args.video is not None and Path(args.video).is_dir()
-    if args.camera is None and any(v is not None for v in (args.width, args.height, None if folder else args.fps)):
-        print("mex-live: note: --width/--height/--fps set the camera's capture (--fps also a frame folder's rate); "
-              "ignored for a video file or the demo", file=sys.stderr)
+    if args.camera is None and (args.width is not None or args.height is not None):
+        raise CliError("--width/--height set a camera's capture size; a file or the demo is read at its own size")
+    if args.demo and args.fps is not None:
+        raise CliError("--fps sets a camera's rate, a frame folder's, or a file's true rate; the demo has its own")
+    if args.fps is not None and not 1 <= args.fps <= 1000:
+        raise CliError(f"--fps {args.fps:g}: a frame rate is between 1 and 1000")
     if args.camera is not None and args.realtime:
         print("mex-live: note: --realtime paces a file; a camera is always real time", file=sys.stderr)
     if args.queue_size < 1:

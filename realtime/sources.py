@@ -85,7 +85,10 @@ class VideoSource(Source):
 
     live = False
 
-    def __init__(self, path: str | Path, realtime: bool = False, loop_frames: int | None = None):
+    def __init__(self, path: str | Path, realtime: bool = False, loop_frames: int | None = None,
+                 fps: float | None = None):
+        """fps: the file's true frame rate where its container states a wrong one (high-speed footage is
+        often stored at 25 or 30 fps); default the container's."""
         super().__init__()
         import cv2
 
@@ -103,8 +106,8 @@ class VideoSource(Source):
         if not ok or first is None:
             cap.release()
             raise SourceError(f"--video {self.path}: opened but no frame could be decoded (empty or damaged file)")
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if fps and math.isfinite(fps) and 1 <= fps <= 1000 else 30.0
+        stated = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps or (stated if stated and math.isfinite(stated) and 1 <= stated <= 1000 else 30.0))
         self.height, self.width = first.shape[:2]
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.total_frames = loop_frames if loop_frames else (n if n > 0 else None)

@@ -137,6 +137,8 @@ def test_bad_inputs_exit_non_zero_with_a_message(work, tmp_path, capsys):
         (["--video", clip, "--model", model, "--events", str(old)], "file exists; pass --force"),
         (["--video", clip, "--model", model, "--events", same, "--record", same], "--events writes there too"),
         (["--video", clip, "--model", model, "--record", str(tmp_path / "out.xyz")], "unknown video container .xyz"),
+        (["--video", clip, "--model", model, "--width", "640"], "--width/--height set a camera's"),
+        (["--video", clip, "--model", model, "--fps", "0"], "--fps 0: a frame rate"),
     ]
     for argv, needle in cases:
         rc = cli.main([*argv, "--no-display"])
@@ -464,3 +466,9 @@ def test_every_command_says_its_version(capsys):
             entry(["--version"])
         assert done.value.code == 0
         assert re.match(rf"{prog} {re.escape(declared)} ", capsys.readouterr().out)
+
+
+def test_fps_gives_a_file_its_true_rate(work, capsys):
+    assert cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--fps", "120", "--no-display",
+                     "--max-frames", "10"]) == 0
+    assert "@ 120 fps)" in capsys.readouterr().out
