@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--record", metavar="OUT.mp4", help="write the annotated video")
     o.add_argument("--events", metavar="OUT.jsonl", help="write one JSON object per detected micro-expression")
+    o.add_argument("--summary", metavar="OUT.json", help="write the run's summary as JSON (frames, drops, faces, "
+                   "events, stage latencies, warnings)")
     o.add_argument("--force", action="store_true", help="let --events / --record replace an existing file (never an input)")
     o.add_argument("--no-display", action="store_true", help="headless: no overlay; one line per event and a summary")
     o.add_argument("--window", action="store_true", help="OpenCV window overlay (falls back to the terminal overlay without a display)")
@@ -64,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------------- building
 def check_outputs(args) -> None:
-    """--events and --record never write over an input or each other, and replace an existing file only
-    with --force: a mistyped output must not cost the user a recording."""
+    """--events, --record and --summary never write over an input or each other, and replace an existing
+    file only with --force: a mistyped output must not cost the user a recording."""
     inputs = {Path(p).resolve() for p in (args.video, args.model) if p is not None}
     seen = {}
-    for flag, path in (("--events", args.events), ("--record", args.record)):
+    for flag, path in (("--events", args.events), ("--record", args.record), ("--summary", args.summary)):
         if path is None:
             continue
         target = Path(path).resolve()
@@ -198,6 +200,20 @@ def shortfalls(summary: dict, source, max_frames: int | None) -> list[str]:
     if read and summary["face_frames"] == 0:
         out.append(f"{source.name}: no face was found in any of the {read} frames: nothing could be spotted")
     return out
+
+
+def write_summary(path: str, summary: dict, source, warnings: list[str]) -> None:
+    """The run's summary as one JSON object (non-finite numbers as null), written whole or not at all."""
+    import json
+
+    from .sinks import json_safe
+
+    payload = {"input": {"name": source.name, "width": source.width, "height": source.height, "fps": source.fps,
+                          "total_frames": source.total_frames}, **summary, "warnings": warnings}
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
+    tmp.replace(target)
 
 
 def print_summary(out, summary: dict, source, events, console_ok=True) -> None:
@@ -390,9 +406,13 @@ def _run(args) -> int:
                 pass
 
     print_summary(sys.stdout, summary, source, keep.events)
-    for note in shortfalls(summary, source, args.max_frames):
+    notes = shortfalls(summary, source, args.max_frames)
+    for note in notes:
         print(f"  warning     {note}")
         print(f"mex-live: warning: {note}", file=sys.stderr)
+    if args.summary:
+        write_summary(args.summary, summary, source, notes)
+        print(f"  summary     {args.summary}")
     if args.events:
         print(f"  events log  {args.events}")
     if args.record:

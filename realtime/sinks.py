@@ -19,14 +19,14 @@ class SinkError(RuntimeError):
     """An output cannot be written; the message names the flag and the file."""
 
 
-def _json_safe(value):
+def json_safe(value):
     """JSON has no NaN or infinity: such a number is written as null, so every line stays valid JSON."""
     if isinstance(value, float) and not np.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -46,7 +46,7 @@ class EventLog(EventSink):
         self.count = 0
 
     def on_event(self, event: Event) -> None:
-        line = json.dumps(_json_safe(event.to_json()), separators=(", ", ": "), allow_nan=False)
+        line = json.dumps(json_safe(event.to_json()), separators=(", ", ": "), allow_nan=False)
         with self._lock:
             if self._f is None:
                 return

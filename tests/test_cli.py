@@ -472,3 +472,14 @@ def test_fps_gives_a_file_its_true_rate(work, capsys):
     assert cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--fps", "120", "--no-display",
                      "--max-frames", "10"]) == 0
     assert "@ 120 fps)" in capsys.readouterr().out
+
+
+@needs_tracker
+def test_summary_json_says_what_the_run_did(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert cli.main(["--demo", "--no-display", "--max-frames", "60", "--summary", str(out)]) == 0
+    text = capsys.readouterr().out
+    s = json.loads(out.read_text())
+    assert s["frames_read"] == s["frames_processed"] == 60 and s["input"]["fps"] == 30.0
+    assert s["events"] == int(text.split("events      ")[1].split()[0]) and s["warnings"] == []
+    assert {"track", "spot"} <= set(s["stages_ms"]) and s["stages_ms"]["track"]["n"] == 60
