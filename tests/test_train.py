@@ -637,3 +637,22 @@ def test_bench_stack_names_an_unfinished_run(selected, tmp_path):
     with pytest.raises(SystemExit, match="unfinished/predictions.csv: not found"):
         bench(["stack", "--data", str(subset), "--loso", str(unfinished), "--inner", str(select / "inner-profile"),
                "--floor", str(floor), "--out", str(tmp_path)])
+
+
+def test_ctrl_c_finishes_the_epoch_saves_and_the_rerun_resumes_there(tiny_subset, tmp_path):
+    epochs = 30
+    args = ["loso", "--data", str(tiny_subset), "--profile", "cpu-quick", "--epochs", str(epochs), "--eval-every", "1",
+            "--device", "cpu", "--save-every", "100000", "--out", str(tmp_path / "run"), *TINY]
+    proc = _run_cli(args, text=True)
+    for line in proc.stdout:  # a log (not a terminal) gets one line per evaluated epoch
+        if line.startswith("epoch 2/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, out
+    assert "finishing this epoch" in out
+    saved = torch.load(tmp_path / "run" / "state.pt", weights_only=False)["epoch"]
+    assert 2 <= saved < epochs  # saved at the interrupt, not at --save-every
+    rerun = _run_cli(args, text=True)
+    out = rerun.stdout.read()
+    assert rerun.wait(timeout=300) == 0 and f"resuming from epoch {saved} of {epochs}" in out.replace("\n", " ")

@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        console.print("interrupted: state is saved every 30 s; rerun the same command to continue")
+        console.print("interrupted: rerun the same command to continue from the last saved epoch")
         return 130
     except (ValueError, OSError) as e:  # DataError, RunMismatch, CheckpointError are ValueErrors; StateNotSaved an OSError
         console.print(f"[red]error:[/red] {escape(str(e))}")  # escaped: paths and torch messages hold [brackets]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -200,6 +202,8 @@ def train_members(
             torch.cuda.set_rng_state(st["cuda_rng"].cpu())
         start_epoch, curve, wall_before = st["epoch"], st["curve"], st["wall_s"]
         segments = st.get("segments", [])  # states written before segments were kept have none
+    if 0 < start_epoch < recipe.epochs and progress:
+        progress.console.print(f"resuming from epoch {start_epoch} of {recipe.epochs} ({state_path})")
     if start_epoch < recipe.epochs:
         segments.append({"from_epoch": start_epoch, "cpu_threads": torch.get_num_threads(), "device": str(device),
                          "code": code_version()})
@@ -242,47 +246,77 @@ def train_members(
     t0 = last_save = time.perf_counter()
     loss_value = float("nan")
     ema_pairs = (list(ema.values()), list(members.params.values())) if ema is not None else None
-    for epoch in range(start_epoch, recipe.epochs):
-        order, valid = _epoch_order(train_mask, n_train_max, gen)
-        for step in range(steps_per_epoch):
-            for g in opt.param_groups:
-                g["lr"] = recipe.lr * lr_factor(recipe, epoch + step / steps_per_epoch)
-            sl = slice(step * recipe.batch_size, (step + 1) * recipe.batch_size)
-            idx, ok = order[:, sl], valid[:, sl].float()
-            xb = augment(x[idx], recipe, gen)
-            target = F.one_hot(y[idx], NUM_CLASSES).float()
-            if recipe.label_smoothing:
-                target = target * (1 - recipe.label_smoothing) + recipe.label_smoothing / NUM_CLASSES
-            if recipe.mixup > 0:
-                xb, target = _mixup(xb, target, ok, recipe.mixup, gen)
-            weight = ok if class_w is None else ok * (target * class_w[:, None, :]).sum(-1)
-            with autocast(device, precision):
-                logits = members.forward(members.params, xb, train=True)
-            ce = -(target * logits.float().log_softmax(-1)).sum(-1)  # (members, B)
-            loss = ((ce * weight).sum(1) / weight.sum(1).clamp_min(1e-6)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ema_pairs is not None:
-                with torch.no_grad():
-                    torch._foreach_lerp_(*ema_pairs, 1 - recipe.ema)
-        # read once per epoch: .item() waits for the device, which would stall a GPU every step
-        loss_value = loss.item() / members.n
-        done = epoch + 1
-        info = f"loss {loss_value:.4f}"
-        if evaluate and (done % eval_every == 0 or done == recipe.epochs):
-            curve.append({"epoch": done, "loss": loss_value, **evaluate(members, ema or members.params, x)})
-        if curve:
-            info += f"  pooled UF1 {curve[-1]['uf1']:.3f} UAR {curve[-1]['uar']:.3f} (ep {curve[-1]['epoch']})"
-        if progress:
-            progress.update(task, completed=done, info=info)
-            if not progress.console.is_terminal and (done % eval_every == 0 or done == recipe.epochs):
-                progress.console.print(f"epoch {done}/{recipe.epochs} {info}")  # a log file gets no live bar
-        now = time.perf_counter()
-        if now - last_save >= save_every_s or done == recipe.epochs:
-            save_state(done, wall_before + now - t0)
-            last_save = now
+    stop = _EpochEndInterrupt(progress)
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            order, valid = _epoch_order(train_mask, n_train_max, gen)
+            for step in range(steps_per_epoch):
+                for g in opt.param_groups:
+                    g["lr"] = recipe.lr * lr_factor(recipe, epoch + step / steps_per_epoch)
+                sl = slice(step * recipe.batch_size, (step + 1) * recipe.batch_size)
+                idx, ok = order[:, sl], valid[:, sl].float()
+                xb = augment(x[idx], recipe, gen)
+                target = F.one_hot(y[idx], NUM_CLASSES).float()
+                if recipe.label_smoothing:
+                    target = target * (1 - recipe.label_smoothing) + recipe.label_smoothing / NUM_CLASSES
+                if recipe.mixup > 0:
+                    xb, target = _mixup(xb, target, ok, recipe.mixup, gen)
+                weight = ok if class_w is None else ok * (target * class_w[:, None, :]).sum(-1)
+                with autocast(device, precision):
+                    logits = members.forward(members.params, xb, train=True)
+                ce = -(target * logits.float().log_softmax(-1)).sum(-1)  # (members, B)
+                loss = ((ce * weight).sum(1) / weight.sum(1).clamp_min(1e-6)).sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if ema_pairs is not None:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(*ema_pairs, 1 - recipe.ema)
+            # read once per epoch: .item() waits for the device, which would stall a GPU every step
+            loss_value = loss.item() / members.n
+            done = epoch + 1
+            info = f"loss {loss_value:.4f}"
+            if evaluate and (done % eval_every == 0 or done == recipe.epochs):
+                curve.append({"epoch": done, "loss": loss_value, **evaluate(members, ema or members.params, x)})
+            if curve:
+                info += f"  pooled UF1 {curve[-1]['uf1']:.3f} UAR {curve[-1]['uar']:.3f} (ep {curve[-1]['epoch']})"
+            if progress:
+                progress.update(task, completed=done, info=info)
+                if not progress.console.is_terminal and (done % eval_every == 0 or done == recipe.epochs):
+                    progress.console.print(f"epoch {done}/{recipe.epochs} {info}")  # a log file gets no live bar
+            now = time.perf_counter()
+            if now - last_save >= save_every_s or done == recipe.epochs or stop.requested:
+                save_state(done, wall_before + now - t0)
+                last_save = now
+            if stop.requested and done < recipe.epochs:
+                raise KeyboardInterrupt(f"stopped after epoch {done} of {recipe.epochs}; its state is saved in {state_path}")
+    finally:
+        stop.close()
     return members, ema or members.params, TrainLog(curve, wall_before + time.perf_counter() - t0, segments)
+
+
+class _EpochEndInterrupt:
+    """Ctrl-C during training finishes the epoch, saves the state and then stops: nothing is lost and a
+    restart continues from exactly there. A second Ctrl-C stops at once (back to the last save)."""
+
+    def __init__(self, progress=None):
+        self.requested = False
+        self.progress = progress
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.progress:
+            self.progress.console.print("Ctrl-C: finishing this epoch and saving the state (Ctrl-C again: stop now)")
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def fold_index(clips: FlowSet, subjects: list[str], what: str) -> np.ndarray:
