@@ -1,5 +1,6 @@
 """The committed results are what their predictions say: every results.json under benchmarks/results
-is re-scored from the predictions.csv beside it, and README's seed-ensemble rows from the runs they name.
+is re-scored from the predictions.csv beside it, docs/results.md's seed-ensemble rows from the runs they
+name, and README's headline numbers are docs/results.md's.
 
 A hand-edited number, a scorer that changed meaning, or a README row left behind by a rerun fails here.
 """
@@ -55,9 +56,9 @@ def test_committed_results_json_is_its_predictions_rescored(run: Path):
 
 
 def _readme_row(starts_with: str) -> list[tuple[float, float]]:
-    """The (UF1, UAR) pairs of the README results row that starts with the given text."""
-    lines = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith(starts_with)]
-    assert len(lines) == 1, f"README: expected one row starting {starts_with!r}, found {len(lines)}"
+    """The (UF1, UAR) pairs of the docs/results.md row that starts with the given text."""
+    lines = [ln for ln in (ROOT / "docs" / "results.md").read_text().splitlines() if ln.startswith(starts_with)]
+    assert len(lines) == 1, f"docs/results.md: expected one row starting {starts_with!r}, found {len(lines)}"
     return [(float(a), float(b)) for a, b in re.findall(r"(\d\.\d+) / (\d\.\d+)", lines[0])]
 
 
@@ -125,3 +126,14 @@ def test_a_benchmark_without_out_never_writes_into_the_committed_results(tmp_pat
     path = results_dir(None).resolve()
     assert path.is_dir() and path.is_relative_to(tmp_path) and not path.is_relative_to(RESULTS)
     assert results_dir(str(tmp_path / "named")) == tmp_path / "named"
+
+
+def test_readme_headline_numbers_are_those_of_docs_results():
+    """README keeps a few headline numbers; each must be one that docs/results.md (checked above) states."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Headline numbers")[1].split("\n## ")[0]
+    results = (ROOT / "docs" / "results.md").read_text()
+    numbers = re.findall(r"\d+\.\d+(?: ± \d+\.\d+)?|\d+ fps|\d+ ms", "\n".join(ln for ln in table.splitlines() if ln.startswith("| ")))
+    assert len(numbers) >= 12
+    missing = [n for n in numbers if n not in results]
+    assert not missing, f"README headline numbers not in docs/results.md: {missing}"
