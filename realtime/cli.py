@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--events", metavar="OUT.jsonl", help="write one JSON object per detected micro-expression")
     o.add_argument("--summary", metavar="OUT.json", help="write the run's summary as JSON (frames, drops, faces, "
                    "events, stage latencies, warnings)")
+    o.add_argument("--verbose", action="store_true", help="also show mediapipe's and TensorFlow Lite's own log lines")
     o.add_argument("--force", action="store_true", help="let --events / --record replace an existing file (never an input)")
     o.add_argument("--no-display", action="store_true", help="headless: no overlay; one line per event and a summary")
     o.add_argument("--window", action="store_true", help="OpenCV window overlay (falls back to the terminal overlay without a display)")
@@ -265,8 +266,11 @@ def _sigterm_to_interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .native_logs import quiet
+
     try:
-        return _run(args)
+        with quiet(not args.verbose):
+            return _run(args)
     except CliError as e:
         print(f"mex-live: error: {e}", file=sys.stderr)
         return EXIT_INPUT

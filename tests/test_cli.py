@@ -483,3 +483,14 @@ def test_summary_json_says_what_the_run_did(tmp_path, capsys):
     assert s["frames_read"] == s["frames_processed"] == 60 and s["input"]["fps"] == 30.0
     assert s["events"] == int(text.split("events      ")[1].split()[0]) and s["warnings"] == []
     assert {"track", "spot"} <= set(s["stages_ms"]) and s["stages_ms"]["track"]["n"] == 60
+
+
+@needs_tracker
+def test_native_log_lines_are_hidden_unless_verbose():
+    base = [sys.executable, "-m", "realtime.cli", "--demo", "--no-display", "--max-frames", "40"]
+    quiet = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    loud = subprocess.run([*base, "--verbose"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == loud.returncode == 0
+    assert "W0000" in loud.stderr or "INFO: Created TensorFlow Lite" in loud.stderr  # there is chatter to hide
+    assert "W0000" not in quiet.stderr and "TensorFlow Lite" not in quiet.stderr
+    assert "mex-live: demo" in quiet.stdout and "summary" in quiet.stdout
