@@ -12,6 +12,7 @@ Exit status: 0 finished (or stopped by Ctrl-C / q), 1 failed while running, 2 ba
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import time
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = src.add_mutually_exclusive_group(required=True)
     g.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index")
     g.add_argument("--video", metavar="PATH", help="a video file, or a folder of numbered frame images with --fps "
-                   "(as fast as possible; --realtime for its own pace)")
+                   "(as fast as possible; --realtime for its own pace), or a live stream (rtsp://, http://, /dev/video0)")
     g.add_argument("--demo", action="store_true", help="generated clip from the shipped face photo, micro-expressions planted at known frames")
     src.add_argument("--width", type=int, help="camera capture width")
     src.add_argument("--height", type=int, help="camera capture height")
@@ -104,12 +105,20 @@ def load_engine_for(args):
         raise CliError(f"--engine {args.engine}: cannot load the model ({type(e).__name__}: {e})") from None
 
 
+def is_stream(video: str | None) -> bool:
+    """A --video that is a live stream rather than a file: a URL (rtsp://, http://...) or a capture device."""
+    return video is not None and (re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", video) is not None
+                                  or video.startswith("/dev/video"))
+
+
 def open_source(args):
     from .sources import CameraSource, DemoSource, FrameFolderSource, SourceError, VideoSource
 
     try:
         if args.demo:
             return DemoSource(seed=args.seed, realtime=args.realtime)
+        if is_stream(args.video):
+            return CameraSource(args.video, args.width, args.height, args.fps, flag="--video")
         if args.video is not None and Path(args.video).is_dir():
             return FrameFolderSource(args.video, args.fps, realtime=args.realtime)
         if args.video is not None:
@@ -290,7 +299,7 @@ def _run(args) -> int:
 
     if args.camera is not None and args.camera < 0:
         raise CliError(f"--camera {args.camera}: a camera index is 0 or more")
-    if args.camera is None and (args.width is not None or args.height is not None):
+    if args.camera is None and not is_stream(args.video) and (args.width is not None or args.height is not None):
         raise CliError("--width/--height set a camera's capture size; a file or the demo is read at its own size")
     if args.demo and args.fps is not None:
         raise CliError("--fps sets a camera's rate, a frame folder's, or a file's true rate; the demo has its own")
@@ -302,7 +311,9 @@ def _run(args) -> int:
         raise CliError("--queue-size must be at least 1")
     if args.segmented and args.video is None:
         raise CliError("--segmented needs --video (a file or a folder of frames holding one clip)")
-    if args.video is not None and not Path(args.video).exists():
+    if args.segmented and is_stream(args.video):
+        raise CliError(f"--segmented needs a recorded clip; --video {args.video} is a live stream")
+    if args.video is not None and not is_stream(args.video) and not Path(args.video).exists():
         raise CliError(f"--video {args.video}: no such file or folder")
     check_outputs(args)
     try:

@@ -318,7 +318,7 @@ def _spec_truth(synth, spec) -> dict | None:
 CaptureFactory = Callable[[int], object]
 
 
-def _default_capture(index: int):
+def _default_capture(index: int | str):
     import cv2
 
     # OpenCV logs its own warnings for a missing device; mex-live prints one clear message instead
@@ -341,12 +341,15 @@ class CameraSource(Source):
 
     live = True
 
-    def __init__(self, index: int, width: int | None = None, height: int | None = None, fps: float | None = None,
+    def __init__(self, index: int | str, width: int | None = None, height: int | None = None, fps: float | None = None,
                  capture_factory: CaptureFactory | None = None, backoff_s: float = 0.25, backoff_max_s: float = 4.0,
-                 fail_after: int = 5, open_timeout_s: float = 5.0):
+                 fail_after: int = 5, open_timeout_s: float = 5.0, flag: str = "--camera"):
+        """index: a camera number, a device path (/dev/video0) or a stream URL (rtsp://, http://): all are
+        live sources that OpenCV opens the same way; `flag` names the option in messages."""
         super().__init__()
-        self.index = int(index)
-        self.name = f"camera {self.index}"
+        self.index = int(index) if isinstance(index, int) or str(index).isdigit() else str(index)
+        self.name = f"camera {self.index}" if isinstance(self.index, int) else f"stream {self.index}"
+        self.flag = flag
         self.req_width, self.req_height, self.req_fps = width, height, fps
         self._factory = capture_factory or _default_capture
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
@@ -355,7 +358,8 @@ class CameraSource(Source):
         self._cap = self._open()
         if self._cap is None:
             raise SourceError(
-                f"--camera {self.index}: cannot open this camera (no such device, busy, or no permission)"
+                f"{flag} {self.index}: cannot open this camera or stream (no such device or address, busy, "
+                "unreachable, or no permission)"
             )
         self.state = "ok"
 

@@ -139,6 +139,8 @@ def test_bad_inputs_exit_non_zero_with_a_message(work, tmp_path, capsys):
         (["--video", clip, "--model", model, "--record", str(tmp_path / "out.xyz")], "unknown video container .xyz"),
         (["--video", clip, "--model", model, "--width", "640"], "--width/--height set a camera's"),
         (["--video", clip, "--model", model, "--fps", "0"], "--fps 0: a frame rate"),
+        (["--video", "/dev/video97", "--model", model], "--video /dev/video97: cannot open this camera or stream"),
+        (["--video", "rtsp://127.0.0.1:9/cam", "--model", model, "--segmented"], "is a live stream"),
     ]
     for argv, needle in cases:
         rc = cli.main([*argv, "--no-display"])
@@ -494,3 +496,10 @@ def test_native_log_lines_are_hidden_unless_verbose():
     assert "W0000" in loud.stderr or "INFO: Created TensorFlow Lite" in loud.stderr  # there is chatter to hide
     assert "W0000" not in quiet.stderr and "TensorFlow Lite" not in quiet.stderr
     assert "mex-live: demo" in quiet.stdout and "summary" in quiet.stdout
+
+
+def test_streams_and_devices_are_live_sources_not_missing_files():
+    for video in ("rtsp://10.0.0.2:554/stream", "http://cam.local/video.mjpg", "/dev/video0"):
+        assert cli.is_stream(video), video
+    for video in ("clip.mp4", "/data/CASME2/sub01/EP02_01f", None):
+        assert not cli.is_stream(video), video
