@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index")
     g.add_argument("--video", metavar="PATH", help="a video file, or a folder of numbered frame images with --fps "
                    "(as fast as possible; --realtime for its own pace), or a live stream (rtsp://, http://, /dev/video0)")
+    g.add_argument("--batch", metavar="PATH", help="every video file and folder of frames under PATH, one after another, "
+                   "headless: events and a summary.csv row per input in --out DIR (a rerun skips the inputs done)")
     g.add_argument("--demo", action="store_true", help="generated clip from the shipped face photo, micro-expressions planted at known frames")
     src.add_argument("--width", type=int, help="camera capture width")
     src.add_argument("--height", type=int, help="camera capture height")
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--record", metavar="OUT.mp4", help="write the annotated video")
     o.add_argument("--events", metavar="OUT.jsonl", help="write one JSON object per detected micro-expression")
+    o.add_argument("--out", metavar="DIR", help="--batch: the folder for the events files and summary.csv")
     o.add_argument("--summary", metavar="OUT.json", help="write the run's summary as JSON (frames, drops, faces, "
                    "events, stage latencies, warnings)")
     o.add_argument("--verbose", action="store_true", help="also show mediapipe's and TensorFlow Lite's own log lines")
@@ -294,8 +297,33 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUNTIME
 
 
+def _batch(args) -> int:
+    from rich.console import Console
+
+    from .batch import run_batch
+
+    if args.out is None:
+        raise CliError("--batch needs --out DIR (events files and summary.csv)")
+    if not Path(args.batch).exists():
+        raise CliError(f"--batch {args.batch}: no such file or folder")
+    if any(v is not None for v in (args.events, args.record, args.summary)):
+        raise CliError("--batch writes one events file per input and summary.csv into --out; "
+                       "--events, --record and --summary are for a single input")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CliError(f"--out {args.out}: is a file; give a folder")
+    engine = load_engine_for(args)
+    warm_up(engine, args.flow)
+    failed = run_batch(args, engine, Console(stderr=False))
+    return EXIT_RUNTIME if failed else EXIT_OK
+
+
 def _run(args) -> int:
     from .sinks import EventLog, ListSink, PrintSink, SinkError, VideoRecorder
+
+    if args.batch is not None:
+        return _batch(args)
+    if args.out is not None:
+        raise CliError("--out goes with --batch; a single input writes --events, --record, --summary")
 
     if args.camera is not None and args.camera < 0:
         raise CliError(f"--camera {args.camera}: a camera index is 0 or more")

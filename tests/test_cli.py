@@ -140,6 +140,8 @@ def test_bad_inputs_exit_non_zero_with_a_message(work, tmp_path, capsys):
         (["--video", clip, "--model", model, "--width", "640"], "--width/--height set a camera's"),
         (["--video", clip, "--model", model, "--fps", "0"], "--fps 0: a frame rate"),
         (["--video", "/dev/video97", "--model", model], "--video /dev/video97: cannot open this camera or stream"),
+        (["--batch", str(tmp_path), "--model", model], "--batch needs --out"),
+        (["--video", clip, "--model", model, "--out", str(tmp_path / "o")], "--out goes with --batch"),
         (["--video", "rtsp://127.0.0.1:9/cam", "--model", model, "--segmented"], "is a live stream"),
     ]
     for argv, needle in cases:
@@ -503,3 +505,30 @@ def test_streams_and_devices_are_live_sources_not_missing_files():
         assert cli.is_stream(video), video
     for video in ("clip.mp4", "/data/CASME2/sub01/EP02_01f", None):
         assert not cli.is_stream(video), video
+
+
+@needs_tracker
+def test_batch_runs_every_recording_records_failures_and_resumes(work, tmp_path, capsys):
+    import csv
+
+    root = tmp_path / "recordings"
+    (root / "day1").mkdir(parents=True)
+    shutil.copy(work["clip"], root / "day1" / "a.mp4")
+    shutil.copy(work["clip"], root / "b.mp4")
+    (root / "day1" / "broken.mp4").write_bytes(b"\x00garbage" * 300)
+    assert _frame_folder(work["clip"], root / "EP01_01") == 120
+    out = tmp_path / "out"
+    argv = ["--batch", str(root), "--out", str(out), "--fps", "30", "--model", str(work["model"]), "--max-frames", "40"]
+    assert cli.main(argv) == 1  # one input failed; the others ran
+    text = capsys.readouterr().out.replace("\n", " ")  # rich wraps long lines
+    with (out / "summary.csv").open(newline="") as f:
+        rows = {r["input"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"day1__a.mp4", "b.mp4", "day1__broken.mp4", "EP01_01"}
+    assert rows["day1__broken.mp4"]["status"] == "error" and "broken.mp4" in rows["day1__broken.mp4"]["error"]
+    for name in ("day1__a.mp4", "b.mp4", "EP01_01"):
+        assert rows[name]["status"] == "ok" and rows[name]["frames_read"] == "40", rows[name]
+        events = _events(out / f"{name}.events.jsonl")
+        assert int(rows[name]["events"]) == len(events)
+    assert "3 of 4 inputs ok" in text
+    assert cli.main(argv) == 1  # a rerun retries only the failed input
+    assert "3 done before, 1 to run" in capsys.readouterr().out.replace("\n", " ")
