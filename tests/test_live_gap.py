@@ -13,6 +13,7 @@ from torch import nn
 from benchmarks.cli import main as bench
 from benchmarks.live_gap import floor_probs, gap_scores, live_index
 from mex.composite import load_flow_folder
+from mex.labels import CLASSES
 from train.batched import augment
 from train.cli import main as train_main
 from train.loso import loso_run_args, read_predictions, run_loso, same_run
@@ -147,6 +148,7 @@ def tampered(live: Path, subject: str, dest: Path) -> Path:
     for r in rows:
         if r["subject"] == subject:
             r["label"] = str((int(r["label"]) + 1) % 3)
+            r["emotion"] = CLASSES[int(r["label"])]  # the class word with it: a contradicting row is refused
             write_png_rgb(dest / r["file"], rng.random((3, 28, 28)))
     with (dest / "labels.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
