@@ -177,28 +177,13 @@ def planted_events(truth: dict) -> list[dict]:
 
 
 def match_events(found, planted, iou_min: float = 0.5):
-    """MEGC-style matching: a found interval counts when its IoU with a planted one is >= 0.5
-    (greedy, one-to-one). Returns (true positives, list of (planted, found) pairs)."""
-    def interval(on, off, ap):
-        return on, (off if off is not None else ap + max(1, ap - on))
+    """The MEGC rule of realtime.metrics (IoU >= 0.5, one-to-one, best IoU first) on events against
+    planted movements. Returns (true positives, list of (planted, found) pairs)."""
+    from .metrics import match, span
 
-    pairs, used = [], set()
-    for p in planted:
-        p0, p1 = interval(p["onset"], p["offset"], p["apex"])
-        best, best_iou = None, iou_min
-        for j, f in enumerate(found):
-            if j in used:
-                continue
-            f0, f1 = interval(f.onset_frame, f.offset_frame, f.apex_frame)
-            inter = max(0, min(p1, f1) - max(p0, f0) + 1)
-            union = max(p1, f1) - min(p0, f0) + 1
-            iou = inter / union if union > 0 else 0.0
-            if iou >= best_iou:
-                best, best_iou = j, iou
-        if best is not None:
-            used.add(best)
-            pairs.append((p, found[best]))
-    return len(pairs), pairs
+    pairs = match([span(f.onset_frame, f.apex_frame, f.offset_frame) for f in found],
+                  [span(p["onset"], p["apex"], p["offset"]) for p in planted], iou_min)
+    return len(pairs), [(planted[j], found[i]) for i, j in pairs]
 
 
 def shortfalls(summary: dict, source, max_frames: int | None) -> list[str]:

@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def span(onset: int, apex: int, offset: int | None) -> tuple[int, int]:
+    """A movement's interval; one whose end was not seen (the stream ended) ends at its apex."""
+    return onset, apex if offset is None else offset
+
+
 def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     inter = min(a[1], b[1]) - max(a[0], b[0]) + 1
     if inter <= 0:
@@ -79,7 +84,8 @@ class SpotScore:
 
 def score(spotted: list[dict], truth: list[dict], seconds: float, threshold: float = 0.5) -> SpotScore:
     """Score one clip. Both lists hold {"onset", "apex", "offset"} in frames (the truth JSON's events)."""
-    pairs = match([(s["onset"], s["offset"]) for s in spotted], [(t["onset"], t["offset"]) for t in truth], threshold)
+    pairs = match([span(s["onset"], s["apex"], s["offset"]) for s in spotted],
+                  [span(t["onset"], t["apex"], t["offset"]) for t in truth], threshold)
     errors = [abs(spotted[i]["apex"] - truth[j]["apex"]) for i, j in pairs]
     return SpotScore(tp=len(pairs), fp=len(spotted) - len(pairs), fn=len(truth) - len(pairs),
                      seconds=seconds, apex_errors=errors)

@@ -74,8 +74,6 @@ class Channel:
         self._items: deque = deque()
         self._cond = threading.Condition()
         self.dropped = 0
-        self.put_count = 0
-        self.high_water = 0
 
     def put(self, item) -> None:
         with self._cond:
@@ -90,9 +88,7 @@ class Channel:
                         if self._abort.is_set():
                             raise Aborted(self.name)
                         self._cond.wait(0.1)
-                self.put_count += 1
             self._items.append(item)
-            self.high_water = max(self.high_water, len(self._items))
             self._cond.notify_all()
 
     def get(self, timeout: float | None = None):
@@ -237,11 +233,9 @@ class Recognizer:
             self._encode_batch = None
 
     skipped = 0  # candidates that could not be encoded
-    last_skip: str | None = None
 
     def _skip(self, why: str) -> None:
         self.skipped += 1
-        self.last_skip = why
 
     def _usable(self, c: Candidate) -> bool:
         if c.onset.patch is None or c.apex.patch is None:
@@ -397,7 +391,9 @@ class Pipeline:
 
     `tracker.track(frame) -> FaceFrame`, `spotter.push(ff) -> list[Candidate]`, `spotter.flush()`,
     optional `spotter.signal_history()` / `spotter.region_motion()`; `recognizer(list[Candidate]) ->
-    list[Event]` (a `Recognizer`).
+    list[Event]` (a `Recognizer`). The tracker and the spotter stamp their own time on the frame
+    (`stage_ms["track"]`, `["spot"]`: measured in one place, whether a pipeline runs them or not); the
+    pipeline stamps what only it sees (`wait`, `frame`).
     """
 
     def __init__(self, source, tracker, spotter, recognizer, event_sinks: Sequence[EventSink] = (),
@@ -567,8 +563,7 @@ class Pipeline:
                     break
                 t0 = time.monotonic()
                 frame.stage_ms["wait"] = (t0 - frame.t_capture) * 1000.0
-                ff = self.tracker.track(frame)
-                frame.stage_ms["track"] = (time.monotonic() - t0) * 1000.0
+                ff = self.tracker.track(frame)  # stamps its own stage time
                 self.q_faces.put(ff)
         finally:
             self.q_faces.close()
@@ -581,10 +576,8 @@ class Pipeline:
                 if ff is _EOS:
                     break
                 frame = ff.frame
-                t1 = time.monotonic()
-                cands = self.spotter.push(ff)
+                cands = self.spotter.push(ff)  # stamps its own stage time
                 t2 = time.monotonic()
-                frame.stage_ms["spot"] = (t2 - t1) * 1000.0
                 if self.speculator is not None and not cands:
                     pair = self.spotter.provisional()
                     # offered once the peak has held for a frame: while the motion still rises every

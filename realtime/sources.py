@@ -275,44 +275,10 @@ class DemoSource(ArraySource):
         from . import synth
 
         self.spec = spec if spec is not None else synth.demo_spec(seed=seed)
-        fps = float(getattr(self.spec, "fps", 30.0))
-        super().__init__(synth.render(self.spec), fps, live=False, realtime=realtime, name="demo",
-                         total_frames=_spec_frames(self.spec))
-        self.truth = _spec_truth(synth, self.spec)
-        size = getattr(self.spec, "size", None)
-        if size:
-            self.width, self.height = int(size[0]), int(size[1])
-
-
-def _spec_frames(spec) -> int | None:
-    dur = getattr(spec, "seconds", None)
-    fps = getattr(spec, "fps", None)
-    if dur and fps:
-        return int(round(dur * fps))
-    return None
-
-
-def _spec_truth(synth, spec) -> dict | None:
-    """The planted events of a spec without writing the video (synth's own helper when it has one)."""
-    for fn in ("truth", "spec_truth", "truth_of"):
-        f = getattr(synth, fn, None)
-        if callable(f):
-            try:
-                return f(spec)
-            except TypeError:
-                pass
-    f = getattr(spec, "truth", None)
-    if callable(f):
-        return f()
-    events = getattr(spec, "events", None)
-    if events is not None:
-        import dataclasses
-
-        out = []
-        for e in events:
-            out.append(dataclasses.asdict(e) if dataclasses.is_dataclass(e) else dict(e) if isinstance(e, dict) else vars(e))
-        return {"fps": getattr(spec, "fps", None), "events": out}
-    return None
+        self.truth = synth.truth(self.spec)
+        super().__init__(synth.render(self.spec), float(self.spec.fps), live=False, realtime=realtime, name="demo",
+                         total_frames=self.truth["frames"])
+        self.width, self.height = (int(v) for v in self.spec.size)
 
 
 CaptureFactory = Callable[[int], object]

@@ -30,8 +30,10 @@ class FakeTracker:
         self.delay_s = delay_s
 
     def track(self, frame):
+        t0 = time.perf_counter()
         if self.delay_s:
             time.sleep(self.delay_s)
+        frame.stage_ms["track"] = (time.perf_counter() - t0) * 1e3  # a tracker stamps its own time
         crop = np.full((CROP, CROP), frame.index % 256, np.uint8)
         lm = np.array([[10.0, 10.0], [20.0, 20.0]])
         return FaceFrame(frame, "face", (4, 4, 24, 24), lm, crop, flat_patch(frame.index % 256))
@@ -47,6 +49,7 @@ class FakeSpotter:
         self.pending: list[tuple[int, Candidate]] = []
 
     def push(self, ff):
+        ff.frame.stage_ms["spot"] = 0.0  # a spotter stamps its own time
         self.hist = (self.hist + [ff])[-16:]
         i = ff.frame.index
         if i % self.every == self.every - 1 and len(self.hist) >= 5:
