@@ -67,7 +67,9 @@ def live_candidates(spec, segmented: bool):
     found = []
     with FaceTracker() as tracker:
         for i, image in enumerate(render(spec)):
-            if i < first or (last is not None and i > last):
+            if last is not None and i > last:
+                break
+            if i < first:
                 continue
             found += spotter.push(tracker.track(Frame(i, 0.0, i / spec.fps, image)))
     found += spotter.flush()

@@ -63,7 +63,7 @@ def run_batch(args, engine, console) -> int:
 
     from .cli import make_pipeline, shortfalls
     from .sinks import EventLog, ListSink
-    from .sources import FrameFolderSource, SourceError, VideoSource
+    from .sources import SourceError, recording
 
     root, out = Path(args.batch), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,8 +85,7 @@ def run_batch(args, engine, console) -> int:
             row = {"input": name, "status": "error", "frames_read": 0, "face_frames": 0, "events": 0, "labels": "",
                    "warnings": "", "error": "", "seconds": ""}
             try:
-                source = (FrameFolderSource(path, args.fps) if path.is_dir()
-                          else VideoSource(path, fps=args.fps))
+                source = recording(path, args.fps)
                 events = ListSink()
                 log = EventLog(out / f"{name}.events.jsonl")
                 pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker,

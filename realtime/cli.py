@@ -84,10 +84,10 @@ def check_outputs(args) -> None:
             raise CliError(f"{flag} {path}: that is an input of this run; choose another file")
         if target in seen:
             raise CliError(f"{flag} {path}: {seen[target]} writes there too; choose another file")
-        if target.exists() and not args.force:
-            raise CliError(f"{flag} {path}: file exists; pass --force to replace it")
         if target.is_dir():
             raise CliError(f"{flag} {path}: is a folder; give a file name")
+        if target.exists() and not args.force:
+            raise CliError(f"{flag} {path}: file exists; pass --force to replace it")
         seen[target] = flag
 
 
@@ -115,17 +115,15 @@ def is_stream(video: str | None) -> bool:
 
 
 def open_source(args):
-    from .sources import CameraSource, DemoSource, FrameFolderSource, SourceError, VideoSource
+    from .sources import CameraSource, DemoSource, SourceError, recording
 
     try:
         if args.demo:
             return DemoSource(seed=args.seed, realtime=args.realtime)
         if is_stream(args.video):
             return CameraSource(args.video, args.width, args.height, args.fps, flag="--video")
-        if args.video is not None and Path(args.video).is_dir():
-            return FrameFolderSource(args.video, args.fps, realtime=args.realtime)
         if args.video is not None:
-            return VideoSource(args.video, realtime=args.realtime, fps=args.fps)
+            return recording(args.video, args.fps, args.realtime)
         return CameraSource(args.camera, args.width, args.height, args.fps)
     except SourceError as e:
         raise CliError(str(e)) from None
@@ -305,6 +303,15 @@ def _batch(args) -> int:
 def _run(args) -> int:
     from .sinks import EventLog, ListSink, PrintSink, SinkError, VideoRecorder
 
+    # flags every kind of run shares, --batch included
+    if args.camera is None and not is_stream(args.video) and (args.width is not None or args.height is not None):
+        raise CliError("--width/--height set a camera's capture size; a file or the demo is read at its own size")
+    if args.demo and args.fps is not None:
+        raise CliError("--fps sets a camera's rate, a frame folder's, or a file's true rate; the demo has its own")
+    if args.fps is not None and not 1 <= args.fps <= 1000:
+        raise CliError(f"--fps {args.fps:g}: a frame rate is between 1 and 1000")
+    if args.queue_size < 1:
+        raise CliError("--queue-size must be at least 1")
     if args.batch is not None:
         return _batch(args)
     if args.out is not None:
@@ -312,16 +319,8 @@ def _run(args) -> int:
 
     if args.camera is not None and args.camera < 0:
         raise CliError(f"--camera {args.camera}: a camera index is 0 or more")
-    if args.camera is None and not is_stream(args.video) and (args.width is not None or args.height is not None):
-        raise CliError("--width/--height set a camera's capture size; a file or the demo is read at its own size")
-    if args.demo and args.fps is not None:
-        raise CliError("--fps sets a camera's rate, a frame folder's, or a file's true rate; the demo has its own")
-    if args.fps is not None and not 1 <= args.fps <= 1000:
-        raise CliError(f"--fps {args.fps:g}: a frame rate is between 1 and 1000")
     if args.camera is not None and args.realtime:
         print("mex-live: note: --realtime paces a file; a camera is always real time", file=sys.stderr)
-    if args.queue_size < 1:
-        raise CliError("--queue-size must be at least 1")
     if args.segmented and args.video is None:
         raise CliError("--segmented needs --video (a file or a folder of frames holding one clip)")
     if args.segmented and is_stream(args.video):

@@ -281,6 +281,15 @@ class DemoSource(ArraySource):
         self.width, self.height = (int(v) for v in self.spec.size)
 
 
+def recording(path: str | Path, fps: float | None = None, realtime: bool = False) -> Source:
+    """A recorded input: a folder of frame images (`fps` its rate) or a video file (`fps` its true rate
+    where the container states a wrong one)."""
+    path = Path(path)
+    if path.is_dir():
+        return FrameFolderSource(path, fps, realtime=realtime)
+    return VideoSource(path, realtime=realtime, fps=fps)
+
+
 CaptureFactory = Callable[[int], object]
 
 
