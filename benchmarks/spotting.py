@@ -69,7 +69,7 @@ def spot_clip(spec, config=None, progress=None, mesh_every: int = 4) -> dict:
 
     gt = truth(spec)
     tracker, spotter = FaceTracker(mesh_every=mesh_every), Spotter(spec.fps, config)
-    found, track_ms, spot_ms, spot_cpu_ms, faceless = [], [], [], [], 0
+    found, rejected, track_ms, spot_ms, spot_cpu_ms, faceless = [], [], [], [], [], 0
     for i, image in enumerate(render(spec)):
         frame = Frame(index=i, t_capture=time.monotonic(), t_video=i / spec.fps, image=image)
         ff = tracker.track(frame)
@@ -77,15 +77,17 @@ def spot_clip(spec, config=None, progress=None, mesh_every: int = 4) -> dict:
         cpu0 = time.thread_time()  # CPU time: what the spotter costs, whatever else shares the cores
         found += spotter.push(ff)
         spot_cpu_ms.append((time.thread_time() - cpu0) * 1e3)
+        rejected += spotter.take_rejections()
         track_ms.append(frame.stage_ms["track"])
         spot_ms.append(frame.stage_ms["spot"])
         if progress:
             progress()
     found += spotter.flush()
+    rejected += spotter.take_rejections()
     tracker.close()
     spotted = [{"onset": c.onset.frame.index, "apex": c.apex.frame.index, "offset": c.offset_index,
                 "region": c.region} for c in found]
-    return {"truth": gt, "spotted": spotted, "faceless_frames": faceless,
+    return {"truth": gt, "spotted": spotted, "rejected": [r.to_json() for r in rejected], "faceless_frames": faceless,
             "score": score(spotted, gt["events"], gt["frames"] / spec.fps),
             "track_ms": float(np.mean(track_ms)), "spot_ms": float(np.median(spot_ms)),
             "spot_cpu_ms": float(np.median(spot_cpu_ms))}

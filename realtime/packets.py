@@ -41,6 +41,21 @@ class Candidate:
 
 
 @dataclass
+class Rejection:
+    """An interval the spotter saw and did not report, and why (for the event log's debug stream)."""
+    onset_index: int
+    apex_index: int
+    offset_index: int
+    reason: str  # a key of realtime.spotting.REJECTIONS
+    region: str | None = None  # the face region that moved most
+    detail: dict[str, float] = field(default_factory=dict)  # the measurements the reason rests on
+
+    def to_json(self) -> dict:
+        return {"onset_frame": self.onset_index, "apex_frame": self.apex_index, "offset_frame": self.offset_index,
+                "reason": self.reason, "region": self.region, "detail": self.detail}
+
+
+@dataclass
 class Event:
     onset_frame: int
     apex_frame: int

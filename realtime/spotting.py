@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from realtime.packets import Candidate, FaceFrame
+from realtime.packets import Candidate, FaceFrame, Rejection
 
 # sub-regions of the canonical crop as (x0, y0, x1, y1) fractions (eyes at (0.3, 0.36), (0.7, 0.36))
 REGIONS = {
@@ -52,6 +52,25 @@ REGIONS = {
     "cheek_r": (0.64, 0.46, 0.86, 0.60),  # control
 }
 FACE_REGIONS = ("brows", "eyes", "mouth")
+# parts of the canonical crop whose motion explains an interval (see Spotter._explain)
+PARTS = {
+    "brow_l": (0.10, 0.10, 0.48, 0.29), "brow_r": (0.52, 0.10, 0.90, 0.29),
+    "lid_l": (0.16, 0.27, 0.44, 0.365), "lid_r": (0.56, 0.27, 0.84, 0.365),  # upper lid and iris
+    "low_l": (0.16, 0.365, 0.44, 0.45), "low_r": (0.56, 0.365, 0.84, 0.45),  # lower lid
+    "corner_l": (0.16, 0.62, 0.40, 0.86), "corner_r": (0.60, 0.62, 0.84, 0.86),  # lip corners
+    "jaw": (0.38, 0.78, 0.62, 0.98),  # lower lip and chin
+    "nose": (0.40, 0.40, 0.60, 0.62),  # rigid: moves only with the head
+}
+# why an interval was not reported (Rejection.reason)
+REJECTIONS = {
+    "long": "moved for longer than max_event_s: an expression, a pose change, speech or a held glance",
+    "blink": "a blink: both eyes changed by more than blink_gray, or the upper lids moved down more than the "
+             "brows and mouth moved (partial blinks, one eye, a downward glance)",
+    "gaze": "a glance: the eyes moved sideways or up, the brows and mouth still",
+    "speech": "talking: the lower lip and jaw moved more than the lip corners",
+    "head": "the head moved: registration had to move the crop by more than max_motion_px, or the nose moved "
+            "against the face after it (a turn or a nod in depth)",
+}
 
 
 @dataclass
@@ -66,6 +85,11 @@ class SpotterConfig:
     z_floor: float = 1.5  # regional z taken as "no motion" (onset / offset boundaries)
     blink_gray: float = 12.0  # both eyes changing this much (gray levels, largest cell) = a blink
     max_motion_px: float = 2.0  # intervals during which registration moved the crop further are head motion
+    # explaining an interval by where the face moved (Spotter._explain; pixels of the spotting crop)
+    min_part_px: float = 0.5  # a part moving less than this explains nothing
+    head_share: float = 0.45  # the median part moved at least this share of the most-moving one: the head moved
+    eye_dominance: float = 1.5  # an eye moving this many times more than brows, lip corners and jaw: eyes alone
+    jaw_dominance: float = 1.5  # the jaw dropping this many times more than the lip corners move: speech
     history_s: float = 6.0  # how much signal `signal_history()` keeps
     work_px: int = 64  # working size of the crop
     blur_px: float = 1.2  # Gaussian blur at the working size: noise and interpolation differences average out
@@ -92,7 +116,7 @@ class Spotter:
         self.border = border = n // 16
         self.grid = np.s_[border:n - border:2, border:n - border:2]
         self.grid_n = len(range(border, n - border, 2))
-        self.ridge = 1e-3 * np.eye(4, dtype=np.float32)  # keeps the normal equations solvable on a flat crop
+        self.ridge = 1e-3 * np.eye(5, dtype=np.float32)  # keeps the normal equations solvable on a flat crop
         ys, xs = np.mgrid[0:n, 0:n].astype(np.float32) - np.float32(n / 2)
         self.xc, self.yc = xs[self.grid].ravel(), ys[self.grid].ravel()
         # ring buffers over the span an interval can need: lag before it, the interval, and the quiet tail
@@ -111,6 +135,7 @@ class Spotter:
         self.open: int | None = None  # frame index where the current interval was triggered
         self.block_until = -1  # no interval opens up to this frame (after a too-long movement)
         self.last_z = np.zeros(len(REGIONS), np.float32)
+        self.rejections: list[Rejection] = []  # since the last take_rejections()
 
     # -- per frame -------------------------------------------------------------------------------
     def push(self, ff: FaceFrame) -> list[Candidate]:
@@ -188,35 +213,45 @@ class Spotter:
         return np.array([cv2.minMaxLoc(diff[y0:y1, x0:x1])[1] for x0, y0, x1, y1 in self.boxes.values()], np.float32)
 
     def _register(self, ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, float]:
-        """cur warped onto ref by a small similarity, and how far that moved it (pixels at the crop's rim).
+        """cur warped onto ref by a small similarity and its light matched, and how far that moved it
+        (pixels at the crop's rim)."""
+        p = self._fit(ref, cur)
+        return self._warp(cur, p) / np.float32(1 + p[4]), float(np.hypot(p[0], p[1]) + self.c0 * np.hypot(p[2], p[3]))
 
-        Phase correlation gives the shift, Gauss-Newton (Lucas-Kanade) steps refine shift, rotation and
-        scale, with Huber weights so the few pixels where the face itself moved do not pull the fit."""
+    def _fit(self, ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+        """p = (tx, ty, s, r, g): the similarity taking cur onto ref (working crops), and the light's
+        gain g (cur moved = (1 + g) ref: flicker, a lamp, auto exposure scale the face's gray levels,
+        which no registration removes and which would bias it).
+
+        Phase correlation gives the shift, Gauss-Newton (Lucas-Kanade) steps refine shift, rotation,
+        scale and gain, with Huber weights so the few pixels where the face itself moved do not pull the fit."""
         # the shift at half size is close enough for the fit to start from, at a quarter of the cost;
         # windowed copies: cv2.phaseCorrelate multiplies its inputs by the window in place
         (dx, dy), _ = cv2.phaseCorrelate(cv2.pyrDown(ref) * self.window, cv2.pyrDown(cur) * self.window)
-        p = np.array([2 * dx, 2 * dy, 0.0, 0.0])
+        p = np.array([2 * dx, 2 * dy, 0.0, 0.0, 0.0])
         gx = cv2.Sobel(ref, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
         gy = cv2.Sobel(ref, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
         g = self.grid
         gx, gy = gx[g].ravel(), gy[g].ravel()
-        jac = np.stack([gx, gy, gx * self.xc + gy * self.yc, gy * self.xc - gx * self.yc])  # (4, N)
         ref_g = ref[g].ravel()
+        jac = np.stack([gx, gy, gx * self.xc + gy * self.yc, gy * self.xc - gx * self.yc, -ref_g])  # (5, N)
         for _ in range(self.cfg.lk_steps):
-            r = self._warp(cur, p, on_grid=True).ravel() - ref_g
+            r = self._warp(cur, p, on_grid=True).ravel() - (1 + p[4]) * ref_g
             jw = jac * np.minimum(1.0, self.cfg.huber_gray / (np.abs(r) + 1e-6))
             ok, step = cv2.solve(jw @ jac.T + self.ridge, jw @ r, flags=cv2.DECOMP_CHOLESKY)
             p -= step.ravel()
-        return self._warp(cur, p), float(np.hypot(p[0], p[1]) + self.c0 * np.hypot(p[2], p[3]))
+        return p
 
     def _warp(self, img: np.ndarray, p: np.ndarray, on_grid: bool = False) -> np.ndarray:
-        """img sampled at x + t + [[s, -r], [r, s]] (x - c): the crop moved by p = (tx, ty, s, r);
+        """img sampled at x + t + [[s, -r], [r, s]] (x - c): the crop moved by p = (tx, ty, s, r) (p in
+        working pixels; img may be larger than the working crop: t scales with it);
         `on_grid`: only at the fit's sample points (a quarter of the pixels: the fit's cost).
 
         Cubic: bilinear sampling at half a pixel blurs, and the blur of a sub-pixel shift would read
         as motion at every edge (and bias the fit)."""
-        tx, ty, sc, rot = p.tolist()
-        a, b, c = 1 + sc, rot, self.c0
+        k = img.shape[0] / self.cfg.work_px
+        tx, ty, sc, rot = p[0] * k, p[1] * k, p[2], p[3]  # p[4], the light's gain, is not a warp
+        a, b, c = 1 + sc, rot, self.c0 * k
         ox, oy = tx - sc * c + rot * c, ty - rot * c - sc * c
         size = img.shape[::-1]
         if on_grid:  # x = border + 2 u
@@ -252,6 +287,8 @@ class Spotter:
             quiet += 1
         if quiet < self.quiet:
             if i - self.open >= self.max_len:  # too long for a micro-expression: drop it, start afresh
+                onset = self._onset(self.open)
+                self._reject("long", onset, sig[peak][0], i, sig[peak][2], {"seconds": (i - onset) / self.fps})
                 self.open, self.frozen, self.block_until = None, None, i + self.lag
             return []
         offset = tail[len(tail) - quiet][0]
@@ -279,25 +316,93 @@ class Spotter:
         return faces[onset], faces[apex]
 
     def _close(self, i: int, offset: int) -> list[Candidate]:
-        trigger = self.open
+        trigger, ref_index = self.open, self.frozen[0]
         self.open = None
         self.hold_until = i  # keep the pre-interval reference until the interval leaves the lag window
         history = list(self.signal)
         onset = self._onset(trigger)
         span = [h for h in history if onset <= h[0] <= offset]
         apex, _, region = max(span, key=lambda h: h[1])
-        inside = [(g, m) for (j, _, _), g, m in zip(history, self.eye_gray, self.motion) if onset <= j <= offset]
-        if max((g for g, _ in inside), default=0.0) > self.cfg.blink_gray:
-            return []  # a blink: both eyes changed far more than an eyelid micro-movement can
-        if max((m for _, m in inside), default=0.0) > self.cfg.max_motion_px:
-            return []  # the head moved too fast: what is left after registration cannot be told from a micro-expression
         faces = {f.frame.index: f for f in self.faces}
         if onset not in faces or apex not in faces:
+            return []
+        inside = [(g, m) for (j, _, _), g, m in zip(history, self.eye_gray, self.motion) if onset <= j <= offset]
+        eye_gray = max((g for g, _ in inside), default=0.0)
+        motion = max((m for _, m in inside), default=0.0)
+        if eye_gray > self.cfg.blink_gray:  # both eyes changed far more than an eyelid micro-movement can
+            reason, detail = "blink", {"eye_gray": eye_gray}
+        elif motion > self.cfg.max_motion_px:  # what is left after registration cannot be told from a micro-expression
+            reason, detail = "head", {"motion_px": motion}
+        else:
+            reason, detail = self._explain(faces.get(ref_index, faces[onset]), faces[apex])
+        if reason is not None:
+            self._reject(reason, onset, apex, offset, region, detail)
             return []
         lo = onset - self.lag
         signal = np.array([s for j, s, _ in history if lo <= j <= offset + self.quiet], np.float32)
         return [Candidate(onset=faces[onset], apex=faces[apex], offset_index=offset, signal=signal,
                           t_apex_confirmed=time.monotonic(), region=self.names[region].split("_")[0])]
+
+    def _explain(self, ref: FaceFrame, apex: FaceFrame) -> tuple[str | None, dict[str, float]]:
+        """Why an interval is not a micro-expression, from where the face moved between the reference
+        (before the interval) and the apex (`motion_parts`); None: nothing rules it out.
+
+        - head: most parts moved, about as much as the one that moved most (a turn or a nod in depth
+          moves the whole face against the registration; an action moves one or two parts);
+        - blink / gaze: an eye moved `eye_dominance` times more than brows, lip corners and jaw, its
+          upper lid (with the iris) down (a blink, full or partial, or a downward glance), sideways, or
+          up as much as its lower lid (a glance up; a lid tightener moves the lower lid alone);
+        - speech: the jaw (lower lip and chin) dropped, `jaw_dominance` times more than the lip
+          corners moved (a smile or a frown moves the corners, not the jaw)."""
+        c = self.cfg
+        parts = self.motion_parts(ref.crop, apex.crop)
+        mag = {k: float(np.hypot(*v)) for k, v in parts.items()}
+        detail = {f"{k}_{a}": float(v[j]) for k, v in parts.items() for j, a in enumerate("xy")}
+        top = max(mag.values())
+        if top < c.min_part_px:
+            return None, detail
+        if sorted(mag.values())[len(mag) // 2] >= c.head_share * top:
+            return "head", detail
+        eye = max("lr", key=lambda e: mag[f"lid_{e}"] + mag[f"low_{e}"])
+        (lx, ly), eyes = parts[f"lid_{eye}"], max(mag[f"lid_{eye}"], mag[f"low_{eye}"])
+        rest = max(mag[k] for k in ("brow_l", "brow_r", "corner_l", "corner_r", "jaw"))
+        if eyes >= c.min_part_px and eyes >= c.eye_dominance * rest:
+            if ly > 0 and ly >= abs(lx):
+                return "blink", detail
+            if abs(lx) > abs(ly) or mag[f"lid_{eye}"] >= 0.6 * mag[f"low_{eye}"]:
+                return "gaze", detail
+        jaw_dx, jaw_dy = parts["jaw"]
+        if (mag["jaw"] >= c.min_part_px and jaw_dy > abs(jaw_dx)
+                and mag["jaw"] >= c.jaw_dominance * max(mag["corner_l"], mag["corner_r"])):
+            return "speech", detail
+        return None, detail
+
+    def motion_parts(self, ref: np.ndarray, cur: np.ndarray) -> dict[str, np.ndarray]:
+        """Per part of the crop (PARTS), the (dx, dy) its most-moving third moved from ref to cur, in
+        pixels of the crop, after registering cur onto ref."""
+        ref_f, cur_f = ref.astype(np.float32), cur.astype(np.float32)
+        p = self._fit(self._work(ref_f), self._work(cur_f))
+        aligned = self._warp(cur_f, p) / np.float32(1 + p[4])
+        flow = cv2.calcOpticalFlowFarneback(np.clip(ref_f, 0, 255).astype(np.uint8),
+                                            np.clip(aligned, 0, 255).astype(np.uint8),
+                                            None, 0.5, 3, 11, 3, 5, 1.1, 0)
+        n = ref.shape[0]
+        out = {}
+        for k, (x0, y0, x1, y1) in PARTS.items():
+            f = flow[int(y0 * n):int(y1 * n), int(x0 * n):int(x1 * n)].reshape(-1, 2)
+            m = np.hypot(f[:, 0], f[:, 1])
+            top = f[m >= np.percentile(m, 67)]
+            out[k] = top.mean(0)
+        return out
+
+    def _reject(self, reason: str, onset: int, apex: int, offset: int, region: int, detail: dict) -> None:
+        self.rejections.append(Rejection(onset, apex, offset, reason, self.names[region].split("_")[0],
+                                         {k: round(float(v), 3) for k, v in detail.items()}))
+
+    def take_rejections(self) -> list[Rejection]:
+        """The intervals rejected since the last call, oldest first."""
+        out, self.rejections = self.rejections, []
+        return out
 
     def _reset(self) -> None:
         self.crops.clear()

@@ -4,8 +4,9 @@ A clip is one photo seen through a moving "camera": every frame the photo is fir
 (smooth displacement bumps placed at face landmarks: brows, eyelids, lip corners) and then moved
 globally (a similarity transform: head drift, quick nods). Sensor noise and JPEG compression come
 last. Everything is timed in seconds and sampled at the clip's fps, so the same spec renders the same
-motion at 30 or 200 fps. The ground truth (planted events in frames, plus the blinks and head moves
-that must NOT be spotted) is written beside the clip as `<clip>.truth.json`.
+motion at 30 or 200 fps. The ground truth (planted events in frames, plus the distractors that must NOT
+be spotted: full and partial blinks, blink bursts, gaze shifts, speech, head moves, turns and nods,
+lighting flicker) is written beside the clip as `<clip>.truth.json`.
 
     spec = ClipSpec(fps=100, seconds=8, events=4, blinks=2, head_motion=1.0, seed=3)
     truth = write_clip("clip.mp4", spec)        # clip.mp4 + clip.mp4.truth.json
@@ -75,6 +76,21 @@ class PlantedBlink:
     start_s: float
     duration_s: float  # lids closing and opening again
     closure: float = 1.0  # 1 closes the eyes fully; 0.3 is a partial blink
+    side: str = "both"  # "both" | "left" | "right" (one eye)
+
+
+# Distractors a spec can draw (ClipSpec field -> what one of them is); each is written to the truth's
+# "distractors" with its kind, first and last frame, never as an event.
+DISTRACTORS = {
+    "blinks": "full blink, 0.1-0.3 s",
+    "partial_blinks": "partial blink: the upper lids travel 20-80 % of the eye's height, one eye in four",
+    "blink_bursts": "two or three blinks (partial or full) 0.15-0.3 s apart",
+    "gaze_shifts": "a glance: the irises jump sideways (or down / up, the lids following) and back after 0.15-1.2 s",
+    "speech": "an utterance of 0.4-2.5 s: the lower lip and jaw drop and rise 3-6 times a second",
+    "head_moves": "a quick shift and tilt of the head, out and back in 0.3-0.8 s",
+    "head_turns": "a turn or a nod in depth (the face 4-12 % narrower or shorter), out and back in 0.4-1.2 s",
+    "flicker": "lighting flicker: brightness modulated 2-6 % at 5-15 Hz for 0.5-2 s",
+}
 
 
 @dataclass
@@ -88,10 +104,17 @@ class ClipSpec:
     duration_s: tuple[float, float] = (1 / 25, 1 / 3)  # range drawn from, onset -> offset
     amplitude_px: tuple[float, float] = (1.0, 3.0)
     blinks: list[PlantedBlink] | int = 0  # explicit blinks, or how many full closures of 0.1-0.3 s to draw
+    partial_blinks: int = 0  # distractors drawn with `seed` (see DISTRACTORS)
+    blink_bursts: int = 0
+    gaze_shifts: int = 0
+    speech: int = 0
+    head_moves: int = 0
+    head_turns: int = 0
+    flicker: int = 0
     head_motion: float = 0.0  # 0 still; 1 gentle drift of about +-8 px, +-2 deg, +-2 % scale
-    head_moves: int = 0  # quick nods / shifts of 0.3-0.8 s (distractors)
     turn: float = 0.0  # by the last frame the face is this fraction narrower (a slow turn in depth, not a similarity)
     light: float = 0.0  # by the last frame light from one side brightens the face's edges by this many gray levels
+    contrast: float = 1.0  # the photo's contrast about its mean (0.5: a dim, flat face as in database crops)
     noise: float = 1.5  # sensor noise, gray-level sigma
     jpeg_quality: int | None = None  # per-frame JPEG round trip (None: off)
     face_px: float = 120.0  # brow-to-lower-lip height of the face in the frame
@@ -167,6 +190,21 @@ class _Warp:
         return self.peak * 0.5 * (1 + math.cos(math.pi * (i - self.hold_end) / (self.offset - self.hold_end)))
 
 
+class _Utterance(_Warp):
+    """Speech: syllables of |sin| shape (the mouth opens and closes `rate` times a second) under a
+    raised-cosine envelope over the utterance."""
+
+    def __init__(self, bumps, onset, offset, peak, rate_per_frame):
+        super().__init__(bumps, onset, onset + 1, offset, peak)
+        self.rate = rate_per_frame
+
+    def amplitude(self, i: int) -> float:
+        if i <= self.onset or i >= self.offset:
+            return 0.0
+        u = (i - self.onset) / (self.offset - self.onset)
+        return self.peak * math.sin(math.pi * u) ** 0.5 * abs(math.sin(math.pi * self.rate * (i - self.onset)))
+
+
 class _Face:
     """Geometry of the photo's face: eye axis, up vector, inter-ocular distance, centre."""
 
@@ -184,10 +222,9 @@ class _Face:
 
 def _event_bumps(face: _Face, kind: str, side: str, shape) -> list[_Bump]:
     kp, up, ax, iod = face.kp, face.up, face.axis, face.iod
-    sides = {"both": ("l", "r"), "left": ("l",), "right": ("r",)}[side]
     outward = {"l": -ax, "r": ax}
     bumps = []
-    for s in sides:
+    for s in _SIDES[side]:
         if kind == "brow_raise":
             for name in (f"brow_{s}", f"brow_{s}_in"):
                 bumps.append(_Bump(kp[name], up, 0.22 * iod, 0.14 * iod, ax, shape))
@@ -204,15 +241,46 @@ def _event_bumps(face: _Face, kind: str, side: str, shape) -> list[_Bump]:
     return bumps
 
 
-def _blink_bumps(face: _Face, shape) -> list[_Bump]:
+_SIDES = {"both": ("l", "r"), "left": ("l",), "right": ("r",)}
+
+
+def _eye(face: _Face, s: str) -> tuple[np.ndarray, float, float]:
+    """Centre, opening (lid to lid) and width (corner to corner) of one eye, photo px."""
+    kp = face.kp
+    center = (kp[f"lid_{s}_up"] + kp[f"lid_{s}_lo"]) / 2
+    return (center, float(np.linalg.norm(kp[f"lid_{s}_lo"] - kp[f"lid_{s}_up"])),
+            float(np.linalg.norm(kp[f"eye_{s}_out"] - kp[f"eye_{s}_in"])))
+
+
+def _blink_bumps(face: _Face, shape, side: str = "both") -> list[_Bump]:
     """Upper lids slide down over the eye: amplitude 1 = fully closed (the lid travels the eye's height)."""
-    kp, bumps = face.kp, []
-    for s in ("l", "r"):
-        opening = float(np.linalg.norm(kp[f"lid_{s}_lo"] - kp[f"lid_{s}_up"]))
-        width = float(np.linalg.norm(kp[f"eye_{s}_out"] - kp[f"eye_{s}_in"]))
-        center = (kp[f"lid_{s}_up"] + kp[f"lid_{s}_lo"]) / 2
+    bumps = []
+    for s in _SIDES[side]:
+        center, opening, width = _eye(face, s)
         bumps.append(_Bump(center, -face.up * opening * 1.3, 0.55 * width, 0.9 * opening, face.axis, shape))
     return bumps
+
+
+def _gaze_bumps(face: _Face, shape, direction: str) -> list[_Bump]:
+    """Both irises move together: sideways by a quarter of the eye's width (the skin around the eye
+    barely moves), or down / up by a third of its opening with the lids following (a wider bump)."""
+    bumps = []
+    for s in ("l", "r"):
+        center, opening, width = _eye(face, s)
+        if direction in ("left", "right"):
+            d = face.axis * (0.25 * width) * (1 if direction == "right" else -1)
+            bumps.append(_Bump(center, d, 0.2 * width, 0.45 * opening, face.axis, shape))
+        else:
+            d = -face.up * (0.35 * opening) * (1 if direction == "down" else -1)
+            bumps.append(_Bump(center, d, 0.5 * width, 1.0 * opening, face.axis, shape))
+    return bumps
+
+
+def _speech_bumps(face: _Face, shape) -> list[_Bump]:
+    """The lower lip and the jaw drop (a broad bump: the chin moves with it), the upper lip rises a little."""
+    kp, up, iod = face.kp, face.up, face.iod
+    return [_Bump(kp["lip_lo"] - up * 0.15 * iod, -up, 0.35 * iod, 0.3 * iod, face.axis, shape),
+            _Bump(kp["lip_up"], up * 0.25, 0.25 * iod, 0.08 * iod, face.axis, shape)]
 
 
 def _frames(seconds: float, fps: float) -> int:
@@ -228,6 +296,9 @@ class _Plan:
         fps, n = spec.fps, _frames(spec.seconds, spec.fps)
         self.n = n
         self.photo = _photo(str(spec.photo))
+        if spec.contrast != 1.0:
+            mean = self.photo.mean()
+            self.photo = np.clip(mean + spec.contrast * (self.photo - mean), 0, 255).astype(np.uint8)
         self.face = _Face(keypoints(str(spec.photo)))
         shape = self.photo.shape[:2]
         self.scale = spec.face_px / self.face.height  # photo px -> frame px
@@ -274,16 +345,32 @@ class _Plan:
 
         self.distractors: list[dict] = []
         self.head_moves = []  # (start frame, end frame, dx px, dy px, rotation deg)
-        for _ in range(spec.head_moves):
-            length = rng.uniform(0.3, 0.8)
-            t0 = free_slot(length, 0.5)
+        self.turns = []  # (start frame, end frame, horizontal factor, vertical factor) at the peak
+        self.flickers = []  # (start frame, end frame, relative amplitude, cycles per frame)
+
+        def slot(kind: str, length: float, margin: float = 0.5, **extra) -> tuple[int, int] | None:
+            t0 = free_slot(length, margin)
             if t0 is None:
-                break
+                return None
             a, b = _frames(t0, fps), _frames(t0 + length, fps)
-            ang = rng.uniform(0, 2 * math.pi)
-            mag = rng.uniform(6, 15)
-            self.head_moves.append((a, b, mag * math.cos(ang), mag * math.sin(ang), rng.uniform(-3, 3)))
-            self.distractors.append({"kind": "head_move", "start": a, "end": b})
+            b = max(a + 2, b)
+            self.distractors.append({"kind": kind, "start": a, "end": b, **extra})
+            return a, b
+
+        def blink(kind: str, b: PlantedBlink) -> None:
+            a = _frames(b.start_s, fps)
+            e = max(a + 2, _frames(b.start_s + b.duration_s, fps))
+            apex = a + max(1, round((e - a) * 0.4))  # closing is faster than opening
+            self.warps.append(_Warp(_blink_bumps(self.face, shape, b.side), a, min(apex, e - 1), e, b.closure))
+            self.distractors.append({"kind": kind, "start": a, "end": e, "closure": round(b.closure, 3),
+                                     "side": b.side})
+
+        for _ in range(spec.head_moves):
+            got = slot("head_move", rng.uniform(0.3, 0.8))
+            if got is None:
+                break
+            ang, mag = rng.uniform(0, 2 * math.pi), rng.uniform(6, 15)
+            self.head_moves.append((*got, mag * math.cos(ang), mag * math.sin(ang), rng.uniform(-3, 3)))
 
         blinks = spec.blinks
         if isinstance(blinks, int):
@@ -295,12 +382,54 @@ class _Plan:
                     break
                 drawn.append(PlantedBlink(t0, length))
             blinks = drawn
-        for blink in blinks:
-            a = _frames(blink.start_s, fps)
-            b = max(a + 2, _frames(blink.start_s + blink.duration_s, fps))
-            apex = a + max(1, round((b - a) * 0.4))  # closing is faster than opening
-            self.warps.append(_Warp(_blink_bumps(self.face, shape), a, min(apex, b - 1), b, blink.closure))
-            self.distractors.append({"kind": "blink", "start": a, "end": b, "closure": blink.closure})
+        for b in blinks:
+            blink("blink" if b.closure >= 1 else "partial_blink", b)
+        for _ in range(spec.partial_blinks):
+            length = rng.uniform(0.1, 0.25)
+            t0 = free_slot(length, 0.5)
+            if t0 is None:
+                break
+            side = str(rng.choice(["left", "right"])) if rng.random() < 0.25 else "both"
+            blink("partial_blink", PlantedBlink(t0, length, float(rng.uniform(0.2, 0.8)), side))
+        for _ in range(spec.blink_bursts):
+            count = int(rng.integers(2, 4))
+            lengths = rng.uniform(0.1, 0.2, count)
+            gaps = rng.uniform(0.15, 0.3, count - 1)
+            t0 = free_slot(float(lengths.sum() + gaps.sum()), 0.5)
+            if t0 is None:
+                break
+            for k in range(count):
+                start = t0 + float(lengths[:k].sum() + gaps[:k].sum())
+                blink("blink_burst", PlantedBlink(start, float(lengths[k]), float(min(1.0, rng.uniform(0.3, 1.3)))))
+        for _ in range(spec.gaze_shifts):
+            saccade, hold = rng.uniform(0.03, 0.06), rng.uniform(0.15, 1.2)
+            direction = str(rng.choice(["left", "right", "left", "right", "down", "up"]))
+            got = slot("gaze", 2 * saccade + hold, direction=direction)
+            if got is None:
+                break
+            a, b = got
+            jump = max(1, _frames(saccade, fps))
+            self.warps.append(_Warp(_gaze_bumps(self.face, shape, direction), a, a + jump, b, 1.0,
+                                    hold_end=max(a + jump, b - jump)))
+        for _ in range(spec.speech):
+            got = slot("speech", rng.uniform(0.4, 2.5))
+            if got is None:
+                break
+            rate = rng.uniform(3, 6) / fps
+            self.warps.append(_Utterance(_speech_bumps(self.face, shape), *got,
+                                         rng.uniform(1.5, 4.0) / self.scale, rate))
+        for _ in range(spec.head_turns):
+            nod = rng.random() < 0.4
+            got = slot("nod" if nod else "head_turn", rng.uniform(0.4, 1.2))
+            if got is None:
+                break
+            f = 1 - rng.uniform(0.04, 0.12)
+            self.turns.append((*got, 1.0, f) if nod else (*got, f, 1.0))
+        for _ in range(spec.flicker):
+            got = slot("flicker", rng.uniform(0.5, 2.0))
+            if got is None:
+                break
+            self.flickers.append((*got, rng.uniform(0.02, 0.06), rng.uniform(5, 15) / fps))
 
         # slow drift: two sinusoids per degree of freedom with random phases
         self.drift = rng.uniform(0, 2 * math.pi, size=(4, 2)), rng.uniform(0.08, 0.5, size=(4, 2))
@@ -317,6 +446,23 @@ class _Plan:
                 w = 0.5 * (1 - math.cos(2 * math.pi * (i - a) / (b - a)))
                 dx, dy, rot = dx + w * mx, dy + w * my, rot + w * mr
         return dx, dy, rot, logs
+
+    def foreshortening(self, i: int) -> tuple[float, float]:
+        """Horizontal and vertical scale of the face about its centre at frame i (a turn, a nod)."""
+        sx, sy = 1 - self.spec.turn * i / max(1, self.n - 1), 1.0
+        for a, b, fx, fy in self.turns:
+            if a < i < b:  # out and back, raised-cosine
+                w = 0.5 * (1 - math.cos(2 * math.pi * (i - a) / (b - a)))
+                sx, sy = sx * (1 - w * (1 - fx)), sy * (1 - w * (1 - fy))
+        return sx, sy
+
+    def gain(self, i: int) -> float:
+        """Brightness factor at frame i (lighting flicker)."""
+        g = 1.0
+        for a, b, amp, cycles in self.flickers:
+            if a <= i < b:
+                g *= 1 + amp * math.sin(2 * math.pi * cycles * (i - a))
+        return g
 
     def truth(self) -> dict:
         spec = asdict(self.spec)
@@ -371,15 +517,18 @@ def render(spec: ClipSpec) -> Iterator[np.ndarray]:
                                     plan.scale * math.exp(logs))
         m[:, 2] += np.array([w / 2 + mx, h / 2 + my]) - plan.face.center
         late = i / max(1, plan.n - 1)  # the slow changes grow linearly through the clip
-        if spec.turn:  # narrower about the face's vertical axis
-            sx = 1 - spec.turn * late
-            m[0] = sx * m[0] + np.array([0, 0, (1 - sx) * (w / 2 + mx)])
+        sx, sy = plan.foreshortening(i)  # a turn in depth: narrower (or shorter) about the face's centre
+        m[0] = sx * m[0] + np.array([0, 0, (1 - sx) * (w / 2 + mx)])
+        m[1] = sy * m[1] + np.array([0, 0, (1 - sy) * (h / 2 + my)])
         frame = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         if spec.second_face:
             _paste_second_face(frame, spec.second_face)
         if spec.light:
             ramp = np.linspace(-spec.light * late, spec.light * late, w, dtype=np.float32)[None, :, None]
             frame = np.clip(frame + ramp, 0, 255).astype(np.uint8)
+        gain = plan.gain(i)
+        if gain != 1.0:
+            frame = cv2.convertScaleAbs(frame, alpha=gain)
         if spec.noise > 0:
             oy, ox = rng.integers(0, 64, size=2)
             frame = cv2.add(frame, pool[oy:oy + h, ox:ox + w], dtype=cv2.CV_8U)
