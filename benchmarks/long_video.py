@@ -45,8 +45,8 @@ PUBLISHED = {
     "casme2-long": [
         {"method": "MEGC2020 baseline, MDMD (He et al., arXiv:1912.11985)", "micro": 0.0082, "macro": 0.1196,
          "all": 0.0376},
-        {"method": "about the best published micro F1 (e.g. Zhao et al., ACM MM 2022 grand challenge: 0.25)",
-         "micro": 0.25, "macro": None, "all": None},
+        {"method": "best reported micro F1, about (Zhao et al., Rethinking Optical Flow Methods for Micro-Expression "
+                   "Spotting, ACM MM 2022; their repository reports 0.2522)", "micro": 0.25, "macro": None, "all": None},
     ],
     "samm-lv": [
         {"method": "MEGC2020 baseline, MDMD (He et al., arXiv:1912.11985)", "micro": 0.0364, "macro": 0.0629,
@@ -78,8 +78,8 @@ class Video:
     movements: list[Movement] = field(default_factory=list)
 
     @classmethod
-    def of(cls, name: str, folder: Path) -> "Video":
-        return cls(name, folder, frame_files(folder))
+    def of(cls, name: str, folder: Path, fps: float) -> "Video":
+        return cls(name, folder, frame_files(folder, fps))
 
     @functools.cached_property
     def numbers(self) -> dict[int, int]:
@@ -158,16 +158,16 @@ def kind_of(value, where: str) -> str:
 
 
 # -- frames -----------------------------------------------------------------------------------------
-def frame_files(folder: Path) -> list[Path]:
-    from realtime.sources import IMAGE_SUFFIXES
+def frame_files(folder: Path, fps: float) -> list[Path]:
+    """The folder's frame images in the order the spotter will see them (FrameFolderSource's: img2 before img10)."""
+    from realtime.sources import IMAGE_SUFFIXES, FrameFolderSource, SourceError
 
-    def natural(path: Path) -> list:
-        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-    files = sorted((f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES), key=natural)
-    if not files:
+    if not any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in folder.iterdir()):
         raise DataError(f"{folder}: video folder without frame images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+    try:
+        return FrameFolderSource(folder, fps).files
+    except SourceError as e:  # a first frame that is no image
+        raise DataError(str(e)) from None
 
 
 def place(video: Video, onset: int | None, apex: int | None, offset: int | None, kind: str, where: str,
@@ -212,7 +212,7 @@ def read_casme2_long(root: Path) -> LongReading:
     layout = "RAW/rawpic/s15/15_0101disgustingteeth/img1.jpg"
     sheet = find_sheet(root, r".*code_final.*\.xlsx", "CAS(ME)^2code_final.xlsx")
     frames_root = root / "rawpic"
-    videos = {f"{f.parent.name}/{f.name}": Video.of(f"{f.parent.name}/{f.name}", f)
+    videos = {f"{f.parent.name}/{f.name}": Video.of(f"{f.parent.name}/{f.name}", f, FPS["casme2-long"])
               for f in video_folders(frames_root, 2, layout)}
     folder_number = {}  # subject number in the coding sheet -> folder number (1 -> 15: rawpic/s15)
     for cells in sheet_rows(sheet, 1):
@@ -265,7 +265,7 @@ def read_samm_lv(root: Path) -> LongReading:
     """SAMM Long Videos: SAMM_LongVideos*.xlsx (title rows, then the header) and SAMM_longvideos/006_1/*.jpg."""
     layout = "RAW/SAMM_longvideos/006_1/006_1_0001.jpg"
     sheet = find_sheet(root, r"SAMM_LongVideos.*\.(xlsx|csv)", "SAMM_LongVideos_V3_Release.xlsx")
-    videos = {f.name: Video.of(f.name, f)
+    videos = {f.name: Video.of(f.name, f, FPS["samm-lv"])
               for f in video_folders(root / "SAMM_longvideos", 1, layout)}
     rows = sheet_rows(sheet, 0)
     norm = [[re.sub(r"[^a-z]", "", str(c or "").lower()) for c in cells] for cells in rows]

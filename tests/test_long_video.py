@@ -124,6 +124,9 @@ def test_bad_trees_name_the_missing_thing(tmp_path):
             g.unlink()
     with pytest.raises(DataError, match="007_3: video folder without frame images"):
         read_long("samm-lv", root)
+    (root / "SAMM_longvideos" / "007_3" / "007_3_0001.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="007_3_0001.jpg cannot be read as an image"):
+        read_long("samm-lv", root)
 
 
 # -- the MEGC rule ----------------------------------------------------------------------------------
@@ -194,7 +197,7 @@ class RejectingSpotter:
 
 def test_long_rejections_are_the_macro_intervals(tmp_path):
     write_frames(tmp_path / "v", lambda i: f"img{i}.jpg", blank(16))
-    video = Video.of("v", tmp_path / "v")
+    video = Video.of("v", tmp_path / "v", 30.0)
     spotter = RejectingSpotter()
     res = spot_video(video, 30.0, spotter=spotter)
     assert spotter.pushed == 16
