@@ -377,6 +377,10 @@ def run(args) -> int:
     if not args.dataset or not args.root:
         print("mex-bench spotting: --dataset and --root go together (the database and its folder)", file=sys.stderr)
         return 2
+    if args.quick or args.only:
+        print("mex-bench spotting: --quick and --only are for the generated clips, not --dataset (use --videos N)",
+              file=sys.stderr)
+        return 2
     if args.videos is not None and args.videos < 1:
         print(f"mex-bench spotting: --videos {args.videos}: give at least 1", file=sys.stderr)
         return 2

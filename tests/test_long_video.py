@@ -242,3 +242,5 @@ def test_cli_refuses_bad_roots_with_the_path(tmp_path, capsys):
     assert "SAMM_LongVideos_V3_Release.xlsx: annotation sheet is missing" in capsys.readouterr().err
     assert bench_main(["spotting", "--root", str(tmp_path)]) == 2
     assert "--dataset and --root go together" in capsys.readouterr().err
+    assert bench_main(["spotting", "--dataset", "samm-lv", "--root", str(tmp_path), "--quick"]) == 2
+    assert "--quick and --only are for the generated clips" in capsys.readouterr().err
