@@ -9,6 +9,8 @@ Segmented: database-like clips (`synth.database_spec`: onset to offset, a held p
 each kind at 100 and 200 fps, through FaceTracker + ClipSpotter (`mex-live --segmented`); the found
 apex against the planted one (the hold's middle frame) and against the hold.
 Writes spotting.json and spotting.md to the results folder (`--only` runs one part).
+`--dataset casme2-long|samm-lv --root RAW` scores the same spotter on a long-video database instead
+(benchmarks/long_video.py).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from benchmarks import long_video
 from benchmarks.common import environment, results_dir, write_json
 
 # A clip with head motion, blinks and compression, as a webcam would give; events drawn per clip.
@@ -163,9 +166,12 @@ def add_arguments(parser) -> None:
                         help="run one part: the online spotter's conditions or the segmented apex error")
     parser.add_argument("--seed", type=int, default=100, help="first clip seed")
     parser.add_argument("--mesh-every", type=int, default=4, help="tracker: face mesh on every Nth frame")
+    long_video.add_arguments(parser)
 
 
 def run(args) -> int:
+    if args.dataset or args.root:
+        return long_video.run(args)
     from rich.console import Console
 
     from realtime.spotting import SpotterConfig

@@ -83,9 +83,11 @@ class SpotScore:
 
 
 def score(spotted: list[dict], truth: list[dict], seconds: float, threshold: float = 0.5) -> SpotScore:
-    """Score one clip. Both lists hold {"onset", "apex", "offset"} in frames (the truth JSON's events)."""
+    """Score one clip. Both lists hold {"onset", "apex", "offset"} in frames (the truth JSON's events).
+    A spotted interval may have no apex (None: a movement the spotter rejected as too long, scored as a
+    macro-expression by its interval alone); hits without an apex add no apex error."""
     pairs = match([span(s["onset"], s["apex"], s["offset"]) for s in spotted],
                   [span(t["onset"], t["apex"], t["offset"]) for t in truth], threshold)
-    errors = [abs(spotted[i]["apex"] - truth[j]["apex"]) for i, j in pairs]
+    errors = [abs(spotted[i]["apex"] - truth[j]["apex"]) for i, j in pairs if spotted[i]["apex"] is not None]
     return SpotScore(tp=len(pairs), fp=len(spotted) - len(pairs), fn=len(truth) - len(pairs),
                      seconds=seconds, apex_errors=errors)
