@@ -8,6 +8,10 @@ interval spotted there is a false alarm.
 Segmented: database-like clips (`synth.database_spec`: onset to offset, a held peak, blinks, drift),
 each kind at 100 and 200 fps, through FaceTracker + ClipSpotter (`mex-live --segmented`); the found
 apex against the planted one (the hold's middle frame) and against the hold.
+Distractors: per kind (realtime.synth.DISTRACTORS: partial blinks, blink bursts, gaze shifts, speech,
+head turns and nods, flicker), a neutral clip full of it at 30, 100 and 200 fps (false alarms per
+minute, and why the spotter rejected what it saw), and event clips among all of them (F1, apex error);
+a dim, low-contrast face at 30 fps as well.
 Writes spotting.json and spotting.md to the results folder (`--only` runs one part).
 `--dataset casme2-long|samm-lv --root RAW` scores the same spotter on a long-video database instead
 (benchmarks/long_video.py).
@@ -36,6 +40,7 @@ class Condition:
     events: int  # planted per clip (0: a neutral condition, scored by false alarms)
     extra: dict
     headline: bool = True  # counted in the "all" rows (the sub-pixel condition is reported apart)
+    distractor: str | None = None  # the distractor kind a "distractors" condition is about ("all": mixed)
 
     def specs(self, seed0: int):
         from realtime.synth import ClipSpec
@@ -60,6 +65,38 @@ def conditions(quick: bool) -> list[Condition]:
         Condition("neutral astronaut 30 fps", "astronaut.jpg", 30, 30 if quick else 60, 1, 0, neutral),
         Condition("neutral camera 30 fps", "camera.png", 30, 30 if quick else 60, 1, 0, neutral),
     ]
+
+
+# one distractor of each kind per this many seconds of a neutral clip (a partial blink every 3.75 s:
+# 16 a minute, a webcam user's blink rate)
+DISTRACTOR_EVERY_S = {"partial_blinks": 3.75, "blink_bursts": 6.0, "gaze_shifts": 4.0, "speech": 6.0,
+                      "head_turns": 5.0, "flicker": 6.0}
+DISTRACTOR_SECONDS = {30.0: 60.0, 100.0: 20.0, 200.0: 10.0}  # clip length per fps (frames cost the same)
+
+
+def distractor_conditions(quick: bool) -> list[Condition]:
+    """Per fps: a neutral clip per distractor kind, and events among all kinds (at half the density);
+    at 30 fps also a dim, low-contrast face (contrast 0.5) with partial blinks, and with events."""
+    conds = []
+    webcam = dict(head_motion=1.0, jpeg_quality=80)
+    for fps, seconds in DISTRACTOR_SECONDS.items():
+        seconds = seconds / 2 if quick else seconds
+        every = {k: max(1, int(seconds / e)) for k, e in DISTRACTOR_EVERY_S.items()}
+        for kind, count in every.items():
+            conds.append(Condition(f"{kind} {fps:g} fps", "astronaut.jpg", fps, seconds, 1, 0,
+                                   dict(webcam, **{kind: count}), headline=False, distractor=kind))
+        mixed = {k: max(1, n // 2) for k, n in every.items()}
+        conds.append(Condition(f"events among all {fps:g} fps", "astronaut.jpg", fps, seconds, 1,
+                               max(2, int(seconds / 3.3)), dict(webcam, **mixed), headline=False, distractor="all"))
+        if fps == 30.0:
+            dim = dict(webcam, contrast=0.5)
+            conds.append(Condition(f"partial_blinks low contrast {fps:g} fps", "astronaut.jpg", fps, seconds, 1, 0,
+                                   dict(dim, partial_blinks=every["partial_blinks"]), headline=False,
+                                   distractor="partial_blinks (contrast 0.5)"))
+            conds.append(Condition(f"events among all low contrast {fps:g} fps", "astronaut.jpg", fps, seconds, 1,
+                                   max(2, int(seconds / 3.3)), dict(dim, **mixed), headline=False,
+                                   distractor="all (contrast 0.5)"))
+    return conds
 
 
 def spot_clip(spec, config=None, progress=None, mesh_every: int = 4) -> dict:
@@ -162,8 +199,8 @@ def run_segmented(args, console) -> tuple[list[dict], list[dict]]:
 def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="one clip per condition, shorter neutral clips; one segmented clip per kind and fps")
-    parser.add_argument("--only", choices=("online", "segmented"), default=None,
-                        help="run one part: the online spotter's conditions or the segmented apex error")
+    parser.add_argument("--only", choices=("online", "distractors", "segmented"), default=None,
+                        help="run one part: the online spotter's conditions, its distractors, or the segmented apex error")
     parser.add_argument("--seed", type=int, default=100, help="first clip seed")
     parser.add_argument("--mesh-every", type=int, default=4, help="tracker: face mesh on every Nth frame")
     long_video.add_arguments(parser)
@@ -178,8 +215,10 @@ def run(args) -> int:
 
     console = Console()
     t0 = time.perf_counter()
-    rows, clips = run_online(args, console) if args.only != "segmented" else ([], [])
-    seg_rows, seg_clips = run_segmented(args, console) if args.only != "online" else ([], [])
+    rows, clips = run_online(args, console, conditions(args.quick)) if args.only in (None, "online") else ([], [])
+    dis_rows, dis_clips = ([], []) if args.only not in (None, "distractors") else \
+        run_online(args, console, distractor_conditions(args.quick), seed0=args.seed + 50_000)
+    seg_rows, seg_clips = run_segmented(args, console) if args.only in (None, "segmented") else ([], [])
     wall = time.perf_counter() - t0
     for r in seg_rows:
         a, h = r["error_apex"]["frames"], r["error_hold"]["frames"]
@@ -193,46 +232,56 @@ def run(args) -> int:
     out = results_dir(args.out)
     payload = {"benchmark": "spotting", "environment": env, "config": asdict(SpotterConfig()),
                "tracker": {"mesh_every": args.mesh_every}, "wall_s": round(wall, 1), "quick": bool(args.quick),
-               "only": args.only, "conditions": rows, "clips": clips, "segmented": seg_rows, "segmented_clips": seg_clips}
+               "only": args.only, "conditions": rows, "clips": clips, "distractors": dis_rows,
+               "distractor_clips": dis_clips, "segmented": seg_rows, "segmented_clips": seg_clips}
     write_json(out / "spotting.json", payload)
-    (out / "spotting.md").write_text(markdown(rows, env, wall, seg_rows))
+    (out / "spotting.md").write_text(markdown(rows, env, wall, seg_rows, dis_rows))
     console.print(f"wrote {out / 'spotting.json'} and spotting.md ({wall:.0f} s)")
     return 0
 
 
-def run_online(args, console) -> tuple[list[dict], list[dict]]:
+def run_online(args, console, conds: list[Condition], seed0: int | None = None) -> tuple[list[dict], list[dict]]:
+    from collections import Counter
+
     from rich.progress import Progress
     from rich.table import Table
 
     from realtime.metrics import SpotScore
 
-    conds = conditions(args.quick)
+    seed0 = args.seed if seed0 is None else seed0
     total = sum(round(c.fps * c.seconds) * c.clips for c in conds)
     rows, clips = [], []
     totals = {"all planted (1-3 px)": SpotScore(), "all neutral": SpotScore()}
     with Progress(console=console) as bar:
         task = bar.add_task("rendering, tracking, spotting", total=total)
         for ci, cond in enumerate(conds):
-            summed, spot_ms, spot_cpu_ms, track_ms = SpotScore(), [], [], []
-            for spec in cond.specs(args.seed + 1000 * ci):
+            summed, spot_ms, spot_cpu_ms, track_ms, reasons, planted = SpotScore(), [], [], [], Counter(), 0
+            for spec in cond.specs(seed0 + 1000 * ci):
                 res = spot_clip(spec, progress=lambda: bar.advance(task), mesh_every=args.mesh_every)
                 summed = summed + res["score"]
                 spot_ms.append(res["spot_ms"])
                 spot_cpu_ms.append(res["spot_cpu_ms"])
                 track_ms.append(res["track_ms"])
+                reasons.update(r["reason"] for r in res["rejected"])
+                planted += len(res["truth"]["distractors"])
                 clips.append({"condition": cond.name, "spec": res["truth"]["spec"], "truth": res["truth"]["events"],
                               "distractors": res["truth"]["distractors"], "spotted": res["spotted"],
-                              "faceless_frames": res["faceless_frames"], "score": res["score"].to_json()})
+                              "rejected": res["rejected"], "faceless_frames": res["faceless_frames"],
+                              "score": res["score"].to_json()})
             if cond.headline:
                 key = "all neutral" if cond.events == 0 else "all planted (1-3 px)"
                 totals[key] = totals[key] + summed
             apex_ms = None if summed.apex_error_max is None else round(1000 * summed.apex_error_max / cond.fps, 1)
             rows.append({"condition": cond.name, "fps": cond.fps, "clips": cond.clips, "neutral": cond.events == 0,
+                         "distractor": cond.distractor, "distractors_planted": planted,
+                         "rejected": dict(sorted(reasons.items())),
                          **summed.to_json(), "clip_seconds": cond.seconds, "apex_error_max_ms": apex_ms,
                          "track_ms_mean": round(float(np.mean(track_ms)), 3),
                          "spot_ms_median": round(float(np.median(spot_ms)), 3),
                          "spot_cpu_ms_median": round(float(np.median(spot_cpu_ms)), 3)})
     for name, summed in totals.items():
+        if summed.seconds == 0:  # no headline condition in this list
+            continue
         rows.append({"condition": name, "fps": None, "clips": None, "neutral": name == "all neutral",
                      **summed.to_json(), "clip_seconds": None, "apex_error_max_ms": None,
                      "track_ms_mean": None, "spot_ms_median": None, "spot_cpu_ms_median": None})
@@ -251,16 +300,68 @@ def run_online(args, console) -> tuple[list[dict], list[dict]]:
     return rows, clips
 
 
-def markdown(rows: list[dict], env: dict, wall: float, seg_rows: list[dict]) -> str:
+def markdown(rows: list[dict], env: dict, wall: float, seg_rows: list[dict], dis_rows: list[dict]) -> str:
     lines = [
         "# Spotting on generated clips",
         "",
         f"Machine `{env['machine']}` ({env['cpu_count']} CPUs, {env['cpu']}), {env['when']}, {wall:.0f} s."]
     if rows:
         lines += online_markdown(rows)
+    if dis_rows:
+        lines += distractor_markdown(dis_rows)
     if seg_rows:
         lines += segmented_markdown(seg_rows)
     return "\n".join(lines) + "\n"
+
+
+def distractor_markdown(rows: list[dict]) -> list[str]:
+    """Per distractor kind, false alarms per minute at each fps; events among all kinds, F1 at each fps."""
+    fps_list = sorted({r["fps"] for r in rows})
+    head = " | ".join(f"{f:g} fps" for f in fps_list)
+    lines = [
+        "",
+        "## Distractors",
+        "",
+        "Neutral clips full of one distractor kind (`realtime.synth.DISTRACTORS`), with head sway and JPEG 80: "
+        "everything spotted is a false alarm. Cells: false alarms per minute (distractors planted). "
+        "Rejected as: the spotter's reasons for what it saw and did not report (`Rejection.reason`), all fps.",
+        "",
+        f"| distractor | {head} | rejected as |",
+        "|---|" + "---|" * len(fps_list) + "---|",
+    ]
+    by = {(r["distractor"], r["fps"]): r for r in rows}
+    kinds = list(dict.fromkeys(r["distractor"] for r in rows if r["neutral"]))
+    for kind in kinds:
+        cells = []
+        for f in fps_list:
+            r = by.get((kind, f))
+            cells.append("–" if r is None else f"{r['false_alarms_per_min']:.2f} ({r['distractors_planted']})")
+        reasons = {}
+        for f in fps_list:
+            for k, v in by.get((kind, f), {}).get("rejected", {}).items():
+                reasons[k] = reasons.get(k, 0) + v
+        lines.append(f"| {kind} | {' | '.join(cells)} | {', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))} |")
+    lines += [
+        "",
+        "Event clips among all distractor kinds (half the density): F1 (TP/FP/FN), apex error mean / max in frames.",
+        "",
+        f"| events among | {head} |",
+        "|---|" + "---|" * len(fps_list),
+    ]
+    for kind in dict.fromkeys(r["distractor"] for r in rows if not r["neutral"]):
+        cells = []
+        for f in fps_list:
+            r = by.get((kind, f))
+            if r is None:
+                cells.append("–")
+                continue
+            apex = "–" if r["apex_error_mean"] is None else f"{r['apex_error_mean']:.2f} / {r['apex_error_max']}"
+            cells.append(f"{r['f1']:.3f} ({r['tp']}/{r['fp']}/{r['fn']}), apex {apex}")
+        lines.append(f"| {kind} | {' | '.join(cells)} |")
+    cpu = [r["spot_cpu_ms_median"] for r in rows]
+    lines += ["", f"Spotter CPU time per frame, median over conditions: {float(np.median(cpu)):.3f} ms "
+                  f"(largest condition median {max(cpu):.3f} ms)."]
+    return lines
 
 
 def segmented_markdown(rows: list[dict]) -> list[str]:

@@ -77,6 +77,7 @@ REJECTIONS = {
 class SpotterConfig:
     ref_lag_s: float = 0.3  # reference crop this long before; must exceed the longest onset -> apex
     max_event_s: float = 0.5  # longer movements are not micro-expressions
+    max_macro_s: float = 4.0  # longer movements are followed to their end up to this long (then cut)
     quiet_s: float = 0.02  # the signal stays at the floor this long (at least one frame) to end an interval
     stats_s: float = 3.0  # time constant of each region's running noise level
     warmup_s: float = 0.7  # noise statistics are learnt this long before anything is spotted
@@ -104,6 +105,7 @@ class Spotter:
         self.cfg = c = config or SpotterConfig()
         frames = lambda s: max(1, int(round(s * self.fps)))  # noqa: E731 - seconds -> frames at this fps
         self.lag, self.max_len, self.quiet = frames(c.ref_lag_s), frames(c.max_event_s), frames(c.quiet_s)
+        self.max_macro = frames(c.max_macro_s)
         self.warmup, self.alpha = frames(c.warmup_s), 1.0 / frames(c.stats_s)
         n = c.work_px
         self.boxes = {k: (int(x0 * n), int(y0 * n), int(x1 * n), int(y1 * n))
@@ -133,6 +135,7 @@ class Spotter:
         self.frozen: tuple[int, np.ndarray] | None = None  # reference held over an interval
         self.hold_until = -1  # frame index the frozen reference is kept past
         self.open: int | None = None  # frame index where the current interval was triggered
+        self.long: list | None = None  # the open interval outlasted max_event_s: [onset, peak index, z, region]
         self.block_until = -1  # no interval opens up to this frame (after a too-long movement)
         self.last_z = np.zeros(len(REGIONS), np.float32)
         self.rejections: list[Rejection] = []  # since the last take_rejections()
@@ -277,6 +280,8 @@ class Spotter:
     # -- intervals -------------------------------------------------------------------------------
     def _follow(self, i: int) -> list[Candidate]:
         """An interval is open: close it when the signal has been at the floor for `quiet` frames."""
+        if self.long is not None:
+            return self._follow_long(i)
         sig = [(j, s, k) for j, s, k in self.signal if j >= self.open]
         peak = max(range(len(sig)), key=lambda q: sig[q][1])
         tail = sig[peak + 1:]
@@ -286,13 +291,32 @@ class Spotter:
                 break
             quiet += 1
         if quiet < self.quiet:
-            if i - self.open >= self.max_len:  # too long for a micro-expression: drop it, start afresh
-                onset = self._onset(self.open)
-                self._reject("long", onset, sig[peak][0], i, sig[peak][2], {"seconds": (i - onset) / self.fps})
-                self.open, self.frozen, self.block_until = None, None, i + self.lag
+            if i - self.open >= self.max_len:  # too long for a micro-expression: followed to its end, not reported
+                self.long = [self._onset(self.open), *sig[peak]]
             return []
         offset = tail[len(tail) - quiet][0]
         return self._close(i, offset)
+
+    def _follow_long(self, i: int) -> list[Candidate]:
+        """A movement longer than `max_event_s` ends when the signal has been at the floor for `quiet`
+        frames, or `max_macro_s` after its onset; it is recorded as rejected ("long": the macro-expression
+        intervals of MEGC's long-video benchmark) and nothing opens for `ref_lag_s` after it, while the
+        reference still shows it."""
+        j, s, k = self.signal[-1]
+        if s > self.long[2]:
+            self.long[1:] = [j, s, k]
+        quiet = 0
+        for _, s, _ in reversed(self.signal):
+            if s > self.cfg.z_floor or quiet == self.quiet:
+                break
+            quiet += 1
+        onset, peak, _, region = self.long
+        if quiet < self.quiet and i - onset < self.max_macro:
+            return []
+        offset = i - quiet if quiet == self.quiet else i
+        self._reject("long", onset, peak, offset, region, {"seconds": (offset - onset) / self.fps})
+        self.open, self.long, self.frozen, self.block_until = None, None, None, i + self.lag
+        return []
 
     def _onset(self, trigger: int) -> int:
         """The last frame at the floor before the signal crossed z_on (fixed once an interval opens)."""
@@ -306,7 +330,7 @@ class Spotter:
     def provisional(self) -> tuple[FaceFrame, FaceFrame] | None:
         """While an interval is open: its onset and the peak so far, the pair a candidate will carry if
         the peak holds (live callers start computing its features before the apex is confirmed)."""
-        if self.open is None:
+        if self.open is None or self.long is not None:
             return None
         onset = self._onset(self.open)
         apex = max((h for h in self.signal if h[0] >= onset), key=lambda h: h[1])[0]
@@ -411,13 +435,20 @@ class Spotter:
         self.eye_gray.clear()
         self.motion.clear()
         self.seen, self.frozen, self.hold_until, self.open, self.block_until = 0, None, -1, None, -1
+        self.long = None
 
     # -- end of stream and display ---------------------------------------------------------------
     def flush(self) -> list[Candidate]:
         """End of stream: an interval still open ends at the last frame."""
         if self.open is None or not self.signal:
             return []
-        return self._close(self.signal[-1][0], self.signal[-1][0])
+        last = self.signal[-1][0]
+        if self.long is not None:
+            onset, peak, _, region = self.long
+            self._reject("long", onset, peak, last, region, {"seconds": (last - onset) / self.fps})
+            self.open, self.long = None, None
+            return []
+        return self._close(last, last)
 
     def signal_history(self) -> np.ndarray:
         """The motion signal (largest regional z, after removing whole-face change), oldest first."""
