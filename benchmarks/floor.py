@@ -1,7 +1,7 @@
 """mex-bench floor: the logistic-regression floor on the raw feature pixels, fitted to its optimum.
 
-The deep model has to beat a linear classifier on the same 2,352 values (3 x 28 x 28). spec.md gives
-that floor as 0.719 / 0.729 Full UF1 / UAR ("no tuning", solver not given); the trainer's own
+The deep model has to beat a linear classifier on the same 2,352 values (3 x 28 x 28). The project brief
+gives that floor as 0.719 / 0.729 Full UF1 / UAR ("no tuning", solver not given); the trainer's own
 `--profile logreg` (AdamW, 100 epochs) reaches 0.686 / 0.676. How high the floor is depends on the
 penalty and on class weighting, so this benchmark fits the regression the standard way: multinomial
 cross-entropy (optionally class-weighted, weights n / (3 n_c) from the training clips) plus an L2
@@ -29,7 +29,7 @@ from .common import environment, results_dir, write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
 # REFERENCE_ROWS names (train/report.py) drawn and listed beside the floor, with their line styles
-REFERENCES = (("logistic regression on raw pixels (spec.md, measured)", ":"), ("DA-CrossViT, the paper", "--"))
+REFERENCES = (("logistic regression on raw pixels (project brief, measured)", ":"), ("DA-CrossViT, the paper", "--"))
 
 
 def add_arguments(p) -> None:
@@ -150,7 +150,8 @@ def run(args) -> int:
 
     from mex.composite import DataError, load_flow_folder
     from mex.labels import CLASSES
-    from train.loso import prediction_row, score_rows, write_csv
+    from train.metrics import score_rows
+    from train.predictions import prediction_row, write_csv
 
     try:
         Cs = [float(v) for v in args.C.split(",")]

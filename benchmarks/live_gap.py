@@ -113,7 +113,7 @@ def floor_probs(data, live, recipe, C: float, copies: int, seed: int, progress=N
 def gap_scores(rows: list[dict], live_rows: list[dict]) -> dict:
     """The report's numbers from the two predictions files alone: on the live clips, composite vs live
     UF1 / UAR / accuracy, the gap, per-clip agreement; the composite LOSO over every clip."""
-    from train.loso import score_rows
+    from train.metrics import score_rows
     from train.metrics import uf1_uar
 
     by_clip = {(r["dataset"], r["subject"], r["clip"]): r for r in rows}
@@ -183,7 +183,7 @@ def table(runs: list[str], out: Path) -> str:
     import shlex
     import sys
 
-    from train.loso import read_predictions
+    from train.predictions import read_predictions
 
     rows = []
     for run_dir in map(Path, runs):
@@ -226,7 +226,9 @@ def run(args) -> int:
 
     from mex.composite import DataError, load_flow_folder
     from train.cli import _parse_sets
-    from train.loso import pick_device, prediction_row, read_predictions, run_loso, write_csv
+    from train.loop import pick_device
+    from train.loso import run_loso
+    from train.predictions import prediction_row, read_predictions, write_csv
     from train.recipes import resolve
 
     if args.out is None:

@@ -60,8 +60,19 @@ def _read_json(path: Path) -> dict:
         _fail(f"{path}: not JSON ({e})")
 
 
+def _read_run(path: Path) -> dict:
+    from train.runs import read_run
+
+    if not path.exists():
+        _fail(f"{path}: not found")
+    try:
+        return read_run(path)
+    except ValueError as e:
+        _fail(str(e))
+
+
 def _read_rows(path: Path) -> list[dict]:
-    from train.loso import read_predictions
+    from train.predictions import read_predictions
 
     try:
         return read_predictions(path)
@@ -88,7 +99,7 @@ def _probs_by_clip(rows: list[dict], what: str, keys: list[tuple]) -> np.ndarray
 def read_inner(inner_dir: Path, keys: list[tuple]) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
     """A `mex-train select` inner folder: its groups (run.json), and per predicted row the group index
     (deal-major, as in run.json), the clip's index in `keys` and the class probabilities."""
-    groups = _read_json(inner_dir / "run.json")["inner_groups"]
+    groups = _read_run(inner_dir / "run.json")["inner_groups"]
     rows = _read_rows(inner_dir / "predictions.csv")
     per_deal = len(groups) // len({r["deal"] for r in rows})
     group_of_row = np.array([int(r["deal"]) * per_deal + int(r["group"]) for r in rows])
@@ -162,9 +173,9 @@ def run(args) -> int:
 
     from mex.composite import DataError, load_flow_folder
     from mex.labels import CLASSES
-    from train.loso import prediction_row, score_rows, write_csv
-    from train.recipes import pinned_profile
-    from train.metrics import uf1_uar
+    from train.metrics import score_rows, uf1_uar
+    from train.predictions import prediction_row, write_csv
+    from train.runs import write_run
 
     try:
         alphas = [float(v) for v in args.alphas.split(",")]
@@ -177,13 +188,13 @@ def run(args) -> int:
         data = load_flow_folder(args.data)
     except DataError as e:
         _fail(str(e))
-    loso_run, inner_run = _read_json(loso_dir / "run.json"), _read_json(inner_dir / "run.json")
+    loso_run, inner_run = _read_run(loso_dir / "run.json"), _read_run(inner_dir / "run.json")
     floor_run = _read_json(floor_dir / "results.json")
     if "inner_groups" not in inner_run:
         _fail(f"{inner_dir}/run.json: no inner_groups; --inner takes an inner-<candidate> folder of a `mex-train select` run")
     if floor_run.get("benchmark") != "floor":
         _fail(f"{floor_dir}/results.json: not a `mex-bench floor` run")
-    if inner_run["seed"] != loso_run["seed"] or pinned_profile(inner_run["profile"]) != pinned_profile(loso_run["profile"]):
+    if inner_run["seed"] != loso_run["seed"] or inner_run["profile"] != loso_run["profile"]:
         _fail(f"{inner_dir} and {loso_dir} are not the same profile and seed: the inner models must be the LOSO run's")
 
     keys = list(zip(data.dataset, data.subject, data.clip))
@@ -214,11 +225,11 @@ def run(args) -> int:
     name = args.name or f"stack-{loso_dir.name}"
     folder = results_dir(args.out) / name
     folder.mkdir(exist_ok=True)
-    (folder / "run.json").write_text(json.dumps({
-        "data": str(args.data), "seed": loso_run["seed"], "folds": subjects,
+    write_run(folder / "run.json", {
+        "data": str(Path(args.data).resolve()), "seed": loso_run["seed"], "folds": subjects,
         "profile": {"stacked with the floor": {"deep": loso_run["profile"], "alphas": alphas,
                                                 "floor": {"candidates": candidates, "inner_folds": floor_run["inner_folds"]}}},
-    }, indent=2) + "\n")
+    })
     write_csv(folder / "predictions.csv", rows)
     payload = {
         "benchmark": "stack", **score_rows(rows), "seed": loso_run["seed"],

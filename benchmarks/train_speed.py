@@ -94,7 +94,7 @@ def measure(profile_name: str, device: torch.device, steps: int, precision: str 
 
 
 def run(args) -> int:
-    from train.loso import pick_device
+    from train.loop import pick_device
 
     device = pick_device(args.device)
     names = [n.strip() for n in args.profiles.split(",") if n.strip()]

@@ -16,7 +16,9 @@ from mex.composite import load_flow_folder
 from mex.labels import CLASSES
 from train.batched import augment
 from train.cli import main as train_main
-from train.loso import loso_run_args, read_predictions, run_loso, same_run
+from train.loso import loso_run_args, run_loso
+from train.predictions import read_predictions
+from train.runs import same_run
 from train.metrics import uf1_uar
 from train.recipes import PROFILES, Recipe, resolve
 

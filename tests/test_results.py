@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.loso import read_predictions, score_rows
+from train.metrics import score_rows
+from train.predictions import read_predictions
+from train.recipes import Recipe
 from train.report import ensemble_rows
+from train.runs import SCHEMA, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -36,6 +39,19 @@ def plain_uf1_uar(labels: list[int], preds: list[int]) -> tuple[float, float]:
 
 def test_there_are_committed_runs_to_check():
     assert len(RUNS) >= 50, f"only {len(RUNS)} committed runs found under {RESULTS}"
+
+
+def test_committed_run_files_read_in_the_current_schema():
+    """The committed run.json files were written before run files had a schema (some before `precision`
+    was pinned, with fewer Recipe fields, or with the data folder relative to the repository)."""
+    paths = sorted(RESULTS.rglob("run.json"))
+    assert len(paths) >= 100
+    for path in paths:
+        run = read_run(path)
+        assert run["schema"] == SCHEMA and Path(run["data"]).is_absolute(), path
+        if "model" in run["profile"]:  # a run that trained
+            assert run["precision"] in ("fp32", "bf16"), path
+            assert set(run["profile"]["recipe"]) == set(Recipe.__dataclass_fields__), path
 
 
 @pytest.mark.parametrize("run", RUNS, ids=lambda p: str(p.relative_to(RESULTS)))
@@ -84,7 +100,7 @@ def _readme_row(starts_with: str) -> list[tuple[float, float]]:
 )
 def test_readme_seed_ensemble_rows_are_the_committed_runs(row_start, run_names):
     runs = [RESULTS / (name if "/" in name else f"cpu2-x86_64/{name}") for name in run_names]
-    assert [json.loads((r / "run.json").read_text())["seed"] for r in runs] == list(range(len(runs)))
+    assert [read_run(r / "run.json")["seed"] for r in runs] == list(range(len(runs)))
     pooled = score_rows(ensemble_rows(runs))["pooled"]
     expected = [(pooled[c]["uf1"], pooled[c]["uar"]) for c in ("full", "casme2", "smic", "samm")]  # README's column order
     assert _readme_row(row_start) == [(round(f, 3), round(a, 3)) for f, a in expected]

@@ -17,8 +17,9 @@ from mex.composite import DataError, load_flow_folder
 from mex.models import build_model
 from train.batched import Members, augment, resolve_precision
 from train.cli import main as train_main
-from train.loso import read_predictions, run_loso, score_rows
-from train.metrics import uf1_uar
+from train.loso import run_loso
+from train.metrics import score_rows, uf1_uar
+from train.predictions import read_predictions
 from train.recipes import Recipe
 
 COMPOSITE = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
@@ -99,15 +100,15 @@ def test_flip_mirrors_horizontal_flow():
 
 def test_flip_tta_averages_the_image_and_its_mirror():
     from train.batched import mirror
-    from train.loso import _predict
+    from train.loop import predict
 
     make = lambda: build_model("logreg")  # noqa: E731
     members = Members(make, 2, seed=0, device=torch.device("cpu"))  # two folds, one seed each
     x = torch.rand(5, 3, 28, 28)
     test_idx = torch.tensor([[0, 1, 2], [3, 4, -1]])
     torch.testing.assert_close(mirror(mirror(x)), x)
-    plain = _predict(members, members.params, x, test_idx, 1)
-    tta = _predict(members, members.params, x, test_idx, 1, tta_flip=True)
+    plain = predict(members, members.params, x, test_idx, 1)
+    tta = predict(members, members.params, x, test_idx, 1, tta_flip=True)
     fold1 = members.member(1, make=make)
     with torch.no_grad():
         expect = (fold1(x[3:5]).softmax(-1) + fold1(mirror(x[3:5])).softmax(-1)) / 2
@@ -364,7 +365,7 @@ def test_fit_writes_a_checkpoint_that_loads(tiny_subset, tmp_path):
 
 
 def test_a_state_that_cannot_be_written_stops_the_run_naming_it_and_keeps_the_last_one(tiny_subset, tmp_path, monkeypatch, capsys):
-    import train.loso
+    import train.state
 
     out = tmp_path / "run"
     args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2", "--device", "cpu", "--save-every", "0", *TINY]
@@ -378,7 +379,7 @@ def test_a_state_that_cannot_be_written_stops_the_run_naming_it_and_keeps_the_la
                 f.truncate(100)
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 464491136 vs 464491028")
 
-    monkeypatch.setattr(train.loso.torch, "save", disk_full_on_second_save)
+    monkeypatch.setattr(train.state.torch, "save", disk_full_on_second_save)
     assert train_main(args) == 2
     err = capsys.readouterr().err
     words = " ".join(err.split())  # rich wraps long lines at word boundaries, and a long path anywhere
@@ -387,9 +388,49 @@ def test_a_state_that_cannot_be_written_stops_the_run_naming_it_and_keeps_the_la
     assert "[enforce fail at inline_container.cc:672]" in words  # torch's own words, not eaten as rich markup
     assert not (out / "state.tmp").exists()
     assert torch.load(out / "state.pt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(train.loso.torch, "save", real_save)
+    monkeypatch.setattr(train.state.torch, "save", real_save)
     assert train_main(args) == 0  # space freed: the same command continues from epoch 1
     assert (out / "predictions.csv").exists()
+
+
+def test_a_run_file_of_the_older_formats_is_the_same_run(tmp_path):
+    """run.json as pin_run wrote it before run files had a schema, and as older code wrote it (no precision,
+    fewer Recipe fields, the data folder relative to the repository), reads as the current schema."""
+    from train.loso import loso_run_args
+    from train.recipes import resolve
+    from train.runs import SCHEMA, pin_run, read_run, same_run
+
+    args = loso_run_args(load_flow_folder(COMPOSITE), resolve("logreg", epochs=1), 0, "fp32")
+    unversioned = json.loads(json.dumps(args))  # the file pin_run wrote: json.dumps(run_args, indent=2)
+    older = json.loads(json.dumps(args))
+    del older["precision"]
+    for field in ("zoom", "blur", "span_min", "span_max", "live_clips", "tta_flip"):
+        del older["profile"]["recipe"][field]
+    older["data"] = "data/megc2019-composite-flow"
+    for name, pinned in (("unversioned", unversioned), ("older", older)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps(pinned, indent=2) + "\n")
+        assert read_run(tmp_path / name / "run.json") == {"schema": SCHEMA, **unversioned}
+        assert same_run(tmp_path / name, args)
+        pin_run(tmp_path / name, args)  # the same run: no RunMismatch
+    assert not same_run(tmp_path / "older", {**args, "seed": 1})
+    (tmp_path / "new").mkdir()
+    pin_run(tmp_path / "new", args)
+    assert json.loads((tmp_path / "new" / "run.json").read_text()) == {"schema": SCHEMA, **unversioned}
+
+
+def test_a_run_file_of_a_newer_schema_is_refused_naming_it(tiny_subset, tmp_path, capsys):
+    from train.runs import SCHEMA, read_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"schema": SCHEMA + 1, "seed": 0}))
+    with pytest.raises(ValueError, match=f"{out / 'run.json'}: .*schema {SCHEMA + 1} is newer than this code reads"):
+        read_run(out / "run.json")
+    args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "1", "--device", "cpu"]
+    assert train_main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"schema {SCHEMA + 1} is newer" in err and "run.json" in err and not (out / "state.pt").exists()
 
 
 def test_inner_groups_partition_the_subjects_and_hold_their_clips_out():
@@ -445,8 +486,8 @@ def test_nested_selection_picks_per_fold_by_inner_score_and_reuses_matching_runs
     old.mkdir()
     (old / "predictions.csv").write_text((pre / "predictions.csv").read_text())
     pinned = json.loads((pre / "run.json").read_text())
-    del pinned["precision"], pinned["profile"]["recipe"]["tta_flip"]
-    pinned["data"] = os.path.relpath(pinned["data"])
+    del pinned["schema"], pinned["precision"], pinned["profile"]["recipe"]["tta_flip"]
+    pinned["data"] = os.path.relpath(pinned["data"], COMPOSITE.parents[1])
     (old / "run.json").write_text(json.dumps(pinned))
     again = tmp_path / "select-old"
     assert train_main([*args[:2], str(again), *args[3:-1], str(old)]) == 0

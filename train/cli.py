@@ -111,7 +111,8 @@ def cmd_loso(args) -> int:
 
     from mex.composite import load_flow_folder
 
-    from .loso import pick_device, run_loso
+    from .loop import pick_device
+    from .loso import run_loso
     from .report import write_reports
 
     prof = _profile(args)
@@ -142,7 +143,7 @@ def cmd_fit(args) -> int:
     from mex.composite import load_flow_folder
 
     from .fit import fit_all
-    from .loso import pick_device
+    from .loop import pick_device
 
     prof = _profile(args)
     data = load_flow_folder(args.data)
@@ -160,7 +161,7 @@ def cmd_select(args) -> int:
 
     from mex.composite import load_flow_folder
 
-    from .loso import pick_device
+    from .loop import pick_device
     from .report import write_reports
     from .select import run_select
 
@@ -192,7 +193,7 @@ def cmd_select(args) -> int:
 def cmd_study(args) -> int:
     from mex.composite import load_flow_folder
 
-    from .loso import pick_device
+    from .loop import pick_device
     from .studies import run_study
 
     data = load_flow_folder(args.data)

@@ -13,7 +13,9 @@ from mex.composite import FlowSet
 from mex.models import build_model
 
 from .batched import resolve_precision
-from .loso import pin_run, train_members, training_clips
+from .loop import RunSetup, train_members
+from .loso import training_clips
+from .runs import pin_run
 
 
 def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, progress=None, loso_dir: str | None = None, save_every_s: float = 30.0,
@@ -29,8 +31,8 @@ def fit_all(data: FlowSet, profile, out: Path, device: torch.device, seed: int, 
     if profile.recipe.live_clips:
         run_args["live"] = str(live.root.resolve())
     pin_run(out, run_args)
-    members, params, log = train_members(train_set, train_mask, profile, out, device, seed, progress,
-                                         save_every_s=save_every_s, precision=precision)
+    members, params, log = train_members(train_set, train_mask, profile,
+                                         RunSetup(out, device, seed, precision, save_every_s, progress))
     model = members.member(0, params, make=lambda: build_model(profile.model, **profile.model_config))
     loso = {}
     if loso_dir:

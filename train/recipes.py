@@ -84,12 +84,6 @@ OURS_RECIPE = Recipe(
 )
 
 
-def pinned_profile(profile: dict) -> dict:
-    """A profile as a run.json pinned it, with recipe fields added to the code since then holding their
-    defaults: runs that differ only in such fields compare equal."""
-    return {**profile, "recipe": asdict(Recipe(**profile.get("recipe", {})))}
-
-
 PROFILES: dict[str, Profile] = {
     "paper": Profile(
         "dacrossvit",

@@ -27,11 +27,11 @@ import torch
 from mex.composite import FlowSet
 
 from .batched import resolve_precision
-from .loso import (
-    _predict, _versions, loso_folds, loso_run_args, padded_index, pin_run, prediction_row, read_predictions,
-    run_loso, same_run, score_rows, train_members, write_csv,
-)
-from .metrics import uf1_uar
+from .loop import RunSetup, padded_index, predict, train_members
+from .loso import loso_folds, loso_run_args, run_loso
+from .metrics import score_rows, uf1_uar
+from .predictions import prediction_row, read_predictions, write_csv
+from .runs import pin_run, same_run, versions
 from .recipes import Profile
 
 
@@ -75,11 +75,11 @@ def run_inner(data: FlowSet, profile: Profile, out: Path, device, seed: int, dea
     n_seeds = profile.recipe.seeds
     held_out = group_clips(groups, fold_of)
     train_mask = ~torch.from_numpy(held_out).to(device).repeat_interleave(n_seeds, dim=0)
-    members, params, _ = train_members(data, train_mask, profile, out, device, seed, progress,
-                                       save_every_s=save_every_s, precision=precision)
+    members, params, _ = train_members(data, train_mask, profile,
+                                       RunSetup(out, device, seed, precision, save_every_s, progress))
     per_group = [np.flatnonzero(h) for h in held_out]
     test_idx = padded_index(per_group, device)
-    probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds,
+    probs = predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds,
                      profile.recipe.tta_flip).cpu().numpy()
     per_deal = len(deals[0])
     rows = []
@@ -170,7 +170,7 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
                         "inner_pooled_full": inner_all[n]} for n, p in candidates},
         # The same procedure with no subject held out: the recipe to fit the shipped model with.
         choice_for_fit=best(lambda n: inner_all[n]["uf1"]),
-        versions=_versions(),
+        versions=versions(),
     )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_choices(results, out / "choices.png")
