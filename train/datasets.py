@@ -648,6 +648,78 @@ def _apply_selection(reading: Reading, select: Path) -> None:
     reading.clips = [c for c in reading.clips if (c.subject, c.clip) in wanted]
 
 
+class _Encoder:
+    """How a clip becomes its image: its frames cut by `crop` (see _pair), then mex.features.encode with
+    the flow backend `flow` names, built on first use (a run served from the cache builds none)."""
+
+    def __init__(self, flow, crop: Crop):
+        self.flow, self.crop, self.backend = flow, crop, None
+
+    def backend_name(self) -> str | None:
+        return None if self.backend is None else getattr(self.backend, "name", str(self.flow))
+
+    def encode(self, clip: Clip) -> np.ndarray:
+        onset, apex = _pair(clip, self.crop)
+        if self.backend is None:
+            try:
+                self.backend = _features.get_backend(self.flow) if isinstance(self.flow, str) else self.flow
+            except _features.BackendUnavailable as e:
+                raise ValueError(f"--flow {self.flow}: {e}") from None
+        try:
+            return _features.encode(onset, apex, self.backend)
+        except ValueError as e:
+            raise DataError(f"{clip.onset} / {clip.apex} ({clip.source}): cannot encode: {e}") from None
+
+
+class _Cache:
+    """out/prepare-cache.json for one dataset's run: the entries of the other datasets stay, this
+    dataset's are rebuilt as its clips are visited (a clip that left the dataset drops out)."""
+
+    SAVE_EVERY_S = 10.0  # what was encoded survives an error or Ctrl-C, give or take this long
+
+    def __init__(self, out: Path, dataset: str, crop: Crop):
+        self.out, self.dataset, self.crop_key = out, dataset, _crop_key(crop)
+        self.manifest = _load_manifest(out)
+        self.fresh = {k: v for k, v in self.manifest.items() if v.get("dataset") != dataset}
+        self.last_save = time.monotonic()
+
+    def check_owned(self, existing: list[dict], table: Path) -> None:
+        """Rows of this dataset that prepare did not write (e.g. the shipped composite set) are not ours to replace."""
+        for line, r in enumerate(existing, start=2):
+            if r["dataset"] == self.dataset and self.manifest.get(r["file"], {}).get("dataset") != self.dataset:
+                raise DataError(f"{table}, row {line}: {self.dataset} clip {r['subject']}/{r['clip']} was not made by "
+                                f"prepare (no entry in {self.out / CACHE_MANIFEST}); prepare into another folder")
+
+    def key(self, clip: Clip) -> dict:
+        """What a clip's PNG was made from: its frames (path, size, mtime), the crop, the encoding."""
+        return {"dataset": self.dataset, "onset": _stat(clip.onset), "apex": _stat(clip.apex), "crop": self.crop_key,
+                "encoding": ENCODING_VERSION, "resize": RESIZE_RULE}
+
+    def reuse(self, clip: Clip, png: Path, key: dict) -> bool:
+        """Keep the clip's entry if its PNG is there and was made from what it would be made from now (`key`)."""
+        entry = self.manifest.get(clip.file)
+        if (entry is None or not png.is_file() or any(entry.get(k) != v for k, v in key.items())
+                or entry.get("png_size") != png.stat().st_size):
+            return False
+        self.fresh[clip.file] = entry
+        return True
+
+    def add(self, clip: Clip, png: Path, key: dict, backend: str) -> None:
+        self.fresh[clip.file] = {**key, "png_size": png.stat().st_size, "subject": clip.subject,
+                                 "clip": clip.clip, "emotion_word": clip.emotion, "source": clip.source,
+                                 "apex_rule": clip.apex_rule, "backend": backend}
+        if time.monotonic() - self.last_save > self.SAVE_EVERY_S:
+            self.save_partial()
+
+    def save_partial(self) -> None:
+        """Entries of this dataset not yet revisited are kept until the run completes."""
+        _save_manifest(self.out, {**self.manifest, **self.fresh})
+        self.last_save = time.monotonic()
+
+    def save(self) -> None:
+        _save_manifest(self.out, self.fresh)
+
+
 def prepare(dataset: str, root: str | Path, out: str | Path, flow: str = "auto", crop: Crop = None, *,
             force: bool = False, select: str | Path | None = None, console=None) -> PrepareReport:
     """Read `dataset` at `root`, encode every clip's onset -> apex pair and merge it into `out`.
@@ -660,9 +732,6 @@ def prepare(dataset: str, root: str | Path, out: str | Path, flow: str = "auto",
     labels.csv whose rows of this dataset are the clips to keep (see _apply_selection).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from mex.composite import write_png_rgb
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
@@ -678,73 +747,54 @@ def prepare(dataset: str, root: str | Path, out: str | Path, flow: str = "auto",
     existing = _existing_rows(table)
     kept = [r for r in existing if r["dataset"] != dataset]
     report = PrepareReport(dataset, out, reading, kept_rows=len(kept))
-
-    manifest = _load_manifest(out)
-    # Rows of this dataset that prepare did not write (e.g. the shipped composite set) are not ours to replace.
-    for line, r in enumerate(existing, start=2):
-        if r["dataset"] == dataset and manifest.get(r["file"], {}).get("dataset") != dataset:
-            raise DataError(f"{table}, row {line}: {dataset} clip {r['subject']}/{r['clip']} was not made by prepare "
-                            f"(no entry in {out / CACHE_MANIFEST}); prepare into another folder")
-    # This dataset's entries are rebuilt: clips that left it drop out of the manifest.
-    fresh = {k: v for k, v in manifest.items() if v.get("dataset") != dataset}
-    backend = None
-    crop_key = _crop_key(crop)
-    last_save = time.monotonic()
-    progress = Progress(TextColumn(f"[bold]prepare {dataset}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=console, transient=False)
-    try:
-        with progress:
-            task = progress.add_task(dataset, total=len(reading.clips), info="")
-            for clip in reading.clips:
-                png = out / clip.file
-                key = {"dataset": dataset, "onset": _stat(clip.onset), "apex": _stat(clip.apex), "crop": crop_key,
-                       "encoding": ENCODING_VERSION, "resize": RESIZE_RULE}
-                entry = manifest.get(clip.file)
-                if (not force and entry is not None and png.is_file()
-                        and all(entry.get(k) == v for k, v in key.items())
-                        and entry.get("png_size") == png.stat().st_size):
-                    fresh[clip.file] = entry
-                    report.cached += 1
-                else:
-                    onset, apex = _pair(clip, crop)
-                    if backend is None:
-                        try:
-                            backend = _features.get_backend(flow) if isinstance(flow, str) else flow
-                        except _features.BackendUnavailable as e:
-                            raise ValueError(f"--flow {flow}: {e}") from None
-                        report.backend = getattr(backend, "name", str(flow))
-                    try:
-                        image = _features.encode(onset, apex, backend)
-                    except ValueError as e:
-                        raise DataError(f"{clip.onset} / {clip.apex} ({clip.source}): cannot encode: {e}") from None
-                    tmp = png.with_name(f".{png.name}.tmp.png")
-                    write_png_rgb(tmp, image)
-                    os.replace(tmp, png)
-                    fresh[clip.file] = {**key, "png_size": png.stat().st_size, "subject": clip.subject,
-                                        "clip": clip.clip, "emotion_word": clip.emotion, "source": clip.source,
-                                        "apex_rule": clip.apex_rule, "backend": report.backend}
-                    report.computed += 1
-                    if time.monotonic() - last_save > 10.0:
-                        _save_manifest(out, {**manifest, **fresh})
-                        last_save = time.monotonic()
-                progress.update(task, advance=1, info=f"{report.computed} encoded, {report.cached} cached")
-    finally:
-        # What was encoded before an error or Ctrl-C stays cached. Entries of this dataset not yet
-        # revisited are kept until the run completes.
-        _save_manifest(out, {**manifest, **fresh})
-    _save_manifest(out, fresh)
-
-    rows = [{"dataset": c.dataset, "subject": c.subject, "clip": c.clip, "label": str(c.label),
-             "emotion": CLASSES[c.label], "file": c.file}
-            for c in sorted(reading.clips, key=lambda c: _subject_order(c.subject))]  # stable: sheet order within a subject
-    order = {d: i for i, d in enumerate(DATASETS)}
-    merged = sorted(kept + rows, key=lambda r: order.get(r["dataset"], len(order)))  # stable within a dataset
-    _write_rows(table, merged)
+    cache = _Cache(out, dataset, crop)
+    cache.check_owned(existing, table)
+    _encode_clips(reading.clips, out, cache, _Encoder(flow, crop), force, report, console)
+    _write_rows(table, _merged_rows(kept, reading.clips))
     report.seconds = time.perf_counter() - started
     for line in report.lines():
         console.print(line, highlight=False, soft_wrap=True)
     return report
+
+
+def _encode_clips(clips: list[Clip], out: Path, cache: _Cache, encoder: _Encoder, force: bool,
+                  report: PrepareReport, console) -> None:
+    """Each clip's PNG from the cache, or encoded and written (atomically); counted in `report`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from mex.composite import write_png_rgb
+
+    progress = Progress(TextColumn(f"[bold]prepare {report.dataset}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=console, transient=False)
+    try:
+        with progress:
+            task = progress.add_task(report.dataset, total=len(clips), info="")
+            for clip in clips:
+                png, key = out / clip.file, cache.key(clip)
+                if not force and cache.reuse(clip, png, key):
+                    report.cached += 1
+                else:
+                    image = encoder.encode(clip)
+                    report.backend = encoder.backend_name()
+                    tmp = png.with_name(f".{png.name}.tmp.png")
+                    write_png_rgb(tmp, image)
+                    os.replace(tmp, png)
+                    cache.add(clip, png, key, report.backend)
+                    report.computed += 1
+                progress.update(task, advance=1, info=f"{report.computed} encoded, {report.cached} cached")
+    finally:
+        cache.save_partial()  # what was encoded before an error or Ctrl-C stays cached
+    cache.save()
+
+
+def _merged_rows(kept: list[dict], clips: list[Clip]) -> list[dict]:
+    """The other datasets' rows and this dataset's, datasets in DATASETS order, each in its own order."""
+    rows = [{"dataset": c.dataset, "subject": c.subject, "clip": c.clip, "label": str(c.label),
+             "emotion": CLASSES[c.label], "file": c.file}
+            for c in sorted(clips, key=lambda c: _subject_order(c.subject))]  # stable: sheet order within a subject
+    order = {d: i for i, d in enumerate(DATASETS)}
+    return sorted(kept + rows, key=lambda r: order.get(r["dataset"], len(order)))  # stable within a dataset
 
 
 # ------------------------------------------------------------------------------------------ CLI
