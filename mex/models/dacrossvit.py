@@ -1,4 +1,5 @@
-"""DA-CrossViT and CrossViT for 3x28x28 optical-flow images (spec.md §1).
+"""DA-CrossViT and CrossViT for 3x28x28 optical-flow images, as the DA-CrossViT paper describes them
+(Ran et al., "Micro-expression recognition based on dual-attention CrossViT", §2-§3; docs/training.md).
 
 Two branches see the same image: La (coarse, primary, wider, M encoders per block) and Sm (fine,
 complementary, narrower, N encoders). In each of K multi-scale blocks both branches run their
