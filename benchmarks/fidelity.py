@@ -11,8 +11,8 @@ spotting`. Three ways to cut the live crops are compared:
 
 - `registered` (the live path): both crops with the onset's framing, apex registered onto onset;
 - `own framing`: each crop with its own frame's framing, no registration;
-- `eye crop`: the spotting crop (eye-aligned similarity, smoothed landmarks), as mex-live cut it
-  before the recognition crop existed.
+- `eye crop`: the spotting crop (eye-aligned similarity, smoothed landmarks) reused as the
+  recognition crop.
 
 Per way: the mean Pearson correlation of each channel (u, v, strain) over the 28 x 28 grid with the
 ideal features, and how often the shipped model gives the ideal features' label. Writes

@@ -46,8 +46,8 @@ def add_arguments(p) -> None:
                    help="comma-separated: cpu, numba, opencv-cuda, torch, torch-nograph, torch-eager, torch-cpu "
                         "(default: all available here; the torch-* variants are only run when named)")
     p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch CPU threads for torch-cpu (default 1: the solve is many tiny ops, and OpenMP "
-                        "fork/join on a shared 2-core machine made it ~15x slower)")
+                   help="torch CPU threads for torch-cpu (default 1: the solve is many tiny ops, where OpenMP's "
+                        "fork/join costs more than the threads save)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-reference", metavar="NPZ",
                    help="also save the synthetic pairs, their true flow and OpenCV's CPU flow to this file")

@@ -1,7 +1,7 @@
 """mex-bench flow-recipes: what a cheaper TV-L1 would cost in feature fidelity, on the CPU.
 
-On a 2-core CPU, OpenCV's TV-L1 with its default parameters on the 128 px live crops takes ~0.3-0.4 s
-per pair, far above issue 5's 50 ms from apex confirmed to label. The solver's work can be cut (fewer
+On a CPU, OpenCV's TV-L1 with its default parameters on the live crops takes far longer than issue
+5's 50 ms from apex confirmed to label (benchmarks/results/cpu2-x86_64/flow.md). The solver's work can be cut (fewer
 pyramid levels, warps or iterations, a looser stopping rule, smaller crops), but the model is trained
 on the composite set, made with OpenCV's default TV-L1, so any cut must keep the features close to it. This
 benchmark measures both sides for a fixed list of recipes, on the synthetic face pairs with known
@@ -75,7 +75,7 @@ def run(args) -> int:
 
     from mex.features.synthetic import synthetic_pairs
 
-    cv2.setNumThreads(1)  # one core, as the live recognizer thread gets on a busy 2-core machine
+    cv2.setNumThreads(1)  # one core, as the live recognizer thread gets on a busy machine
     env = environment()
     env["load_average_1min"] = os.getloadavg()[0]
     pairs = synthetic_pairs(args.pairs, 128, seed=args.seed)

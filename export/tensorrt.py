@@ -4,8 +4,8 @@ Written against TensorRT's documented Python API (8.6 and 10.x: Builder, OnnxPar
 IBuilderConfig, optimization profiles, build_serialized_network, execute_async_v3). TensorRT is
 imported only inside these functions: everything else in mex-export runs without it.
 
-NOT RUN: TensorRT cannot be installed on the machines this was written on. The parts that run
-without it (profile parsing, cache keys, sidecar, the ONNX side of the parity check) are tested.
+Never run with TensorRT (docs/results.md, "What has run where"). The parts that run without it
+(profile parsing, cache keys, sidecar, the ONNX side of the parity check) are tested.
 """
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def test_live_set_reads_and_pairs_with_the_composite_set():
 
 
 def old_augment(x, recipe, gen):
-    """train/batched.py `augment` as it was before zoom, blur and span existed."""
+    """train/batched.py `augment` without the zoom, blur and span steps, which the older profiles leave off."""
     from train.batched import mirror
 
     shape = x.shape
@@ -91,7 +91,7 @@ def test_new_augmentations_are_off_in_the_older_profiles_and_leave_their_batches
 def test_a_committed_run_of_an_older_profile_is_still_the_same_run():
     run = ROOT / "benchmarks" / "results" / "cpu2-x86_64" / "loso-logreg"
     pinned = json.loads((run / "run.json").read_text())
-    assert "zoom" not in pinned["profile"]["recipe"]  # pinned before the fields existed
+    assert "zoom" not in pinned["profile"]["recipe"]  # schema 0, with fewer Recipe fields (train/runs.py)
     data, live, seeds = load_flow_folder(COMPOSITE), load_flow_folder(LIVE), pinned["profile"]["recipe"]["seeds"]
     for changes, same in (({}, True), ({"zoom": 0.08}, False), ({"live_clips": True}, False)):
         profile = resolve("logreg", seeds=seeds, **changes)

@@ -41,6 +41,13 @@ def test_there_are_committed_runs_to_check():
     assert len(RUNS) >= 50, f"only {len(RUNS)} committed runs found under {RESULTS}"
 
 
+def test_skip_reasons_point_to_a_table_that_exists():
+    from conftest import RUN_WHERE
+
+    heading = RUN_WHERE.split('"')[1]
+    assert f"## {heading}\n" in (ROOT / "docs" / "results.md").read_text()
+
+
 def test_committed_run_files_read_in_the_current_schema():
     """The committed run.json files were written before run files had a schema (some before `precision`
     was pinned, with fewer Recipe fields, or with the data folder relative to the repository)."""

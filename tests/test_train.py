@@ -481,7 +481,8 @@ def test_nested_selection_picks_per_fold_by_inner_score_and_reuses_matching_runs
     first = (out / "predictions.csv").read_text()
     assert train_main(args) == 0 and (out / "predictions.csv").read_text() == first  # a rerun reads the finished runs back
 
-    # a committed run made before `precision` and `tta_flip` were pinned, its data path relative: reused as the same run
+    # a schema-0 run.json (no precision, fewer Recipe fields, the data folder relative to the repository,
+    # train/runs.py): reused as the same run
     old = tmp_path / "old"
     old.mkdir()
     (old / "predictions.csv").write_text((pre / "predictions.csv").read_text())
