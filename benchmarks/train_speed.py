@@ -44,7 +44,7 @@ def _time_steps(step, n: int, device) -> float:
 
 
 def measure(profile_name: str, device: torch.device, steps: int, precision: str = "fp32") -> dict:
-    """One training step as train/loso.py takes it (forward under `precision`, fp32 loss, AdamW)."""
+    """One training step as train/loop.py takes it (forward under `precision`, fp32 loss, AdamW)."""
     prof = resolve(profile_name)
     r = prof.recipe
     make = lambda: build_model(prof.model, **prof.model_config)  # noqa: E731
