@@ -101,13 +101,15 @@ def run(args) -> int:
     console.print(table)
     out = results_dir(args.out)
     write_json(out / "flow-recipes.json", {"benchmark": "flow-recipes", "environment": env,
-                                           "settings": {"pairs": args.pairs, "repeats": args.repeats, "seed": args.seed},
+                                           "settings": {"pairs": args.pairs, "repeats": args.repeats,
+                                                        "seed": args.seed},
                                            "fidelity_bar": FIDELITY, "results": rows})
     md = [f"# mex-bench flow-recipes on {env['machine']}", "",
           f"{env['when']}; OpenCV TV-L1 on one thread (cv2.setNumThreads(1)); 1-minute load average "
           f"{env['load_average_1min']:.1f} at the start; {args.pairs} synthetic face pairs (0.5-2 px smooth motion at "
           f"128 px, noise 1.5 grey levels), {args.repeats} timed solves each. Feature correlation is against the "
-          f"default recipe's 3x28x28 features; EPE is against the true motion inside a margin of 1/8 of the side, in 128 px pixels (as in flow.md).", "",
+          "default recipe's 3x28x28 features; EPE is against the true motion inside a margin of 1/8 of the side, in "
+          "128 px pixels (as in flow.md).", "",
           "| recipe | crop px | ms per pair (median) | EPE vs truth px | feature corr u / v / strain | lowest pair | "
           f"all >= {FIDELITY} |", "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -64,7 +64,8 @@ def test_graph_passes_checker_with_single_op_layernorm_and_dynamic_batch(exporte
 def test_metadata_round_trips(exported):
     checkpoint, onnx_path, model = exported
     meta = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
-    assert {k: v for k, v in meta.items() if k != "mex.export"} == artifact_metadata("dacrossvit", model.cfg.to_dict(), TRAINING)
+    expected = artifact_metadata("dacrossvit", model.cfg.to_dict(), TRAINING)
+    assert {k: v for k, v in meta.items() if k != "mex.export"} == expected
     info = check_metadata(meta, str(onnx_path))
     assert info["training"] == TRAINING and info["model"] == "dacrossvit"
     assert info["config"] == json.loads(json.dumps(model.cfg.to_dict()))

@@ -74,7 +74,8 @@ def test_committed_results_json_is_its_predictions_rescored(run: Path):
     rescored = score_rows(read_predictions(run / "predictions.csv"))
     for name, scores in saved.get("per_fold_mean", {}).items():
         for metric in ("uf1", "uar"):
-            assert scores[metric] == pytest.approx(rescored["per_fold_mean"][name][metric], abs=1e-9), f"{run}: per-fold {name}"
+            expected = rescored["per_fold_mean"][name][metric]
+            assert scores[metric] == pytest.approx(expected, abs=1e-9), f"{run}: per-fold {name}"
     assert saved.get("clips", len(rows)) == len(rows)
 
 
@@ -92,15 +93,20 @@ def _readme_row(starts_with: str) -> list[tuple[float, float]]:
          ("loso-ours-1seed", "loso-ours-seed1", "loso-ours-seed2")),
         ("| DA-CrossViT, profile `ours`, probability average of seeds 0-4",
          ("loso-ours-1seed", "loso-ours-seed1", "loso-ours-seed2", "loso-ours-seed3", "loso-ours-seed4")),
-        ("| DA-CrossViT, nested selection per fold among `ours` and its 7 ablation variants (`mex-train select`), probability average of seeds 0, 1, 2",
+        ("| DA-CrossViT, nested selection per fold among `ours` and its 7 ablation variants (`mex-train select`), "
+         "probability average of seeds 0, 1, 2",
          ("select-ours-seed0", "select-ours-seed1", "select-ours-seed2")),
-        ("| DA-CrossViT, the same nested selection with the doubled shift (`shift_px=3.0`) as a ninth candidate, probability average of seeds 0, 1, 2",
+        ("| DA-CrossViT, the same nested selection with the doubled shift (`shift_px=3.0`) as a ninth candidate, "
+         "probability average of seeds 0, 1, 2",
          ("select-ours-plus-shift-3px-seed0", "select-ours-plus-shift-3px-seed1", "select-ours-plus-shift-3px-seed2")),
-        ("| DA-CrossViT (`ours`) mixed with the nested floor, the deep model's weight chosen per fold on inner models (`mex-bench stack`: nested, honest), probability average of seeds 0, 1, 2",
+        ("| DA-CrossViT (`ours`) mixed with the nested floor, the deep model's weight chosen per fold on inner models "
+         "(`mex-bench stack`: nested, honest), probability average of seeds 0, 1, 2",
          ("stack-ours-seed0", "stack-ours-seed1", "stack-ours-seed2")),
-        ("| STSTNet (published config, 1,683 parameters), this repo's recipe `ours` (`--model ststnet`), probability average of seeds 0, 1, 2",
+        ("| STSTNet (published config, 1,683 parameters), this repo's recipe `ours` (`--model ststnet`), probability "
+         "average of seeds 0, 1, 2",
          ("loso-ours-ststnet-seed0", "loso-ours-ststnet-seed1", "loso-ours-ststnet-seed2")),
-        ("| **DA-CrossViT, profile `live` (`ours` + each channel's min-max scaling redone at random + the training subjects' live encodings), probability average of seeds 0, 1, 2",
+        ("| **DA-CrossViT, profile `live` (`ours` + each channel's min-max scaling redone at random + the training "
+         "subjects' live encodings), probability average of seeds 0, 1, 2",
          ("h200/live-gap-live-seed0", "h200/live-gap-live-seed1", "h200/live-gap-live-seed2")),
     ],
     ids=["recipe", "recipe-5-seeds", "nested-selection", "nested-selection-plus-shift", "stack", "ststnet", "live"],
@@ -109,7 +115,8 @@ def test_readme_seed_ensemble_rows_are_the_committed_runs(row_start, run_names):
     runs = [RESULTS / (name if "/" in name else f"cpu2-x86_64/{name}") for name in run_names]
     assert [read_run(r / "run.json")["seed"] for r in runs] == list(range(len(runs)))
     pooled = score_rows(ensemble_rows(runs))["pooled"]
-    expected = [(pooled[c]["uf1"], pooled[c]["uar"]) for c in ("full", "casme2", "smic", "samm")]  # README's column order
+    # README's column order
+    expected = [(pooled[c]["uf1"], pooled[c]["uar"]) for c in ("full", "casme2", "smic", "samm")]
     assert _readme_row(row_start) == [(round(f, 3), round(a, 3)) for f, a in expected]
 
 
@@ -131,7 +138,8 @@ def test_committed_stack_is_its_inputs_mixed_as_its_choices_say(seed):
     alpha = {f["subject"]: f["alpha"] for f in saved["choices"]}
     assert all(f["alpha"] == alphas[f["inner_uf1"].index(max(f["inner_uf1"]))] for f in saved["choices"])
     deep = {(r["subject"], r["clip"]): r for r in read_predictions(ROOT / saved["inputs"]["loso"] / "predictions.csv")}
-    floor = {(r["subject"], r["clip"]): r for r in read_predictions(ROOT / saved["inputs"]["floor"] / "predictions.csv")}
+    floor = {(r["subject"], r["clip"]): r
+             for r in read_predictions(ROOT / saved["inputs"]["floor"] / "predictions.csv")}
     rows = read_predictions(run / "predictions.csv")
     assert len(rows) == len(deep) == len(floor) == 442
     columns = [c for c in rows[0] if c.startswith("p_")]
@@ -156,7 +164,8 @@ def test_readme_headline_numbers_are_those_of_docs_results():
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Headline numbers")[1].split("\n## ")[0]
     results = (ROOT / "docs" / "results.md").read_text()
-    numbers = re.findall(r"\d+\.\d+(?: ± \d+\.\d+)?|\d+ fps|\d+ ms", "\n".join(ln for ln in table.splitlines() if ln.startswith("| ")))
+    numbers = re.findall(r"\d+\.\d+(?: ± \d+\.\d+)?|\d+ fps|\d+ ms",
+                         "\n".join(ln for ln in table.splitlines() if ln.startswith("| ")))
     assert len(numbers) >= 12
     missing = [n for n in numbers if n not in results]
     assert not missing, f"README headline numbers not in docs/results.md: {missing}"

@@ -229,7 +229,8 @@ def _find_sheet(folders: Sequence[Path], exact: str, pattern: str, what: str, pr
         if (folder / exact).is_file():
             return folder / exact
     found = sorted({p for folder in folders if folder.is_dir() for p in folder.iterdir()
-                    if p.is_file() and re.fullmatch(pattern, p.name, re.IGNORECASE) and not p.name.startswith(("~$", "."))})
+                    if p.is_file() and re.fullmatch(pattern, p.name,
+                                                    re.IGNORECASE) and not p.name.startswith(("~$", "."))})
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
@@ -269,7 +270,8 @@ def _label(word: str, where: str, dataset: str) -> int | None:
         raise DataError(f"{where}: empty emotion")
     label = class_of_emotion(word)
     if label is None and word.strip().lower() not in EXCLUDED:
-        raise DataError(f"{where}: unknown emotion {word!r} for {dataset}; mapped: {', '.join(sorted(EMOTION_TO_CLASS))}; "
+        raise DataError(f"{where}: unknown emotion {word!r} for {dataset}; mapped: "
+                        f"{', '.join(sorted(EMOTION_TO_CLASS))}; "
                         f"excluded: {', '.join(sorted(EXCLUDED))} (extend mex.labels.EMOTION_TO_CLASS if it is real)")
     return label
 
@@ -359,7 +361,8 @@ def _int_id(value, where: str, column: str, pattern: str = r"(?:sub|s)?0*(\d+)")
 def read_casme2(root: str | Path) -> Reading:
     """CASME II: CASME2-coding-20140508.xlsx + Cropped/subNN/<Filename>/reg_img<N>.jpg."""
     root = Path(root)
-    sheet = _read_sheet(_find_sheet([root], "CASME2-coding-20140508.xlsx", r"CASME2-coding.*\.(xlsx|csv)", "CASME II coding"),
+    sheet = _read_sheet(_find_sheet([root], "CASME2-coding-20140508.xlsx", r"CASME2-coding.*\.(xlsx|csv)",
+                                    "CASME II coding"),
                         ["subject", "filename", "onset", "apex", "emotion"], ["offset"])
     cropped = root / "Cropped"
     subjects = _subject_folders(cropped, r"sub\d+", "sub01")
@@ -380,17 +383,21 @@ def read_casme2(root: str | Path) -> Reading:
         if label is None:
             reading.excluded.append((where, f"{sub}/{name}", word.strip().lower()))
             continue
-        fr = _frames_of(frames, cropped / sub / name, pattern, where, lambda n: 0 if n.lower().startswith("reg_") else 1)
+        fr = _frames_of(frames, cropped / sub / name, pattern, where,
+                        lambda n: 0 if n.lower().startswith("reg_") else 1)
         onset, apex, rule = _onset_apex(sheet, cells, where, fr, lambda n: f"reg_img{n}.jpg")
-        reading.clips.append(Clip("casme2", f"casme2_{sub}", name, word.strip().lower(), label, onset, apex, where, rule))
-    reading.unlisted = [c for s in subjects for c in sorted(s.iterdir()) if c.is_dir() and (s.name.lower(), c.name) not in seen]
+        reading.clips.append(Clip("casme2", f"casme2_{sub}", name, word.strip().lower(), label, onset, apex, where,
+                                  rule))
+    reading.unlisted = [c for s in subjects
+                        for c in sorted(s.iterdir()) if c.is_dir() and (s.name.lower(), c.name) not in seen]
     return reading
 
 
 def read_samm(root: str | Path) -> Reading:
     """SAMM: SAMM_Micro_FACS_Codes_v2.xlsx (title block, then the header) + NNN/<Filename>/NNN_<frame>.jpg."""
     root = Path(root)
-    sheet = _read_sheet(_find_sheet([root], "SAMM_Micro_FACS_Codes_v2.xlsx", r"SAMM.*Micro_FACS_Codes.*\.(xlsx|csv)", "SAMM FACS codes"),
+    sheet = _read_sheet(_find_sheet([root], "SAMM_Micro_FACS_Codes_v2.xlsx", r"SAMM.*Micro_FACS_Codes.*\.(xlsx|csv)",
+                                    "SAMM FACS codes"),
                         ["subject", "filename", "onset", "apex", "emotion"], ["offset"])
     subjects = _subject_folders(root, r"\d{3}", "006")
     reading = Reading("samm", sheet=sheet.path)
@@ -432,7 +439,8 @@ def read_smic(root: str | Path) -> Reading:
     hs = root / "HS"
     # No preferred name: SMIC-HS-E_annotation.xlsx (no apex) and its _2019 version (with ApexF) both
     # circulate; two candidates is an error asking to keep one.
-    sheet = _read_sheet(_find_sheet([root, hs], "SMIC-HS-E_annotation.xlsx", r".*annotation.*\.(xlsx|csv)", "SMIC-HS annotation",
+    sheet = _read_sheet(_find_sheet([root, hs], "SMIC-HS-E_annotation.xlsx", r".*annotation.*\.(xlsx|csv)",
+                                    "SMIC-HS annotation",
                                     prefer_exact=False),
                         ["subject", "filename", "onset"], ["apex", "offset", "emotion"])
     subjects = _subject_folders(hs, r"s\d+", "s1")
@@ -512,9 +520,10 @@ class PrepareReport:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
+        backend = f" with flow backend {self.backend}" if self.backend else ""
         return [*self.reading.summary_lines(),
-                f"{self.dataset}: {self.computed} encoded" + (f" with flow backend {self.backend}" if self.backend else "")
-                + f", {self.cached} unchanged from the cache, in {self.seconds:.1f} s",
+                f"{self.dataset}: {self.computed} encoded{backend}, {self.cached} unchanged from the cache, "
+                f"in {self.seconds:.1f} s",
                 f"{self.out / 'labels.csv'}: {len(self.reading.clips) + self.kept_rows} rows "
                 f"({self.kept_rows} of other datasets kept)"]
 
@@ -760,7 +769,8 @@ def prepare(dataset: str, root: str | Path, out: str | Path, flow: str = "auto",
 def _encode_clips(clips: list[Clip], out: Path, cache: _Cache, encoder: _Encoder, force: bool,
                   report: PrepareReport, console) -> None:
     """Each clip's PNG from the cache, or encoded and written (atomically); counted in `report`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     from mex.composite import write_png_rgb
 

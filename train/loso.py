@@ -91,7 +91,8 @@ def _about(profile: Profile, setup: RunSetup, n_folds: int, log) -> dict:
     protocol = ("LOSO over subjects; fixed schedule; last-epoch weights"
                 + (f" (EMA {recipe.ema})" if recipe.ema > 0 else "")
                 + ("; probabilities averaged with the mirrored image's" if recipe.tta_flip else "")
-                + f"; {recipe.seeds}-seed probability average; metrics pooled over all folds; no per-fold epoch selection")
+                + f"; {recipe.seeds}-seed probability average; metrics pooled over all folds; no per-fold epoch "
+                  "selection")
     return dict(
         protocol=protocol,
         folds=n_folds,
@@ -117,7 +118,8 @@ def fold_index(clips: FlowSet, subjects: list[str], what: str) -> np.ndarray:
     index = {s: i for i, s in enumerate(subjects)}
     unknown = sorted(set(clips.subject) - set(index))
     if unknown:
-        raise ValueError(f"{clips.root}: {what} clips of subject(s) {', '.join(unknown)}, which are not in the LOSO data")
+        raise ValueError(f"{clips.root}: {what} clips of subject(s) {', '.join(unknown)}, which are not in the LOSO "
+                         "data")
     return np.array([index[s] for s in clips.subject])
 
 

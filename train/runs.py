@@ -100,7 +100,8 @@ def pin_run(out: Path, run_args: dict) -> None:
         return
     pinned, wanted = read_run(path), _as_pinned(run_args)
     if pinned != wanted:
-        raise RunMismatch(f"{out}: holds a run with other arguments (differs in: {', '.join(_differences(pinned, wanted))}); "
+        raise RunMismatch(f"{out}: holds a run with other arguments (differs in: "
+                          f"{', '.join(_differences(pinned, wanted))}); "
                           "use another --out, or delete the folder to start over")
 
 

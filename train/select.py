@@ -135,7 +135,8 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
     subjects, _ = loso_folds(data)
     deals = deal_groups(len(subjects), holdout, repeats, seed)
     pin_run(out, {"data": str(data.root.resolve()), "seed": seed, "folds": subjects,
-                  "profile": {"nested selection": {n: p.to_dict() for n, p in candidates}, "holdout": holdout, "repeats": repeats}})
+                  "profile": {"nested selection": {n: p.to_dict() for n, p in candidates}, "holdout": holdout,
+                              "repeats": repeats}})
     inner, inner_all, outer, outer_dirs = {}, {}, {}, {}
     for name, prof in candidates:
         outer_dirs[name], rows = _outer_run(data, prof, out / f"outer-{name}", device, seed, list(reuse), progress,
@@ -143,7 +144,8 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
         outer[name] = rows
         if progress:
             progress.console.print(f"{name}: LOSO run {outer_dirs[name]}; inner models in {out / f'inner-{name}'}")
-        inner_rows = run_inner(data, prof, out / f"inner-{name}", device, seed, deals, progress, save_every_s, precision)
+        inner_rows = run_inner(data, prof, out / f"inner-{name}", device, seed, deals, progress, save_every_s,
+                               precision)
         inner[name] = inner_scores(inner_rows, subjects)
         inner_all[name] = uf1_uar(np.array([r["label"] for r in inner_rows]), np.array([r["pred"] for r in inner_rows]))
 
@@ -160,7 +162,7 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
     write_csv(out / "predictions.csv", rows)
     results = score_rows(rows)
     results.update(
-        protocol=(f"nested selection: per LOSO fold, the candidate with the best pooled UF1 on held-out training "
+        protocol=("nested selection: per LOSO fold, the candidate with the best pooled UF1 on held-out training "
                   f"subjects ({repeats} deal(s) into groups of about {holdout}, models that never saw the fold's "
                   "test subject); the fold's clips predicted by that candidate's LOSO model"),
         seed=seed,

@@ -99,7 +99,8 @@ class OpenCVFlow(FlowBackend):
 
 def _numba_reason() -> str | None:
     """None when the numba backend can run here, else why not (nothing is imported to find out)."""
-    missing = [name for name, module in (("numba", "numba"), ("OpenCV", "cv2")) if importlib.util.find_spec(module) is None]
+    needed = (("numba", "numba"), ("OpenCV", "cv2"))
+    missing = [name for name, module in needed if importlib.util.find_spec(module) is None]
     return f"{' and '.join(missing)} not installed" if missing else None
 
 
@@ -111,7 +112,8 @@ class NumbaFlow(FlowBackend):
     def __init__(self, params: TVL1Params = DEFAULT_PARAMS):
         reason = _numba_reason()
         if reason:
-            raise BackendUnavailable(f"flow backend 'numba' is unavailable: {reason} (pip install numba opencv-contrib-python)")
+            raise BackendUnavailable(f"flow backend 'numba' is unavailable: {reason} (pip install numba "
+                                     "opencv-contrib-python)")
         from .tvl1_numba import TVL1Numba
 
         self.solver = TVL1Numba(params)
