@@ -11,8 +11,8 @@ spotting`. Three ways to cut the live crops are compared:
 
 - `registered` (the live path): both crops with the onset's framing, apex registered onto onset;
 - `own framing`: each crop with its own frame's framing, no registration;
-- `eye crop`: the spotting crop (eye-aligned similarity, smoothed landmarks), as mex-live cut it
-  before the recognition crop existed.
+- `eye crop`: the spotting crop (eye-aligned similarity, smoothed landmarks) reused as the
+  recognition crop.
 
 Per way: the mean Pearson correlation of each channel (u, v, strain) over the 28 x 28 grid with the
 ideal features, and how often the shipped model gives the ideal features' label. Writes
@@ -183,7 +183,8 @@ def markdown(summary: list[dict], env: dict, wall: float, args) -> str:
         "",
         f"Machine `{env['machine']}` ({env['cpu_count']} CPUs, {env['cpu']}), {env['when']}, {wall:.0f} s. "
         f"`mex-bench fidelity --clips {args.clips} --fps {args.fps} --seed {args.seed}`: {args.clips} clip(s) per "
-        f"movement kind ({len(KINDS)} kinds), frame rate and mode, with head sway (about ±8 px, ±2°, ±2 %), noise and JPEG. "
+        f"movement kind ({len(KINDS)} kinds), frame rate and mode, with head sway (about ±8 px, ±2°, ±2 %), noise and "
+        "JPEG. "
         "Each matched candidate's features against the ideal features of the same two frames (still head, clean, "
         "one transform): mean (min) correlation per channel, and the share of candidates the shipped model "
         "labels as it labels the ideal features.",

@@ -1,7 +1,7 @@
 """mex-bench floor: the logistic-regression floor on the raw feature pixels, fitted to its optimum.
 
-The deep model has to beat a linear classifier on the same 2,352 values (3 x 28 x 28). spec.md gives
-that floor as 0.719 / 0.729 Full UF1 / UAR ("no tuning", solver not given); the trainer's own
+The deep model has to beat a linear classifier on the same 2,352 values (3 x 28 x 28). The project brief
+gives that floor as 0.719 / 0.729 Full UF1 / UAR ("no tuning", solver not given); the trainer's own
 `--profile logreg` (AdamW, 100 epochs) reaches 0.686 / 0.676. How high the floor is depends on the
 penalty and on class weighting, so this benchmark fits the regression the standard way: multinomial
 cross-entropy (optionally class-weighted, weights n / (3 n_c) from the training clips) plus an L2
@@ -29,14 +29,16 @@ from .common import environment, results_dir, write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
 # REFERENCE_ROWS names (train/report.py) drawn and listed beside the floor, with their line styles
-REFERENCES = (("logistic regression on raw pixels (spec.md, measured)", ":"), ("DA-CrossViT, the paper", "--"))
+REFERENCES = (("logistic regression on raw pixels (project brief, measured)", ":"), ("DA-CrossViT, the paper", "--"))
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--data", default=str(DEFAULT_DATA), metavar="DIR", help="a composite-format folder (default: the shipped set)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), metavar="DIR",
+                   help="a composite-format folder (default: the shipped set)")
     p.add_argument("--C", default="1,0.3,0.1,0.03", metavar="LIST",
                    help="inverse penalty strengths to try, comma-separated (default 1,0.3,0.1,0.03)")
-    p.add_argument("--inner-folds", type=int, default=5, metavar="K", help="groups of training subjects for the nested choice (default 5)")
+    p.add_argument("--inner-folds", type=int, default=5, metavar="K",
+                   help="groups of training subjects for the nested choice (default 5)")
 
 
 def class_weights(y: np.ndarray, balanced: bool, n_classes: int) -> np.ndarray:
@@ -47,7 +49,8 @@ def class_weights(y: np.ndarray, balanced: bool, n_classes: int) -> np.ndarray:
     return (len(y) / (n_classes * np.maximum(counts, 1)))[y]
 
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, C: float, balanced: bool, n_classes: int, start: np.ndarray | None = None) -> np.ndarray:
+def fit_logreg(x: np.ndarray, y: np.ndarray, C: float, balanced: bool, n_classes: int,
+               start: np.ndarray | None = None) -> np.ndarray:
     """Weights (d + 1, n_classes), the last row the intercept, minimising the weighted cross-entropy
     summed over the clips plus |W|^2 / (2C). The problem is convex; L-BFGS stops when the objective no
     longer improves (relative change ~2e-9) or no gradient entry exceeds 1e-6. `start`: a solution to begin
@@ -95,7 +98,8 @@ def fit_candidates(x_fit: np.ndarray, y_fit: np.ndarray, x_pred: np.ndarray, can
     starts from the previous candidate's answer when the weighting is the same (C descending: warm starts)."""
     probs, w = [], None
     for c, (C, balanced) in enumerate(candidates):
-        w = fit_logreg(x_fit, y_fit, C, balanced, n_classes, start=w if c and candidates[c - 1][1] == balanced else None)
+        w = fit_logreg(x_fit, y_fit, C, balanced, n_classes,
+                       start=w if c and candidates[c - 1][1] == balanced else None)
         probs.append(predict_proba(x_pred, w))
     return np.stack(probs)
 
@@ -117,7 +121,8 @@ def inner_cv_scores(x: np.ndarray, y: np.ndarray, subject: np.ndarray, train_idx
     inner_pred = np.zeros((len(candidates), len(train_idx)), dtype=np.int64)
     for g in range(inner_folds):
         fit_on, score_on = train_idx[train_group != g], train_idx[train_group == g]
-        inner_pred[:, train_group == g] = fit_candidates(x[fit_on], y[fit_on], x[score_on], candidates, n_classes).argmax(-1)
+        inner_pred[:, train_group == g] = fit_candidates(x[fit_on], y[fit_on], x[score_on], candidates,
+                                                         n_classes).argmax(-1)
     return np.array([uf1_uar(y[train_idx], inner_pred[c])["uf1"] for c in range(len(candidates))])
 
 
@@ -150,7 +155,8 @@ def run(args) -> int:
 
     from mex.composite import DataError, load_flow_folder
     from mex.labels import CLASSES
-    from train.loso import prediction_row, score_rows, write_csv
+    from train.metrics import score_rows
+    from train.predictions import prediction_row, write_csv
 
     try:
         Cs = [float(v) for v in args.C.split(",")]
@@ -170,7 +176,8 @@ def run(args) -> int:
     subject = np.array(data.subject)
     console = Console()
     start = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as bar:
         out = run_floor(x, data.y, subject, candidates, args.inner_folds, len(CLASSES), progress=bar)
     seconds = time.perf_counter() - start
 
@@ -247,7 +254,8 @@ def plot_floor(payload: dict, path: Path) -> None:
         ax.plot([c["C"] for c in cands], [c["pooled"]["full"]["uf1"] for c in cands], f"-{marker}",
                 label=f"C fixed for every fold, {'class-balanced' if balanced else 'unweighted'}")
     nested = payload["pooled"]["full"]["uf1"]
-    ax.axhline(nested, color="C3", lw=2, label=f"nested (C, weighting chosen per fold on training subjects): {nested:.3f}")
+    ax.axhline(nested, color="C3", lw=2,
+               label=f"nested (C, weighting chosen per fold on training subjects): {nested:.3f}")
     for name, style in REFERENCES:
         uf1 = dict(REFERENCE_ROWS)[name][0][0]
         ax.axhline(uf1, color="gray", ls=style, lw=1, label=f"{name}: {uf1}")

@@ -46,8 +46,8 @@ def add_arguments(p) -> None:
                    help="comma-separated: cpu, numba, opencv-cuda, torch, torch-nograph, torch-eager, torch-cpu "
                         "(default: all available here; the torch-* variants are only run when named)")
     p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch CPU threads for torch-cpu (default 1: the solve is many tiny ops, and OpenMP "
-                        "fork/join on a shared 2-core machine made it ~15x slower)")
+                   help="torch CPU threads for torch-cpu (default 1: the solve is many tiny ops, where OpenMP's "
+                        "fork/join costs more than the threads save)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-reference", metavar="NPZ",
                    help="also save the synthetic pairs, their true flow and OpenCV's CPU flow to this file")
@@ -109,7 +109,8 @@ def _measure(label: str, args, onset, apex, truth, reference, reference_features
     }
     if reference is not None:
         row["epe_vs_opencv_px"] = float(np.mean([interior_epe(f, r, margin) for f, r in zip(flows, reference)]))
-        row["epe_ratio_vs_opencv"] = row["epe_truth_px"] / np.mean([interior_epe(r, t, margin) for r, t in zip(reference, truth)])
+        row["epe_ratio_vs_opencv"] = row["epe_truth_px"] / np.mean([interior_epe(r, t, margin)
+                                                                    for r, t in zip(reference, truth)])
         corr = [float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(features, reference_features)]
         row["feature_corr_min"], row["feature_corr_mean"] = min(corr), float(np.mean(corr))
 
@@ -165,7 +166,8 @@ def _markdown(env: dict, args, rows: list[dict]) -> str:
     lines = [
         f"# mex-bench flow on {env['machine']} ({env.get('gpu', env['cpu'])}, {env['cpu_count']} CPUs)",
         "",
-        f"{env['when']}; load average {env['load_average_1min']:.1f} at the start; crops {args.size}x{args.size} (solved at {args.size + 16} px with the edge padding); "
+        f"{env['when']}; load average {env['load_average_1min']:.1f} at the start; crops {args.size}x{args.size} "
+        f"(solved at {args.size + 16} px with the edge padding); "
         f"parity on {args.pairs} synthetic face pairs (0.5-2 px smooth motion, noise 1.5 grey levels).",
         "",
         "| backend | device | batch-1 latency ms | batch | pairs/s | EPE vs truth px | EPE / OpenCV's | "
@@ -228,7 +230,8 @@ def run(args) -> int:
     for r in rows:
         table.add_row(r["backend"], r["device"], f"{r['latency_ms_p50']:.2f}", str(r["batch"]),
                       f"{r['pairs_per_s']:.1f}", f"{r['epe_truth_px']:.4f}",
-                      f"{r.get('epe_ratio_vs_opencv', float('nan')):.3f}", f"{r.get('epe_vs_opencv_px', float('nan')):.4f}",
+                      f"{r.get('epe_ratio_vs_opencv', float('nan')):.3f}",
+                      f"{r.get('epe_vs_opencv_px', float('nan')):.4f}",
                       f"{r.get('feature_corr_min', float('nan')):.4f}")
     Console(width=160).print(table)
 

@@ -1,7 +1,7 @@
 """mex-bench flow-recipes: what a cheaper TV-L1 would cost in feature fidelity, on the CPU.
 
-On a 2-core CPU, OpenCV's TV-L1 with its default parameters on the 128 px live crops takes ~0.3-0.4 s
-per pair, far above issue 5's 50 ms from apex confirmed to label. The solver's work can be cut (fewer
+On a CPU, OpenCV's TV-L1 with its default parameters on the live crops takes far longer than issue
+5's 50 ms from apex confirmed to label (benchmarks/results/cpu2-x86_64/flow.md). The solver's work can be cut (fewer
 pyramid levels, warps or iterations, a looser stopping rule, smaller crops), but the model is trained
 on the composite set, made with OpenCV's default TV-L1, so any cut must keep the features close to it. This
 benchmark measures both sides for a fixed list of recipes, on the synthetic face pairs with known
@@ -75,7 +75,7 @@ def run(args) -> int:
 
     from mex.features.synthetic import synthetic_pairs
 
-    cv2.setNumThreads(1)  # one core, as the live recognizer thread gets on a busy 2-core machine
+    cv2.setNumThreads(1)  # one core, as the live recognizer thread gets on a busy machine
     env = environment()
     env["load_average_1min"] = os.getloadavg()[0]
     pairs = synthetic_pairs(args.pairs, 128, seed=args.seed)
@@ -101,13 +101,15 @@ def run(args) -> int:
     console.print(table)
     out = results_dir(args.out)
     write_json(out / "flow-recipes.json", {"benchmark": "flow-recipes", "environment": env,
-                                           "settings": {"pairs": args.pairs, "repeats": args.repeats, "seed": args.seed},
+                                           "settings": {"pairs": args.pairs, "repeats": args.repeats,
+                                                        "seed": args.seed},
                                            "fidelity_bar": FIDELITY, "results": rows})
     md = [f"# mex-bench flow-recipes on {env['machine']}", "",
           f"{env['when']}; OpenCV TV-L1 on one thread (cv2.setNumThreads(1)); 1-minute load average "
           f"{env['load_average_1min']:.1f} at the start; {args.pairs} synthetic face pairs (0.5-2 px smooth motion at "
           f"128 px, noise 1.5 grey levels), {args.repeats} timed solves each. Feature correlation is against the "
-          f"default recipe's 3x28x28 features; EPE is against the true motion inside a margin of 1/8 of the side, in 128 px pixels (as in flow.md).", "",
+          "default recipe's 3x28x28 features; EPE is against the true motion inside a margin of 1/8 of the side, in "
+          "128 px pixels (as in flow.md).", "",
           "| recipe | crop px | ms per pair (median) | EPE vs truth px | feature corr u / v / strain | lowest pair | "
           f"all >= {FIDELITY} |", "|---|---|---|---|---|---|---|"]
     for r in rows:

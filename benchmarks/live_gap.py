@@ -37,19 +37,24 @@ DEFAULT_LIVE = ROOT / "data" / "casme2-live-encoded"
 def add_arguments(p) -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA), metavar="DIR", help="composite-format folder trained on (LOSO)")
     p.add_argument("--live", default=str(DEFAULT_LIVE), metavar="DIR",
-                   help="the same clips encoded by mex.features.encode (composite format; subjects and clips as in --data)")
+                   help="the same clips encoded by mex.features.encode (composite format; subjects and clips as in "
+                        "--data)")
     p.add_argument("--floor", action="store_true", help="the class-balanced logistic regression instead of the trainer")
     p.add_argument("--C", type=float, default=0.1, help="--floor: inverse L2 penalty (default 0.1)")
-    p.add_argument("--copies", type=int, default=8, help="--floor: augmented copies of the training clips, if the recipe augments")
-    p.add_argument("--profile", default="ours", help="train/recipes.py profile (its recipe's augmentation and live_clips for --floor)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe or model field (as mex-train)")
+    p.add_argument("--copies", type=int, default=8,
+                   help="--floor: augmented copies of the training clips, if the recipe augments")
+    p.add_argument("--profile", default="ours",
+                   help="train/recipes.py profile (its recipe's augmentation and live_clips for --floor)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe or model field (as mex-train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="override the profile's epochs (quick checks)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16")
     p.add_argument("--model", metavar="ONNX",
                    help="train nothing: how an exported model (e.g. mex/assets/default.onnx) labels the live clips' "
-                        "composite images and their live encodings (accuracy, agreement); writes live-gap-model.md to --out")
+                        "composite images and their live encodings (accuracy, agreement); writes live-gap-model.md to "
+                        "--out")
     p.add_argument("--table", nargs="+", metavar="RUN",
                    help="train nothing: re-score these live-gap folders from their predictions files and write "
                         "live-gap-table.md to --out (per run, and mean ± std per learner)")
@@ -113,7 +118,7 @@ def floor_probs(data, live, recipe, C: float, copies: int, seed: int, progress=N
 def gap_scores(rows: list[dict], live_rows: list[dict]) -> dict:
     """The report's numbers from the two predictions files alone: on the live clips, composite vs live
     UF1 / UAR / accuracy, the gap, per-clip agreement; the composite LOSO over every clip."""
-    from train.loso import score_rows
+    from train.metrics import score_rows
     from train.metrics import uf1_uar
 
     by_clip = {(r["dataset"], r["subject"], r["clip"]): r for r in rows}
@@ -168,7 +173,8 @@ def model_fidelity(model: str, data_dir: str, live_dir: str, out: Path) -> str:
     engine = load_engine(model, kind="onnxruntime")
     composite = engine.probs(data.x[live_index(data, live)].astype(np.float32)).argmax(1)
     encoded = engine.probs(live.x.astype(np.float32)).argmax(1)
-    md = (f"| model | clips | accuracy, composite images | accuracy, live encodings | same label |\n|---|---|---|---|---|\n"
+    md = ("| model | clips | accuracy, composite images | accuracy, live encodings | same label "
+          "|\n|---|---|---|---|---|\n"
           f"| `{model}` | {len(live)} | {(composite == live.y).mean():.3f} | {(encoded == live.y).mean():.3f} | "
           f"{(composite == encoded).mean():.3f} |\n")
     out.mkdir(parents=True, exist_ok=True)
@@ -183,13 +189,14 @@ def table(runs: list[str], out: Path) -> str:
     import shlex
     import sys
 
-    from train.loso import read_predictions
+    from train.predictions import read_predictions
 
     rows = []
     for run_dir in map(Path, runs):
         try:
             meta = json.loads((run_dir / "live-gap.json").read_text())
-            g = gap_scores(read_predictions(run_dir / "predictions.csv"), read_predictions(run_dir / "predictions-live.csv"))
+            g = gap_scores(read_predictions(run_dir / "predictions.csv"),
+                           read_predictions(run_dir / "predictions-live.csv"))
         except (OSError, ValueError, KeyError) as e:
             raise SystemExit(f"mex-bench live-gap --table: {run_dir}: {e}")
         rows.append((meta["learner"], run_dir.name, g))
@@ -226,11 +233,14 @@ def run(args) -> int:
 
     from mex.composite import DataError, load_flow_folder
     from train.cli import _parse_sets
-    from train.loso import pick_device, prediction_row, read_predictions, run_loso, write_csv
+    from train.loop import pick_device
+    from train.loso import run_loso
+    from train.predictions import prediction_row, read_predictions, write_csv
     from train.recipes import resolve
 
     if args.out is None:
-        raise SystemExit("mex-bench live-gap: --out is required (a folder of its own; nothing goes to benchmarks/results/ unasked)")
+        raise SystemExit("mex-bench live-gap: --out is required (a folder of its own; nothing goes to "
+                         "benchmarks/results/ unasked)")
     if args.table:
         print(table(args.table, Path(args.out)))
         return 0
@@ -251,7 +261,8 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
     start = time.perf_counter()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console) as progress:
         if args.floor:
             p_data, p_live = floor_probs(data, live, profile.recipe, args.C, args.copies, args.seed, progress)
@@ -260,7 +271,8 @@ def run(args) -> int:
             learner = f"class-balanced logistic regression, C = {args.C:g}, recipe of {args.profile!r}"
         else:
             try:
-                run_loso(data, profile, out, pick_device(args.device), seed=args.seed, progress=progress, precision=args.precision,
+                run_loso(data, profile, out, pick_device(args.device), seed=args.seed, progress=progress,
+                         precision=args.precision,
                          live=live, predict_also={"live": live})
             except ValueError as e:  # RunMismatch, a bad device or precision
                 raise SystemExit(f"mex-bench live-gap: {e}")
@@ -269,7 +281,8 @@ def run(args) -> int:
     payload = {
         "benchmark": "live-gap",
         "learner": learner,
-        "command": shlex.join(["mex-bench", "live-gap", *sys.argv[sys.argv.index("live-gap") + 1:]]) if "live-gap" in sys.argv else "",
+        "command": shlex.join(["mex-bench", "live-gap",
+                               *sys.argv[sys.argv.index("live-gap") + 1:]]) if "live-gap" in sys.argv else "",
         "environment": environment(),
         "data": str(args.data),
         "live": str(args.live),

@@ -40,8 +40,10 @@ def add_arguments(p) -> None:
     p.add_argument("--loso", required=True, metavar="DIR", help="the deep model's LOSO run (predictions.csv, run.json)")
     p.add_argument("--inner", required=True, metavar="DIR",
                    help="that profile's inner models from `mex-train select` (SELECT_OUT/inner-<candidate>), same seed")
-    p.add_argument("--floor", required=True, metavar="DIR", help="a `mex-bench floor` run (its grid and inner folds are reused)")
-    p.add_argument("--data", default=str(DEFAULT_DATA), metavar="DIR", help="the composite-format folder the runs were made on")
+    p.add_argument("--floor", required=True, metavar="DIR",
+                   help="a `mex-bench floor` run (its grid and inner folds are reused)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), metavar="DIR",
+                   help="the composite-format folder the runs were made on")
     p.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS), metavar="LIST",
                    help="weights of the deep model to choose from, in tie-break order (default 1,0.75,0.5,0.25,0)")
     p.add_argument("--name", default=None, help="results subfolder (default stack-<the LOSO run's folder name>)")
@@ -60,8 +62,19 @@ def _read_json(path: Path) -> dict:
         _fail(f"{path}: not JSON ({e})")
 
 
+def _read_run(path: Path) -> dict:
+    from train.runs import read_run
+
+    if not path.exists():
+        _fail(f"{path}: not found")
+    try:
+        return read_run(path)
+    except ValueError as e:
+        _fail(str(e))
+
+
 def _read_rows(path: Path) -> list[dict]:
-    from train.loso import read_predictions
+    from train.predictions import read_predictions
 
     try:
         return read_predictions(path)
@@ -88,7 +101,7 @@ def _probs_by_clip(rows: list[dict], what: str, keys: list[tuple]) -> np.ndarray
 def read_inner(inner_dir: Path, keys: list[tuple]) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
     """A `mex-train select` inner folder: its groups (run.json), and per predicted row the group index
     (deal-major, as in run.json), the clip's index in `keys` and the class probabilities."""
-    groups = _read_json(inner_dir / "run.json")["inner_groups"]
+    groups = _read_run(inner_dir / "run.json")["inner_groups"]
     rows = _read_rows(inner_dir / "predictions.csv")
     per_deal = len(groups) // len({r["deal"] for r in rows})
     group_of_row = np.array([int(r["deal"]) * per_deal + int(r["group"]) for r in rows])
@@ -100,7 +113,8 @@ def read_inner(inner_dir: Path, keys: list[tuple]) -> tuple[list[list[str]], np.
     for g, members in enumerate(groups):
         strangers = {keys[c][1] for c in clip_of_row[group_of_row == g]} - set(members)
         if strangers:
-            _fail(f"{inner_dir}/predictions.csv: group {g} predicts {sorted(strangers)[0]}, not in its run.json inner_groups entry")
+            _fail(f"{inner_dir}/predictions.csv: group {g} predicts {sorted(strangers)[0]}, not in its run.json "
+                  "inner_groups entry")
     return groups, group_of_row, clip_of_row, _row_probs(rows)
 
 
@@ -135,7 +149,8 @@ def choose_alphas(y: np.ndarray, deep: np.ndarray, floor: np.ndarray, clip_sets:
 
 
 def nested_alphas(x: np.ndarray, y: np.ndarray, subject: np.ndarray, groups: list[list[str]], group_of_row: np.ndarray,
-                  clip_of_row: np.ndarray, deep_inner: np.ndarray, candidates: list[tuple[float, bool]], inner_folds: int,
+                  clip_of_row: np.ndarray, deep_inner: np.ndarray, candidates: list[tuple[float, bool]],
+                  inner_folds: int,
                   alphas: list[float], n_classes: int, progress=None) -> dict:
     """The choice of alpha per outer fold. Inner row r is clip `clip_of_row[r]` predicted by the deep
     inner model of group `group_of_row[r]` (probabilities `deep_inner[r]`), trained without that group's
@@ -162,9 +177,9 @@ def run(args) -> int:
 
     from mex.composite import DataError, load_flow_folder
     from mex.labels import CLASSES
-    from train.loso import prediction_row, score_rows, write_csv
-    from train.recipes import pinned_profile
-    from train.metrics import uf1_uar
+    from train.metrics import score_rows, uf1_uar
+    from train.predictions import prediction_row, write_csv
+    from train.runs import write_run
 
     try:
         alphas = [float(v) for v in args.alphas.split(",")]
@@ -177,13 +192,14 @@ def run(args) -> int:
         data = load_flow_folder(args.data)
     except DataError as e:
         _fail(str(e))
-    loso_run, inner_run = _read_json(loso_dir / "run.json"), _read_json(inner_dir / "run.json")
+    loso_run, inner_run = _read_run(loso_dir / "run.json"), _read_run(inner_dir / "run.json")
     floor_run = _read_json(floor_dir / "results.json")
     if "inner_groups" not in inner_run:
-        _fail(f"{inner_dir}/run.json: no inner_groups; --inner takes an inner-<candidate> folder of a `mex-train select` run")
+        _fail(f"{inner_dir}/run.json: no inner_groups; --inner takes an inner-<candidate> folder of a `mex-train "
+              "select` run")
     if floor_run.get("benchmark") != "floor":
         _fail(f"{floor_dir}/results.json: not a `mex-bench floor` run")
-    if inner_run["seed"] != loso_run["seed"] or pinned_profile(inner_run["profile"]) != pinned_profile(loso_run["profile"]):
+    if inner_run["seed"] != loso_run["seed"] or inner_run["profile"] != loso_run["profile"]:
         _fail(f"{inner_dir} and {loso_dir} are not the same profile and seed: the inner models must be the LOSO run's")
 
     keys = list(zip(data.dataset, data.subject, data.clip))
@@ -196,7 +212,8 @@ def run(args) -> int:
     x = data.x.reshape(len(data), -1).astype(np.float64)
     console = Console()
     start = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as bar:
         nested = nested_alphas(x, data.y, subject, groups, group_of_row, clip_of_row, deep_inner, candidates,
                                floor_run["inner_folds"], alphas, len(CLASSES), bar)
     seconds = time.perf_counter() - start
@@ -207,22 +224,25 @@ def run(args) -> int:
     alpha_per_clip = np.array(alphas)[choice[[fold_of[s] for s in subject]]][:, None]
     mixed = alpha_per_clip * deep_outer + (1 - alpha_per_clip) * floor_outer
     rows = [prediction_row(data, i, mixed[i]) for i in range(len(data))]
-    fixed = [{"alpha": a, **score_rows([prediction_row(data, i, p) for i, p in enumerate(a * deep_outer + (1 - a) * floor_outer)]),
+    fixed = [{"alpha": a,
+              **score_rows([prediction_row(data, i, p) for i, p in enumerate(a * deep_outer + (1 - a) * floor_outer)]),
               "folds_choosing": int((choice == k).sum()),
               "inner_uf1_all": float(nested["fit_scores"][k])} for k, a in enumerate(alphas)]
 
     name = args.name or f"stack-{loso_dir.name}"
     folder = results_dir(args.out) / name
     folder.mkdir(exist_ok=True)
-    (folder / "run.json").write_text(json.dumps({
-        "data": str(args.data), "seed": loso_run["seed"], "folds": subjects,
+    write_run(folder / "run.json", {
+        "data": str(Path(args.data).resolve()), "seed": loso_run["seed"], "folds": subjects,
         "profile": {"stacked with the floor": {"deep": loso_run["profile"], "alphas": alphas,
-                                                "floor": {"candidates": candidates, "inner_folds": floor_run["inner_folds"]}}},
-    }, indent=2) + "\n")
+                                                "floor": {"candidates": candidates,
+                                                          "inner_folds": floor_run["inner_folds"]}}},
+    })
     write_csv(folder / "predictions.csv", rows)
     payload = {
         "benchmark": "stack", **score_rows(rows), "seed": loso_run["seed"],
-        "protocol": ("per LOSO fold, alpha * deep + (1 - alpha) * floor probabilities, alpha chosen by pooled UF1 on the "
+        "protocol": ("per LOSO fold, alpha * deep + (1 - alpha) * floor probabilities, alpha chosen by pooled UF1 on "
+                     "the "
                      "fold's group-mates' clips predicted by inner models that never saw the fold's subject"),
         "inputs": {"loso": str(loso_dir), "inner": str(inner_dir), "floor": str(floor_dir), "data": str(args.data)},
         "deep_alone": score_rows(deep_rows)["pooled"]["full"],
@@ -254,29 +274,37 @@ def stack_markdown(payload: dict, name: str) -> str:
         "",
         "| method | Full | CASME II | SMIC | SAMM | folds choosing it |",
         "|---|---|---|---|---|---|",
-        f"| **nested: alpha chosen per fold on its training subjects' inner models** | {score_cells(payload['pooled'])} | |",
+        "| **nested: alpha chosen per fold on its training subjects' inner models** | "
+        f"{score_cells(payload['pooled'])} | |",
     ]
     for row in payload["fixed"]:
         what = {1.0: " (the deep model alone)", 0.0: " (the nested floor alone)"}.get(row["alpha"], "")
-        lines.append(f"| alpha = {row['alpha']:g}{what}, every fold | {score_cells(row['pooled'])} | {row['folds_choosing']} |")
-    lines += ["", f"alpha is the deep model's weight. Inner validation over all subjects: deep alone "
-              f"{payload['inner_deep_alone']['uf1']:.3f}, floor alone {payload['inner_floor_alone']['uf1']:.3f} UF1; the rule "
-              f"applied to every inner prediction chooses alpha = {payload['alpha_for_fit']:g} (alpha_for_fit). Deep run "
+        lines.append(f"| alpha = {row['alpha']:g}{what}, every fold | {score_cells(row['pooled'])} | "
+                     f"{row['folds_choosing']} |")
+    lines += ["", "alpha is the deep model's weight. Inner validation over all subjects: deep alone "
+              f"{payload['inner_deep_alone']['uf1']:.3f}, floor alone {payload['inner_floor_alone']['uf1']:.3f} UF1; "
+              "the rule "
+              f"applied to every inner prediction chooses alpha = {payload['alpha_for_fit']:g} (alpha_for_fit). Deep "
+              "run "
               f"alone {deep['uf1']:.3f} / {deep['uar']:.3f}, floor alone {floor['uf1']:.3f} / {floor['uar']:.3f}. "
-              "The fixed rows are scored on the test subjects, for reading only; each fold's inner scores are in results.json.", ""]
+              "The fixed rows are scored on the test subjects, for reading only; each fold's inner scores are in "
+              "results.json.", ""]
     return "\n".join(lines)
 
 
 def plot_stack(payload: dict, path: Path, name: str) -> None:
-    """Full UF1 against alpha (fixed for every fold, test-scored; and inner-validated over all subjects), the nested mix."""
+    """Full UF1 against alpha (fixed for every fold, test-scored; and inner-validated over all subjects), and the
+    nested mix."""
     from train.report import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     fixed = sorted(payload["fixed"], key=lambda r: r["alpha"])
     alpha = [r["alpha"] for r in fixed]
-    ax.plot(alpha, [r["pooled"]["full"]["uf1"] for r in fixed], "-o", label="alpha fixed for every fold (LOSO test subjects)")
-    ax.plot(alpha, [r["inner_uf1_all"] for r in fixed], "--s", color="C7", label="alpha fixed, inner validation (all inner clips)")
+    ax.plot(alpha, [r["pooled"]["full"]["uf1"] for r in fixed], "-o",
+            label="alpha fixed for every fold (LOSO test subjects)")
+    ax.plot(alpha, [r["inner_uf1_all"] for r in fixed], "--s", color="C7",
+            label="alpha fixed, inner validation (all inner clips)")
     nested = payload["pooled"]["full"]["uf1"]
     ax.axhline(nested, color="C3", lw=2, label=f"nested (alpha chosen per fold): {nested:.3f}")
     ax.set_xlabel("alpha, the deep model's weight (0: the floor alone, 1: the deep model alone)")

@@ -23,7 +23,8 @@ FOLDS, CLIPS = 68, 442
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--profiles", default="cpu-quick,ours,paper", help="comma-separated profile names (train/recipes.py)")
+    p.add_argument("--profiles", default="cpu-quick,ours,paper",
+                   help="comma-separated profile names (train/recipes.py)")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after 2 warm-up steps)")
     p.add_argument("--precisions", default="auto",
@@ -44,7 +45,7 @@ def _time_steps(step, n: int, device) -> float:
 
 
 def measure(profile_name: str, device: torch.device, steps: int, precision: str = "fp32") -> dict:
-    """One training step as train/loso.py takes it (forward under `precision`, fp32 loss, AdamW)."""
+    """One training step as train/loop.py takes it (forward under `precision`, fp32 loss, AdamW)."""
     prof = resolve(profile_name)
     r = prof.recipe
     make = lambda: build_model(prof.model, **prof.model_config)  # noqa: E731
@@ -57,7 +58,8 @@ def measure(profile_name: str, device: torch.device, steps: int, precision: str 
     def stacked_step():
         with autocast(device, precision):
             logits = stacked.forward(stacked.params, x, train=True)
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum") / r.batch_size
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                                 reduction="sum") / r.batch_size
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -94,7 +96,7 @@ def measure(profile_name: str, device: torch.device, steps: int, precision: str 
 
 
 def run(args) -> int:
-    from train.loso import pick_device
+    from train.loop import pick_device
 
     device = pick_device(args.device)
     names = [n.strip() for n in args.profiles.split(",") if n.strip()]
@@ -114,7 +116,8 @@ def run(args) -> int:
             rows.append(measure(name, device, args.steps, precision))
     env = environment()
     table = Table(title=f"LOSO training speed on {env['machine']} ({device})")
-    for col in ("profile", "precision", "params", "models", "step stacked", "step 1 model", "schedule stacked", "one after another", "speed-up"):
+    for col in ("profile", "precision", "params", "models", "step stacked", "step 1 model", "schedule stacked",
+                "one after another", "speed-up"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
@@ -138,12 +141,14 @@ def run(args) -> int:
         "",
         "Schedule times are extrapolated from timed steps: epochs x ceil(441 / batch) steps.",
         "",
-        "| profile | precision | params | models stacked | step, stacked | step, one model | whole schedule, stacked | one fold after another | speed-up |",
+        "| profile | precision | params | models stacked | step, stacked | step, one model | whole schedule, stacked | "
+        "one fold after another | speed-up |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         md.append(
-            f"| {r['profile']} | {r['precision']} | {r['params']:,} | {r['models_stacked']} | {r['step_ms_stacked']:.1f} ms | {r['step_ms_one_model']:.1f} ms "
+            f"| {r['profile']} | {r['precision']} | {r['params']:,} | {r['models_stacked']} | "
+            f"{r['step_ms_stacked']:.1f} ms | {r['step_ms_one_model']:.1f} ms "
             f"| {_hms(r['schedule_s_stacked'])} | {_hms(r['schedule_s_one_after_another'])} | {r['speedup']:.1f}x |"
         )
     (out / "train_speed.md").write_text("\n".join(md) + "\n")

@@ -4,8 +4,8 @@ Written against TensorRT's documented Python API (8.6 and 10.x: Builder, OnnxPar
 IBuilderConfig, optimization profiles, build_serialized_network, execute_async_v3). TensorRT is
 imported only inside these functions: everything else in mex-export runs without it.
 
-NOT RUN: TensorRT cannot be installed on the machines this was written on. The parts that run
-without it (profile parsing, cache keys, sidecar, the ONNX side of the parity check) are tested.
+Never run with TensorRT (docs/results.md, "What has run where"). The parts that run without it
+(profile parsing, cache keys, sidecar, the ONNX side of the parity check) are tested.
 """
 from __future__ import annotations
 
@@ -114,7 +114,8 @@ def build_engine(onnx_path: Path, engine_path: Path, metadata: dict[str, str], p
     if cached.is_file():
         log(f"engine cache hit: {cached}")
     else:
-        log(f"building TensorRT {trt.__version__} {precision} engine for {gpu} (batch {profile.min}/{profile.opt}/{profile.max})")
+        log(f"building TensorRT {trt.__version__} {precision} engine for {gpu} (batch "
+            f"{profile.min}/{profile.opt}/{profile.max})")
         blob = _build_serialized(trt, onnx_bytes, precision, profile, workspace_gib)
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(cached.name + ".tmp")
@@ -131,7 +132,8 @@ def _build_serialized(trt, onnx_bytes: bytes, precision: str, profile: BatchProf
     builder = trt.Builder(logger)
     # TensorRT 10 networks are always explicit-batch (the flag is gone); 8.x needs it set
     explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    network = builder.create_network(0 if explicit is None or int(trt.__version__.split(".")[0]) >= 10 else 1 << int(explicit))
+    needs_flag = explicit is not None and int(trt.__version__.split(".")[0]) < 10
+    network = builder.create_network(1 << int(explicit) if needs_flag else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))

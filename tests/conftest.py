@@ -9,11 +9,14 @@ from mex.features import available_backends
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSITE = ROOT / "data" / "megc2019-composite-flow"
 
-# OpenCV's TV-L1 (flow backend "cpu", the reference flow) lives only in opencv-contrib; the GPU
-# machine's OpenCV lacks it, so tests that need it skip there and say so.
+# Where a skipped test's subject has run (or not): skip reasons end with this.
+RUN_WHERE = 'see docs/results.md, "What has run where"'
+
+# OpenCV's TV-L1 (flow backend "cpu", the reference flow) lives only in opencv-contrib; where OpenCV
+# lacks it, tests that need it skip and say so.
 HAVE_OPENCV_TVL1 = "cpu" in available_backends()
 needs_opencv_tvl1 = pytest.mark.skipif(not HAVE_OPENCV_TVL1,
-                                       reason="OpenCV contrib (cv2.optflow) is not installed: OpenCV's TV-L1 NOT run")
+                                       reason=f"OpenCV contrib (cv2.optflow) is not installed ({RUN_WHERE})")
 
 
 def make_subset(dest: Path, subjects_per_dataset: int = 2) -> Path:

@@ -19,6 +19,8 @@ from mex.checkpoint import load_checkpoint, save_checkpoint
 from mex.composite import load_flow_folder
 from mex.models import build_model
 
+from conftest import RUN_WHERE
+
 DATA = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
 TRAINING = {"data": "megc2019-composite-flow", "loso": {"uf1": 0.704, "uar": 0.707}, "epochs": 400}
 
@@ -62,7 +64,8 @@ def test_graph_passes_checker_with_single_op_layernorm_and_dynamic_batch(exporte
 def test_metadata_round_trips(exported):
     checkpoint, onnx_path, model = exported
     meta = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
-    assert {k: v for k, v in meta.items() if k != "mex.export"} == artifact_metadata("dacrossvit", model.cfg.to_dict(), TRAINING)
+    expected = artifact_metadata("dacrossvit", model.cfg.to_dict(), TRAINING)
+    assert {k: v for k, v in meta.items() if k != "mex.export"} == expected
     info = check_metadata(meta, str(onnx_path))
     assert info["training"] == TRAINING and info["model"] == "dacrossvit"
     assert info["config"] == json.loads(json.dumps(model.cfg.to_dict()))
@@ -202,10 +205,9 @@ def test_tensorrt_parity_harness_onnx_side(exported, composite):
 
 
 def test_tensorrt_engine_build_and_parity(exported, composite, tmp_path):
-    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA's index only): engine build and "
-                                                   "TensorRT-vs-ONNX-Runtime parity NOT run")
+    trt = pytest.importorskip("tensorrt", reason=f"TensorRT is not installed (NVIDIA's index only; {RUN_WHERE})")
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU: engine build NOT run")
+        pytest.skip(f"no CUDA GPU ({RUN_WHERE})")
     from export.tensorrt import build_engine, engine_logits
 
     _, onnx_path, _ = exported

@@ -22,7 +22,7 @@ from mex.features.synthetic import synthetic_pairs
 from mex.features.tvl1_torch import TVL1, TVL1Params, linear_resize_matrix, pyramid_sizes
 from mex.labels import INPUT_SHAPE
 
-from conftest import HAVE_OPENCV_TVL1, needs_opencv_tvl1
+from conftest import HAVE_OPENCV_TVL1, RUN_WHERE, needs_opencv_tvl1
 
 cv2 = pytest.importorskip("cv2")
 SIZE = 64
@@ -51,14 +51,15 @@ class single_thread:
 
 def gpu_backends() -> list:
     """Backends that need CUDA, skipped here with the reason when it is missing."""
-    reason_torch = None if torch.cuda.is_available() else "torch sees no CUDA device"
+    reason_torch = None if torch.cuda.is_available() else f"torch sees no CUDA device ({RUN_WHERE})"
     try:
         get_backend("opencv-cuda")
         reason_cv = None
     except BackendUnavailable as e:
-        reason_cv = str(e)
+        reason_cv = f"{e} ({RUN_WHERE})"
     torch_marks = pytest.mark.skipif(reason_torch is not None, reason=str(reason_torch))
-    return [pytest.param(label, marks=torch_marks) for label in ("torch-cuda", "torch-cuda-nograph", "torch-cuda-eager")] + [
+    return [pytest.param(label, marks=torch_marks)
+            for label in ("torch-cuda", "torch-cuda-nograph", "torch-cuda-eager")] + [
         pytest.param("opencv-cuda", marks=pytest.mark.skipif(reason_cv is not None, reason=str(reason_cv)))]
 
 
@@ -122,8 +123,8 @@ def test_numba_parity_with_opencv(pairs):
 @needs_opencv_tvl1
 @needs_numba
 def test_numba_follows_opencv_at_the_live_crop_size():
-    """At the live size (mex.features.CROP_SIZE, solved FLOW_PAD px larger) the numba solver is OpenCV's algorithm: the same
-    flow inside the padding up to float rounding and the odd stopping decision, the same features."""
+    """At the live size (mex.features.CROP_SIZE, solved FLOW_PAD px larger) the numba solver is OpenCV's algorithm:
+    the same flow inside the padding up to float rounding and the odd stopping decision, the same features."""
     from mex.features import CROP_SIZE, FLOW_PAD
 
     item = synthetic_pairs(1, CROP_SIZE, seed=5)[0]
@@ -138,7 +139,8 @@ def test_numba_follows_opencv_at_the_live_crop_size():
         assert correlation(features_nb[0, c], features_cv[0, c]) > 0.99, f"channel {c}"
 
 
-@pytest.mark.parametrize("name", [pytest.param("cpu", marks=needs_opencv_tvl1), pytest.param("numba", marks=needs_numba)])
+@pytest.mark.parametrize("name",
+                         [pytest.param("cpu", marks=needs_opencv_tvl1), pytest.param("numba", marks=needs_numba)])
 def test_backend_gives_the_same_flow_when_called_from_two_threads(name, pairs):
     """mex-live's recognizer and speculator share one backend and may call it at the same time."""
     from concurrent.futures import ThreadPoolExecutor
@@ -234,10 +236,10 @@ FUSED_SOLVE_CHECK = textwrap.dedent("""
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 @pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) >= "2.0.0",
-                    reason="Triton's CPU interpreter turns 1-element arrays into loop bounds with int(), which "
-                           "numpy 2 refuses (seen with triton 3.6); this check runs on the numpy 1.26 machines")
+                    reason="Triton's CPU interpreter (triton 3.6) turns 1-element arrays into loop bounds with int(), "
+                           f"which numpy 2 refuses: this check needs numpy 1.x ({RUN_WHERE})")
 def test_fused_triton_solve_equals_eager_solver():
-    """The per-(level, warp) Triton kernel, run by Triton's CPU interpreter (it has not run on a GPU):
+    """The per-(level, warp) Triton kernel, run by Triton's CPU interpreter:
     its 5x5 median equals median_blur exactly, its flow equals the eager solver's up to float rounding,
     and each pair runs as many inner iterations as the eager solver gives it (one pair converges early)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when kernels are decorated: own process
@@ -247,7 +249,7 @@ def test_fused_triton_solve_equals_eager_solver():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
-                    reason="needs CUDA and Triton")
+                    reason=f"needs CUDA and Triton ({RUN_WHERE})")
 def test_fused_cuda_solve_equals_eager_cuda_solve():
     """On a GPU: the Triton path, with and without the CUDA graph (replayed twice: static buffers), gives
     the eager loop's flow, and each pair the iterations the eager solver gives it alone."""
@@ -404,7 +406,9 @@ def test_pyramid_sizes_match_opencv():
         assert pyramid_sizes(side, side, params) == sizes
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpu", marks=needs_opencv_tvl1), pytest.param("numba", marks=needs_numba), "torch"])
+@pytest.mark.parametrize("backend",
+                         [pytest.param("cpu", marks=needs_opencv_tvl1), pytest.param("numba", marks=needs_numba),
+                          "torch"])
 def test_rightward_motion_is_positive_u(backend):
     """Channel 0 is horizontal flow, positive when the face moves right (and v is down-positive)."""
     items = synthetic_pairs(1, 48, seed=7)
@@ -412,7 +416,8 @@ def test_rightward_motion_is_positive_u(backend):
     apex = np.roll(onset, shift=(1, 0), axis=(0, 1)).copy()  # content moves 1 px down
     apex = np.roll(apex, shift=1, axis=1)  # and 1 px right
     with single_thread():
-        u, v = {"cpu": OpenCVFlow, "numba": lambda: get_backend("numba"), "torch": lambda: TorchFlow("cpu")}[backend]().flow(
+        u, v = {"cpu": OpenCVFlow, "numba": lambda: get_backend("numba"),
+                "torch": lambda: TorchFlow("cpu")}[backend]().flow(
             onset[None], apex[None])
     inner = (slice(8, -8), slice(8, -8))
     assert 0.8 < np.median(u[0][inner]) < 1.2

@@ -16,7 +16,9 @@ from mex.composite import load_flow_folder
 from mex.labels import CLASSES
 from train.batched import augment
 from train.cli import main as train_main
-from train.loso import loso_run_args, read_predictions, run_loso, same_run
+from train.loso import loso_run_args, run_loso
+from train.predictions import read_predictions
+from train.runs import same_run
 from train.metrics import uf1_uar
 from train.recipes import PROFILES, Recipe, resolve
 
@@ -57,7 +59,7 @@ def test_live_set_reads_and_pairs_with_the_composite_set():
 
 
 def old_augment(x, recipe, gen):
-    """train/batched.py `augment` as it was before zoom, blur and span existed."""
+    """train/batched.py `augment` without the zoom, blur and span steps, which the older profiles leave off."""
     from train.batched import mirror
 
     shape = x.shape
@@ -89,22 +91,25 @@ def test_new_augmentations_are_off_in_the_older_profiles_and_leave_their_batches
 def test_a_committed_run_of_an_older_profile_is_still_the_same_run():
     run = ROOT / "benchmarks" / "results" / "cpu2-x86_64" / "loso-logreg"
     pinned = json.loads((run / "run.json").read_text())
-    assert "zoom" not in pinned["profile"]["recipe"]  # pinned before the fields existed
+    assert "zoom" not in pinned["profile"]["recipe"]  # schema 0, with fewer Recipe fields (train/runs.py)
     data, live, seeds = load_flow_folder(COMPOSITE), load_flow_folder(LIVE), pinned["profile"]["recipe"]["seeds"]
     for changes, same in (({}, True), ({"zoom": 0.08}, False), ({"live_clips": True}, False)):
         profile = resolve("logreg", seeds=seeds, **changes)
-        args = {**loso_run_args(data, profile, pinned["seed"], pinned.get("precision", "fp32"), live), "data": pinned["data"]}
+        args = {**loso_run_args(data, profile, pinned["seed"], pinned.get("precision", "fp32"), live),
+                "data": pinned["data"]}
         assert same_run(run, args) == same
 
 
 def test_span_redoes_each_channels_min_max_scaling():
     x = torch.rand(64, 3, 28, 28)
     gen = torch.Generator().manual_seed(0)
-    wide = augment(x, Recipe(span_min=4.0, span_max=4.0), gen)  # extremes 4x the image's: range compressed 4x, nothing clipped
+    # extremes 4x the image's: range compressed 4x, nothing clipped
+    wide = augment(x, Recipe(span_min=4.0, span_max=4.0), gen)
     ratio = (wide.amax((-2, -1)) - wide.amin((-2, -1))) / (x.amax((-2, -1)) - x.amin((-2, -1)))
     torch.testing.assert_close(ratio, torch.full_like(ratio, 0.25))
     offsets = wide[..., 0, 0] - x[..., 0, 0] / 4
-    assert offsets.min() >= -1e-6 and offsets.max() <= 0.75 + 1e-6 and offsets.std() > 0.1  # the extra range lies anywhere
+    # the extra range lies anywhere
+    assert offsets.min() >= -1e-6 and offsets.max() <= 0.75 + 1e-6 and offsets.std() > 0.1
     narrow = augment(x, Recipe(span_min=0.5, span_max=0.5), gen)  # extremes inside: slope 2, the rest clipped
     inside = (narrow > 0) & (narrow < 1)
     assert inside.float().mean() > 0.3 and (narrow == 1).any() and (narrow == 0).any()
@@ -122,7 +127,8 @@ def test_zoom_scales_the_grid_within_its_range():
     slope = (out[..., 14, 16] - out[..., 14, 11]) / 5 * 27  # away from the border: 1 / the grid's scale
     assert slope.min() >= 1 / 1.08 - 1e-4 and slope.max() <= 1 / 0.92 + 1e-4
     assert slope.max() - slope.min() > 0.1  # drawn per image
-    torch.testing.assert_close(out[..., 14, 13:15].mean(-1), ramp[..., 14, 13:15].mean(-1), atol=2e-3, rtol=0)  # about the centre
+    # about the centre
+    torch.testing.assert_close(out[..., 14, 13:15].mean(-1), ramp[..., 14, 13:15].mean(-1), atol=2e-3, rtol=0)
 
 
 def test_blur_mixes_each_image_with_its_3x3_box_blur():
@@ -210,14 +216,18 @@ def test_bench_live_gap_floor_and_trainer_write_files_that_rescore(subset, tmp_p
     live = live_subset(subset, tmp_path / "live")
     n_data, n_live = len(load_flow_folder(subset)), len(load_flow_folder(live))
     common = ["live-gap", "--data", str(subset), "--live", str(live)]
-    assert bench([*common, "--floor", "--profile", "logreg", "--set", "span_max=4", "--copies", "2", "--out", str(tmp_path / "floor")]) == 0
+    assert bench([*common, "--floor", "--profile", "logreg", "--set", "span_max=4", "--copies", "2", "--out",
+                  str(tmp_path / "floor")]) == 0
     saved = check_gap_files(tmp_path / "floor", n_data, n_live)
     assert saved["floor"] == {"C": 0.1, "copies": 2}
-    assert bench([*common, "--profile", "live", "--epochs", "2", "--device", "cpu", *TINY, "--out", str(tmp_path / "live")]) == 0
+    assert bench([*common, "--profile", "live", "--epochs", "2", "--device", "cpu", *TINY, "--out",
+                  str(tmp_path / "live")]) == 0
     saved = check_gap_files(tmp_path / "live", n_data, n_live)
-    assert saved["profile"]["recipe"]["live_clips"] and json.loads((tmp_path / "live" / "run.json").read_text())["live"] == str(live)
+    assert saved["profile"]["recipe"]["live_clips"]
+    assert json.loads((tmp_path / "live" / "run.json").read_text())["live"] == str(live)
     # --table re-scores the two runs from their files: each row, then a learner's mean over its runs
-    assert bench(["live-gap", "--table", str(tmp_path / "floor"), str(tmp_path / "live"), "--out", str(tmp_path / "t")]) == 0
+    assert bench(["live-gap", "--table", str(tmp_path / "floor"), str(tmp_path / "live"), "--out",
+                  str(tmp_path / "t")]) == 0
     md = (tmp_path / "t" / "live-gap-table.md").read_text()
     for run in ("floor", "live"):
         s = json.loads((tmp_path / run / "live-gap.json").read_text())["scores"]
@@ -235,7 +245,8 @@ def test_fit_trains_on_every_live_clip(tiny_subset, tmp_path):
 
     live = live_subset(tiny_subset, tmp_path / "live")
     out = tmp_path / "fit"
-    assert train_main(["fit", "--data", str(tiny_subset), "--live", str(live), "--out", str(out), "--profile", "live", "--epochs", "2",
+    assert train_main(["fit", "--data", str(tiny_subset), "--live", str(live), "--out", str(out), "--profile", "live",
+                       "--epochs", "2",
                        "--device", "cpu", *TINY]) == 0
     _, info = load_checkpoint(out / "model.pt")
     assert info["meta"]["data"]["live_clips"] == len(load_flow_folder(live)) > 0

@@ -17,8 +17,9 @@ from mex.composite import DataError, load_flow_folder
 from mex.models import build_model
 from train.batched import Members, augment, resolve_precision
 from train.cli import main as train_main
-from train.loso import read_predictions, run_loso, score_rows
-from train.metrics import uf1_uar
+from train.loso import run_loso
+from train.metrics import score_rows, uf1_uar
+from train.predictions import read_predictions
 from train.recipes import Recipe
 
 COMPOSITE = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
@@ -71,7 +72,8 @@ def test_pixel_head_starts_as_the_attention_model_and_adds_a_linear_map_of_the_p
         torch.testing.assert_close(hybrid(x), plain(x))  # zero-initialised: no contribution yet
         hybrid.pixel_head.weight.normal_()
         hybrid.pixel_head.bias.fill_(0.5)
-        torch.testing.assert_close(hybrid(x) - plain(x), x.flatten(1) @ hybrid.pixel_head.weight.T + 0.5, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hybrid(x) - plain(x), x.flatten(1) @ hybrid.pixel_head.weight.T + 0.5, atol=1e-4,
+                                   rtol=1e-4)
 
 
 def test_members_differ_and_train_independently():
@@ -99,15 +101,15 @@ def test_flip_mirrors_horizontal_flow():
 
 def test_flip_tta_averages_the_image_and_its_mirror():
     from train.batched import mirror
-    from train.loso import _predict
+    from train.loop import predict
 
     make = lambda: build_model("logreg")  # noqa: E731
     members = Members(make, 2, seed=0, device=torch.device("cpu"))  # two folds, one seed each
     x = torch.rand(5, 3, 28, 28)
     test_idx = torch.tensor([[0, 1, 2], [3, 4, -1]])
     torch.testing.assert_close(mirror(mirror(x)), x)
-    plain = _predict(members, members.params, x, test_idx, 1)
-    tta = _predict(members, members.params, x, test_idx, 1, tta_flip=True)
+    plain = predict(members, members.params, x, test_idx, 1)
+    tta = predict(members, members.params, x, test_idx, 1, tta_flip=True)
     fold1 = members.member(1, make=make)
     with torch.no_grad():
         expect = (fold1(x[3:5]).softmax(-1) + fold1(mirror(x[3:5])).softmax(-1)) / 2
@@ -117,7 +119,8 @@ def test_flip_tta_averages_the_image_and_its_mirror():
 
 def test_loso_writes_predictions_and_results_that_rescore(subset, tmp_path):
     out = tmp_path / "run"
-    rc = train_main(["loso", "--data", str(subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2", "--eval-every", "1", "--device", "cpu", *TINY])
+    rc = train_main(["loso", "--data", str(subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2",
+                     "--eval-every", "1", "--device", "cpu", *TINY])
     assert rc == 0
     rows = read_predictions(out / "predictions.csv")
     data = load_flow_folder(subset)
@@ -159,7 +162,8 @@ def test_bf16_forward_trains_and_differs_from_fp32_only_by_rounding(tiny_subset,
 
 def test_rerun_with_other_arguments_is_refused(tiny_subset, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "1", "--device", "cpu", *TINY]
+    args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "1",
+            "--device", "cpu", *TINY]
     assert train_main(args) == 0
     assert train_main([*args, "--seed", "5"]) == 2
     assert "other arguments" in capsys.readouterr().err
@@ -171,12 +175,14 @@ def test_rerun_with_other_arguments_is_refused(tiny_subset, tmp_path, capsys):
 
 
 def _run_cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "train.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen([sys.executable, "-m", "train.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, **kw)
 
 
 def test_killed_run_resumes_to_the_same_result(tiny_subset, tmp_path):
     epochs = 8
-    common = ["loso", "--data", str(tiny_subset), "--profile", "cpu-quick", "--epochs", str(epochs), "--eval-every", "2", "--device", "cpu", "--save-every", "0", *TINY]
+    common = ["loso", "--data", str(tiny_subset), "--profile", "cpu-quick", "--epochs", str(epochs), "--eval-every",
+              "2", "--device", "cpu", "--save-every", "0", *TINY]
     straight = tmp_path / "straight"
     assert _run_cli([*common, "--out", str(straight)]).wait(timeout=300) == 0
     finished = torch.load(straight / "state.pt", weights_only=False)
@@ -263,14 +269,16 @@ def test_unknown_override_is_refused(capsys):
 
 def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, tmp_path, monkeypatch):
     out = tmp_path / "study"
-    rc = train_main(["study", "fusion", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "1", "--seeds", "2", "--device", "cpu"])
+    rc = train_main(["study", "fusion", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick",
+                     "--epochs", "1", "--seeds", "2", "--device", "cpu"])
     assert rc == 0
     table = (out / "fusion.md").read_text()
     assert (out / "fusion.png").exists()  # the paired differences, linked from the table
     for name in ("da-paper", "da-aoa", "cross-attention"):
         assert f"| {name} | 2 |" in table
     assert "±" in table
-    models = {json.loads((out / f"{n}_seed0" / "run.json").read_text())["profile"]["model"] for n in ("da-paper", "cross-attention")}
+    models = {json.loads((out / f"{n}_seed0" / "run.json").read_text())["profile"]["model"]
+              for n in ("da-paper", "cross-attention")}
     assert models == {"dacrossvit", "crossvit"}
 
     # Two processes share a folder (--only): runs the other one finishes while this one trains are tabulated too.
@@ -286,7 +294,8 @@ def test_study_runs_each_configuration_and_tables_mean_and_spread(tiny_subset, t
             shutil.copytree(out / "da-aoa_seed0", shared / "da-aoa_seed0")
 
     monkeypatch.setattr("train.loso.run_loso", run_loso_meanwhile_the_other_finishes)
-    rc = train_main(["study", "fusion", "--data", str(tiny_subset), "--out", str(shared), "--profile", "cpu-quick", "--epochs", "1",
+    rc = train_main(["study", "fusion", "--data", str(tiny_subset), "--out", str(shared), "--profile", "cpu-quick",
+                     "--epochs", "1",
                      "--seeds", "2", "--device", "cpu", "--only", "da-paper"])
     assert rc == 0 and trained == ["da-paper_seed0", "da-paper_seed1"]
     assert "| da-aoa | 2 |" in (shared / "fusion.md").read_text()
@@ -340,7 +349,8 @@ def test_ensemble_size_line_scores_every_subset_of_seeds(tmp_path):
         (tmp_path / name / "predictions.csv").write_text(header + "\n".join(rows) + "\n")
         # seed 2 pins a recipe field that seeds 0 and 1 predate, at its default: the same configuration
         recipe = {"recipe": {"tta_flip": False}} if name.endswith("2") else {}
-        (tmp_path / name / "run.json").write_text(json.dumps({"profile": {"model": "x", **recipe}, "seed": int(name[-1])}))
+        (tmp_path / name / "run.json").write_text(json.dumps({"profile": {"model": "x", **recipe},
+                                                              "seed": int(name[-1])}))
     table = ablation_table([tmp_path / n for n in runs], "t", figure=tmp_path / "t.png")
     assert ("a, Full UF1 of the probability average of k seeds, mean [min–max] over every choice of k of its 3 seeds: "
             "1: 0.222 [0.000–0.333]; 2: 0.556 [0.333–1.000]; 3: 1.000 [1.000–1.000]. "
@@ -355,7 +365,8 @@ def test_fit_writes_a_checkpoint_that_loads(tiny_subset, tmp_path):
     from mex.checkpoint import load_checkpoint
 
     out = tmp_path / "fit"
-    assert train_main(["fit", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2", "--device", "cpu", *TINY]) == 0
+    assert train_main(["fit", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2",
+                       "--device", "cpu", *TINY]) == 0
     model, info = load_checkpoint(out / "model.pt")
     assert info["model"] == "dacrossvit" and tuple(info["config"]["dims"]) == (16, 8)
     assert info["meta"]["data"]["clips"] == len(load_flow_folder(tiny_subset))
@@ -363,14 +374,17 @@ def test_fit_writes_a_checkpoint_that_loads(tiny_subset, tmp_path):
     assert probs.shape == (4, 3)
 
 
-def test_a_state_that_cannot_be_written_stops_the_run_naming_it_and_keeps_the_last_one(tiny_subset, tmp_path, monkeypatch, capsys):
-    import train.loso
+def test_a_state_that_cannot_be_written_stops_the_run_naming_it_and_keeps_the_last_one(tiny_subset, tmp_path,
+                                                                                       monkeypatch, capsys):
+    import train.state
 
     out = tmp_path / "run"
-    args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2", "--device", "cpu", "--save-every", "0", *TINY]
+    args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "2",
+            "--device", "cpu", "--save-every", "0", *TINY]
     real_save, calls = torch.save, []
 
-    def disk_full_on_second_save(obj, path):  # what torch does when the disk fills mid-write: a partial file, then an error
+    # what torch does when the disk fills mid-write: a partial file, then an error
+    def disk_full_on_second_save(obj, path):
         calls.append(path)
         real_save(obj, path)
         if len(calls) == 2:
@@ -378,7 +392,7 @@ def test_a_state_that_cannot_be_written_stops_the_run_naming_it_and_keeps_the_la
                 f.truncate(100)
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 464491136 vs 464491028")
 
-    monkeypatch.setattr(train.loso.torch, "save", disk_full_on_second_save)
+    monkeypatch.setattr(train.state.torch, "save", disk_full_on_second_save)
     assert train_main(args) == 2
     err = capsys.readouterr().err
     words = " ".join(err.split())  # rich wraps long lines at word boundaries, and a long path anywhere
@@ -387,9 +401,50 @@ def test_a_state_that_cannot_be_written_stops_the_run_naming_it_and_keeps_the_la
     assert "[enforce fail at inline_container.cc:672]" in words  # torch's own words, not eaten as rich markup
     assert not (out / "state.tmp").exists()
     assert torch.load(out / "state.pt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(train.loso.torch, "save", real_save)
+    monkeypatch.setattr(train.state.torch, "save", real_save)
     assert train_main(args) == 0  # space freed: the same command continues from epoch 1
     assert (out / "predictions.csv").exists()
+
+
+def test_a_run_file_of_the_older_formats_is_the_same_run(tmp_path):
+    """run.json as pin_run wrote it before run files had a schema, and as older code wrote it (no precision,
+    fewer Recipe fields, the data folder relative to the repository), reads as the current schema."""
+    from train.loso import loso_run_args
+    from train.recipes import resolve
+    from train.runs import SCHEMA, pin_run, read_run, same_run
+
+    args = loso_run_args(load_flow_folder(COMPOSITE), resolve("logreg", epochs=1), 0, "fp32")
+    unversioned = json.loads(json.dumps(args))  # the file pin_run wrote: json.dumps(run_args, indent=2)
+    older = json.loads(json.dumps(args))
+    del older["precision"]
+    for field in ("zoom", "blur", "span_min", "span_max", "live_clips", "tta_flip"):
+        del older["profile"]["recipe"][field]
+    older["data"] = "data/megc2019-composite-flow"
+    for name, pinned in (("unversioned", unversioned), ("older", older)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps(pinned, indent=2) + "\n")
+        assert read_run(tmp_path / name / "run.json") == {"schema": SCHEMA, **unversioned}
+        assert same_run(tmp_path / name, args)
+        pin_run(tmp_path / name, args)  # the same run: no RunMismatch
+    assert not same_run(tmp_path / "older", {**args, "seed": 1})
+    (tmp_path / "new").mkdir()
+    pin_run(tmp_path / "new", args)
+    assert json.loads((tmp_path / "new" / "run.json").read_text()) == {"schema": SCHEMA, **unversioned}
+
+
+def test_a_run_file_of_a_newer_schema_is_refused_naming_it(tiny_subset, tmp_path, capsys):
+    from train.runs import SCHEMA, read_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"schema": SCHEMA + 1, "seed": 0}))
+    with pytest.raises(ValueError, match=f"{out / 'run.json'}: .*schema {SCHEMA + 1} is newer than this code reads"):
+        read_run(out / "run.json")
+    args = ["loso", "--data", str(tiny_subset), "--out", str(out), "--profile", "cpu-quick", "--epochs", "1",
+            "--device", "cpu"]
+    assert train_main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"schema {SCHEMA + 1} is newer" in err and "run.json" in err and not (out / "state.pt").exists()
 
 
 def test_inner_groups_partition_the_subjects_and_hold_their_clips_out():
@@ -408,11 +463,13 @@ def test_inner_groups_partition_the_subjects_and_hold_their_clips_out():
 
 
 def test_nested_selection_picks_per_fold_by_inner_score_and_reuses_matching_runs(subset, tmp_path):
-    common = ["--data", str(subset), "--profile", "cpu-quick", "--epochs", "2", "--seeds", "1", "--device", "cpu", *TINY]
+    common = ["--data", str(subset), "--profile", "cpu-quick", "--epochs", "2", "--seeds", "1", "--device", "cpu",
+              *TINY]
     pre = tmp_path / "pre"
     assert train_main(["loso", "--out", str(pre), *common]) == 0
     out = tmp_path / "select"
-    args = ["select", "--out", str(out), *common, "--try", "label_smoothing=0,mixup=0", "--holdout", "2", "--repeats", "2",
+    args = ["select", "--out", str(out), *common, "--try", "label_smoothing=0,mixup=0", "--holdout", "2", "--repeats",
+            "2",
             "--reuse", str(pre)]
     assert train_main(args) == 0
     names = ["profile", "label_smoothing=0,mixup=0"]
@@ -438,15 +495,17 @@ def test_nested_selection_picks_per_fold_by_inner_score_and_reuses_matching_runs
     overall = [res["candidates"][n]["inner_pooled_full"]["uf1"] for n in names]
     assert res["choice_for_fit"] == names[int(np.argmax(overall))]
     first = (out / "predictions.csv").read_text()
-    assert train_main(args) == 0 and (out / "predictions.csv").read_text() == first  # a rerun reads the finished runs back
+    # a rerun reads the finished runs back
+    assert train_main(args) == 0 and (out / "predictions.csv").read_text() == first
 
-    # a committed run made before `precision` and `tta_flip` were pinned, its data path relative: reused as the same run
+    # a schema-0 run.json (no precision, fewer Recipe fields, the data folder relative to the repository,
+    # train/runs.py): reused as the same run
     old = tmp_path / "old"
     old.mkdir()
     (old / "predictions.csv").write_text((pre / "predictions.csv").read_text())
     pinned = json.loads((pre / "run.json").read_text())
-    del pinned["precision"], pinned["profile"]["recipe"]["tta_flip"]
-    pinned["data"] = os.path.relpath(pinned["data"])
+    del pinned["schema"], pinned["precision"], pinned["profile"]["recipe"]["tta_flip"]
+    pinned["data"] = os.path.relpath(pinned["data"], COMPOSITE.parents[1])
     (old / "run.json").write_text(json.dumps(pinned))
     again = tmp_path / "select-old"
     assert train_main([*args[:2], str(again), *args[3:-1], str(old)]) == 0
@@ -508,7 +567,8 @@ def test_floor_nested_choice_never_sees_the_held_out_subject(subset):
 def test_bench_floor_writes_a_run_that_rescores(subset, tmp_path):
     from benchmarks.cli import main as bench
 
-    assert bench(["floor", "--data", str(subset), "--C", "0.03,0.01", "--inner-folds", "2", "--out", str(tmp_path)]) == 0
+    assert bench(["floor", "--data", str(subset), "--C", "0.03,0.01", "--inner-folds", "2", "--out",
+                  str(tmp_path)]) == 0
     run = tmp_path / "floor"
     saved = json.loads((run / "results.json").read_text())
     assert saved["pooled"] == score_rows(read_predictions(run / "predictions.csv"))["pooled"]
@@ -537,9 +597,11 @@ def selected(tmp_path_factory) -> tuple[Path, Path, Path]:
 
     root = tmp_path_factory.mktemp("stack")
     subset = make_subset(root / "subset")
-    common = ["--data", str(subset), "--profile", "cpu-quick", "--epochs", "2", "--seeds", "1", "--device", "cpu", *TINY]
+    common = ["--data", str(subset), "--profile", "cpu-quick", "--epochs", "2", "--seeds", "1", "--device", "cpu",
+              *TINY]
     select = root / "select"
-    assert train_main(["select", "--out", str(select), *common, "--try", "mixup=0", "--holdout", "2", "--repeats", "2"]) == 0
+    assert train_main(["select", "--out", str(select), *common, "--try", "mixup=0", "--holdout", "2", "--repeats",
+                       "2"]) == 0
     assert bench(["floor", "--data", str(subset), "--C", "0.03,0.01", "--inner-folds", "2", "--out", str(root)]) == 0
     return subset, select, root / "floor"
 

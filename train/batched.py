@@ -87,8 +87,8 @@ def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tens
     pattern; a rotation by a few degrees changes the flow vectors' direction by the same few degrees,
     which the min-max encoding cannot follow exactly and which we accept as noise at <= 5 degrees.
     The blur/sharpen and the redone min-max scaling (`rescale`) span what another encoder of the
-    same motion changes. Each step draws random numbers only when it is on, so a recipe without
-    it gets the same batches as before the step existed.
+    same motion changes. Each step draws random numbers only when it is on, so a step turned off
+    leaves the other steps' draws, and so the batches, unchanged.
     """
     shape = x.shape
     x = x.reshape(-1, *shape[-3:])

@@ -37,7 +37,8 @@ def _progress() -> Progress:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=COMPOSITE, help="composite-format folder (labels.csv + PNGs; default the repository's "
+    p.add_argument("--data", default=COMPOSITE,
+                   help="composite-format folder (labels.csv + PNGs; default the repository's "
                    "data/megc2019-composite-flow)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", default="ours", choices=sorted(PROFILES), help="model + recipe (train/recipes.py)")
@@ -48,7 +49,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="forward-pass precision; auto = bf16 on a CUDA GPU, fp32 on the CPU")
-    p.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS", help="how often the resumable state is written")
+    p.add_argument("--save-every", type=float, default=30.0, metavar="SECONDS",
+                   help="how often the resumable state is written")
     p.add_argument(
         "--set",
         action="append",
@@ -78,7 +80,8 @@ def _parse_sets(items: list[str]) -> tuple[dict, dict]:
         elif key in known:
             recipe[key] = value
         else:
-            raise ValueError(f"--set {item!r}: unknown recipe field {key!r}; known: {', '.join(known)} or model.<field>")
+            raise ValueError(f"--set {item!r}: unknown recipe field {key!r}; known: {', '.join(known)} or "
+                             "model.<field>")
     return recipe, model
 
 
@@ -111,7 +114,8 @@ def cmd_loso(args) -> int:
 
     from mex.composite import load_flow_folder
 
-    from .loso import pick_device, run_loso
+    from .loop import pick_device
+    from .loso import run_loso
     from .report import write_reports
 
     prof = _profile(args)
@@ -124,7 +128,8 @@ def cmd_loso(args) -> int:
     )
     with _progress() as progress:
         results = run_loso(
-            data, prof, out, device, seed=args.seed, eval_every=args.eval_every, progress=progress, save_every_s=args.save_every,
+            data, prof, out, device, seed=args.seed, eval_every=args.eval_every, progress=progress,
+            save_every_s=args.save_every,
             precision=args.precision, live=_live(args, prof),
         )
     write_reports(out)
@@ -142,13 +147,14 @@ def cmd_fit(args) -> int:
     from mex.composite import load_flow_folder
 
     from .fit import fit_all
-    from .loso import pick_device
+    from .loop import pick_device
 
     prof = _profile(args)
     data = load_flow_folder(args.data)
     with _progress() as progress:
         path = fit_all(
-            data, prof, Path(args.out), pick_device(args.device), args.seed, progress, loso_dir=args.loso, save_every_s=args.save_every,
+            data, prof, Path(args.out), pick_device(args.device), args.seed, progress, loso_dir=args.loso,
+            save_every_s=args.save_every,
             precision=args.precision, live=_live(args, prof),
         )
     console.print(f"wrote {path}")
@@ -160,7 +166,7 @@ def cmd_select(args) -> int:
 
     from mex.composite import load_flow_folder
 
-    from .loso import pick_device
+    from .loop import pick_device
     from .report import write_reports
     from .select import run_select
 
@@ -176,14 +182,16 @@ def cmd_select(args) -> int:
     device = pick_device(args.device)
     data = load_flow_folder(args.data)
     out = Path(args.out)
-    console.print(f"nested selection among {len(candidates)} candidates ({', '.join(n for n, _ in candidates)}), seed {args.seed}")
+    console.print(f"nested selection among {len(candidates)} candidates ({', '.join(n for n, _ in candidates)}), seed "
+                  f"{args.seed}")
     with _progress() as progress:
         results = run_select(data, candidates, out, device, args.seed, args.holdout, args.repeats,
                              [Path(d) for d in args.reuse], progress, args.save_every, args.precision)
     write_reports(out)
     chosen = ", ".join(f"{n}: {c['chosen_folds']}" for n, c in results["candidates"].items())
     full = results["pooled"]["full"]
-    console.print(f"folds per candidate: {chosen}\nnested-selection pooled Full UF1/UAR {full['uf1']:.4f}/{full['uar']:.4f}"
+    console.print(f"folds per candidate: {chosen}\nnested-selection pooled Full UF1/UAR "
+                  f"{full['uf1']:.4f}/{full['uar']:.4f}"
                   f"\nchosen on all subjects (the recipe to fit): {results['choice_for_fit']}")
     console.print(f"wrote {out}/choices.csv, choices.png, predictions.csv, results.json, report.md, confusion.png")
     return 0
@@ -192,12 +200,13 @@ def cmd_select(args) -> int:
 def cmd_study(args) -> int:
     from mex.composite import load_flow_folder
 
-    from .loso import pick_device
+    from .loop import pick_device
     from .studies import run_study
 
     data = load_flow_folder(args.data)
     with _progress() as progress:
-        table = run_study(args.study, args.profile, data, Path(args.out), pick_device(args.device), args.seeds, args.epochs, progress,
+        table = run_study(args.study, args.profile, data, Path(args.out), pick_device(args.device), args.seeds,
+                          args.epochs, progress,
                            args.precision, args.only)
     print(table.read_text())
     return 0
@@ -237,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_live(p)
     p.add_argument("--loso", help="a LOSO run folder of the same profile, whose numbers go into the model card")
     p.set_defaults(func=cmd_fit)
-    p = sub.add_parser("select", help="nested selection: each fold picks a candidate recipe on held-out training subjects")
+    p = sub.add_parser("select",
+                       help="nested selection: each fold picks a candidate recipe on held-out training subjects")
     _add_common(p)
     p.add_argument("--try", dest="try_", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                    help="a candidate: the profile with these changes (same keys as --set); repeat for more")
@@ -264,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="(re)make report.md and plots of LOSO runs from their predictions.csv")
     p.add_argument("runs", nargs="+")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("table", help="one markdown table comparing LOSO runs (ablations, patch counts, seeds, ensemble sizes)")
+    p = sub.add_parser("table",
+                       help="one markdown table comparing LOSO runs (ablations, patch counts, seeds, ensemble sizes)")
     p.add_argument("runs", nargs="+")
     p.add_argument("--title", default="LOSO runs")
     p.add_argument("--out", help="write the table here (markdown) and the paired differences beside it (.png)")
@@ -278,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted: rerun the same command to continue from the last saved epoch")
         return 130
-    except (ValueError, OSError) as e:  # DataError, RunMismatch, CheckpointError are ValueErrors; StateNotSaved an OSError
+    # DataError, RunMismatch, CheckpointError are ValueErrors; StateNotSaved an OSError
+    except (ValueError, OSError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")  # escaped: paths and torch messages hold [brackets]
         return 2
 

@@ -229,7 +229,8 @@ def _find_sheet(folders: Sequence[Path], exact: str, pattern: str, what: str, pr
         if (folder / exact).is_file():
             return folder / exact
     found = sorted({p for folder in folders if folder.is_dir() for p in folder.iterdir()
-                    if p.is_file() and re.fullmatch(pattern, p.name, re.IGNORECASE) and not p.name.startswith(("~$", "."))})
+                    if p.is_file() and re.fullmatch(pattern, p.name,
+                                                    re.IGNORECASE) and not p.name.startswith(("~$", "."))})
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
@@ -269,7 +270,8 @@ def _label(word: str, where: str, dataset: str) -> int | None:
         raise DataError(f"{where}: empty emotion")
     label = class_of_emotion(word)
     if label is None and word.strip().lower() not in EXCLUDED:
-        raise DataError(f"{where}: unknown emotion {word!r} for {dataset}; mapped: {', '.join(sorted(EMOTION_TO_CLASS))}; "
+        raise DataError(f"{where}: unknown emotion {word!r} for {dataset}; mapped: "
+                        f"{', '.join(sorted(EMOTION_TO_CLASS))}; "
                         f"excluded: {', '.join(sorted(EXCLUDED))} (extend mex.labels.EMOTION_TO_CLASS if it is real)")
     return label
 
@@ -359,7 +361,8 @@ def _int_id(value, where: str, column: str, pattern: str = r"(?:sub|s)?0*(\d+)")
 def read_casme2(root: str | Path) -> Reading:
     """CASME II: CASME2-coding-20140508.xlsx + Cropped/subNN/<Filename>/reg_img<N>.jpg."""
     root = Path(root)
-    sheet = _read_sheet(_find_sheet([root], "CASME2-coding-20140508.xlsx", r"CASME2-coding.*\.(xlsx|csv)", "CASME II coding"),
+    sheet = _read_sheet(_find_sheet([root], "CASME2-coding-20140508.xlsx", r"CASME2-coding.*\.(xlsx|csv)",
+                                    "CASME II coding"),
                         ["subject", "filename", "onset", "apex", "emotion"], ["offset"])
     cropped = root / "Cropped"
     subjects = _subject_folders(cropped, r"sub\d+", "sub01")
@@ -380,17 +383,21 @@ def read_casme2(root: str | Path) -> Reading:
         if label is None:
             reading.excluded.append((where, f"{sub}/{name}", word.strip().lower()))
             continue
-        fr = _frames_of(frames, cropped / sub / name, pattern, where, lambda n: 0 if n.lower().startswith("reg_") else 1)
+        fr = _frames_of(frames, cropped / sub / name, pattern, where,
+                        lambda n: 0 if n.lower().startswith("reg_") else 1)
         onset, apex, rule = _onset_apex(sheet, cells, where, fr, lambda n: f"reg_img{n}.jpg")
-        reading.clips.append(Clip("casme2", f"casme2_{sub}", name, word.strip().lower(), label, onset, apex, where, rule))
-    reading.unlisted = [c for s in subjects for c in sorted(s.iterdir()) if c.is_dir() and (s.name.lower(), c.name) not in seen]
+        reading.clips.append(Clip("casme2", f"casme2_{sub}", name, word.strip().lower(), label, onset, apex, where,
+                                  rule))
+    reading.unlisted = [c for s in subjects
+                        for c in sorted(s.iterdir()) if c.is_dir() and (s.name.lower(), c.name) not in seen]
     return reading
 
 
 def read_samm(root: str | Path) -> Reading:
     """SAMM: SAMM_Micro_FACS_Codes_v2.xlsx (title block, then the header) + NNN/<Filename>/NNN_<frame>.jpg."""
     root = Path(root)
-    sheet = _read_sheet(_find_sheet([root], "SAMM_Micro_FACS_Codes_v2.xlsx", r"SAMM.*Micro_FACS_Codes.*\.(xlsx|csv)", "SAMM FACS codes"),
+    sheet = _read_sheet(_find_sheet([root], "SAMM_Micro_FACS_Codes_v2.xlsx", r"SAMM.*Micro_FACS_Codes.*\.(xlsx|csv)",
+                                    "SAMM FACS codes"),
                         ["subject", "filename", "onset", "apex", "emotion"], ["offset"])
     subjects = _subject_folders(root, r"\d{3}", "006")
     reading = Reading("samm", sheet=sheet.path)
@@ -432,7 +439,8 @@ def read_smic(root: str | Path) -> Reading:
     hs = root / "HS"
     # No preferred name: SMIC-HS-E_annotation.xlsx (no apex) and its _2019 version (with ApexF) both
     # circulate; two candidates is an error asking to keep one.
-    sheet = _read_sheet(_find_sheet([root, hs], "SMIC-HS-E_annotation.xlsx", r".*annotation.*\.(xlsx|csv)", "SMIC-HS annotation",
+    sheet = _read_sheet(_find_sheet([root, hs], "SMIC-HS-E_annotation.xlsx", r".*annotation.*\.(xlsx|csv)",
+                                    "SMIC-HS annotation",
                                     prefer_exact=False),
                         ["subject", "filename", "onset"], ["apex", "offset", "emotion"])
     subjects = _subject_folders(hs, r"s\d+", "s1")
@@ -512,9 +520,10 @@ class PrepareReport:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
+        backend = f" with flow backend {self.backend}" if self.backend else ""
         return [*self.reading.summary_lines(),
-                f"{self.dataset}: {self.computed} encoded" + (f" with flow backend {self.backend}" if self.backend else "")
-                + f", {self.cached} unchanged from the cache, in {self.seconds:.1f} s",
+                f"{self.dataset}: {self.computed} encoded{backend}, {self.cached} unchanged from the cache, "
+                f"in {self.seconds:.1f} s",
                 f"{self.out / 'labels.csv'}: {len(self.reading.clips) + self.kept_rows} rows "
                 f"({self.kept_rows} of other datasets kept)"]
 
@@ -648,6 +657,78 @@ def _apply_selection(reading: Reading, select: Path) -> None:
     reading.clips = [c for c in reading.clips if (c.subject, c.clip) in wanted]
 
 
+class _Encoder:
+    """How a clip becomes its image: its frames cut by `crop` (see _pair), then mex.features.encode with
+    the flow backend `flow` names, built on first use (a run served from the cache builds none)."""
+
+    def __init__(self, flow, crop: Crop):
+        self.flow, self.crop, self.backend = flow, crop, None
+
+    def backend_name(self) -> str | None:
+        return None if self.backend is None else getattr(self.backend, "name", str(self.flow))
+
+    def encode(self, clip: Clip) -> np.ndarray:
+        onset, apex = _pair(clip, self.crop)
+        if self.backend is None:
+            try:
+                self.backend = _features.get_backend(self.flow) if isinstance(self.flow, str) else self.flow
+            except _features.BackendUnavailable as e:
+                raise ValueError(f"--flow {self.flow}: {e}") from None
+        try:
+            return _features.encode(onset, apex, self.backend)
+        except ValueError as e:
+            raise DataError(f"{clip.onset} / {clip.apex} ({clip.source}): cannot encode: {e}") from None
+
+
+class _Cache:
+    """out/prepare-cache.json for one dataset's run: the entries of the other datasets stay, this
+    dataset's are rebuilt as its clips are visited (a clip that left the dataset drops out)."""
+
+    SAVE_EVERY_S = 10.0  # what was encoded survives an error or Ctrl-C, give or take this long
+
+    def __init__(self, out: Path, dataset: str, crop: Crop):
+        self.out, self.dataset, self.crop_key = out, dataset, _crop_key(crop)
+        self.manifest = _load_manifest(out)
+        self.fresh = {k: v for k, v in self.manifest.items() if v.get("dataset") != dataset}
+        self.last_save = time.monotonic()
+
+    def check_owned(self, existing: list[dict], table: Path) -> None:
+        """Rows of this dataset that prepare did not write (e.g. the shipped composite set) are not ours to replace."""
+        for line, r in enumerate(existing, start=2):
+            if r["dataset"] == self.dataset and self.manifest.get(r["file"], {}).get("dataset") != self.dataset:
+                raise DataError(f"{table}, row {line}: {self.dataset} clip {r['subject']}/{r['clip']} was not made by "
+                                f"prepare (no entry in {self.out / CACHE_MANIFEST}); prepare into another folder")
+
+    def key(self, clip: Clip) -> dict:
+        """What a clip's PNG was made from: its frames (path, size, mtime), the crop, the encoding."""
+        return {"dataset": self.dataset, "onset": _stat(clip.onset), "apex": _stat(clip.apex), "crop": self.crop_key,
+                "encoding": ENCODING_VERSION, "resize": RESIZE_RULE}
+
+    def reuse(self, clip: Clip, png: Path, key: dict) -> bool:
+        """Keep the clip's entry if its PNG is there and was made from what it would be made from now (`key`)."""
+        entry = self.manifest.get(clip.file)
+        if (entry is None or not png.is_file() or any(entry.get(k) != v for k, v in key.items())
+                or entry.get("png_size") != png.stat().st_size):
+            return False
+        self.fresh[clip.file] = entry
+        return True
+
+    def add(self, clip: Clip, png: Path, key: dict, backend: str) -> None:
+        self.fresh[clip.file] = {**key, "png_size": png.stat().st_size, "subject": clip.subject,
+                                 "clip": clip.clip, "emotion_word": clip.emotion, "source": clip.source,
+                                 "apex_rule": clip.apex_rule, "backend": backend}
+        if time.monotonic() - self.last_save > self.SAVE_EVERY_S:
+            self.save_partial()
+
+    def save_partial(self) -> None:
+        """Entries of this dataset not yet revisited are kept until the run completes."""
+        _save_manifest(self.out, {**self.manifest, **self.fresh})
+        self.last_save = time.monotonic()
+
+    def save(self) -> None:
+        _save_manifest(self.out, self.fresh)
+
+
 def prepare(dataset: str, root: str | Path, out: str | Path, flow: str = "auto", crop: Crop = None, *,
             force: bool = False, select: str | Path | None = None, console=None) -> PrepareReport:
     """Read `dataset` at `root`, encode every clip's onset -> apex pair and merge it into `out`.
@@ -660,9 +741,6 @@ def prepare(dataset: str, root: str | Path, out: str | Path, flow: str = "auto",
     labels.csv whose rows of this dataset are the clips to keep (see _apply_selection).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from mex.composite import write_png_rgb
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
@@ -678,73 +756,55 @@ def prepare(dataset: str, root: str | Path, out: str | Path, flow: str = "auto",
     existing = _existing_rows(table)
     kept = [r for r in existing if r["dataset"] != dataset]
     report = PrepareReport(dataset, out, reading, kept_rows=len(kept))
-
-    manifest = _load_manifest(out)
-    # Rows of this dataset that prepare did not write (e.g. the shipped composite set) are not ours to replace.
-    for line, r in enumerate(existing, start=2):
-        if r["dataset"] == dataset and manifest.get(r["file"], {}).get("dataset") != dataset:
-            raise DataError(f"{table}, row {line}: {dataset} clip {r['subject']}/{r['clip']} was not made by prepare "
-                            f"(no entry in {out / CACHE_MANIFEST}); prepare into another folder")
-    # This dataset's entries are rebuilt: clips that left it drop out of the manifest.
-    fresh = {k: v for k, v in manifest.items() if v.get("dataset") != dataset}
-    backend = None
-    crop_key = _crop_key(crop)
-    last_save = time.monotonic()
-    progress = Progress(TextColumn(f"[bold]prepare {dataset}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=console, transient=False)
-    try:
-        with progress:
-            task = progress.add_task(dataset, total=len(reading.clips), info="")
-            for clip in reading.clips:
-                png = out / clip.file
-                key = {"dataset": dataset, "onset": _stat(clip.onset), "apex": _stat(clip.apex), "crop": crop_key,
-                       "encoding": ENCODING_VERSION, "resize": RESIZE_RULE}
-                entry = manifest.get(clip.file)
-                if (not force and entry is not None and png.is_file()
-                        and all(entry.get(k) == v for k, v in key.items())
-                        and entry.get("png_size") == png.stat().st_size):
-                    fresh[clip.file] = entry
-                    report.cached += 1
-                else:
-                    onset, apex = _pair(clip, crop)
-                    if backend is None:
-                        try:
-                            backend = _features.get_backend(flow) if isinstance(flow, str) else flow
-                        except _features.BackendUnavailable as e:
-                            raise ValueError(f"--flow {flow}: {e}") from None
-                        report.backend = getattr(backend, "name", str(flow))
-                    try:
-                        image = _features.encode(onset, apex, backend)
-                    except ValueError as e:
-                        raise DataError(f"{clip.onset} / {clip.apex} ({clip.source}): cannot encode: {e}") from None
-                    tmp = png.with_name(f".{png.name}.tmp.png")
-                    write_png_rgb(tmp, image)
-                    os.replace(tmp, png)
-                    fresh[clip.file] = {**key, "png_size": png.stat().st_size, "subject": clip.subject,
-                                        "clip": clip.clip, "emotion_word": clip.emotion, "source": clip.source,
-                                        "apex_rule": clip.apex_rule, "backend": report.backend}
-                    report.computed += 1
-                    if time.monotonic() - last_save > 10.0:
-                        _save_manifest(out, {**manifest, **fresh})
-                        last_save = time.monotonic()
-                progress.update(task, advance=1, info=f"{report.computed} encoded, {report.cached} cached")
-    finally:
-        # What was encoded before an error or Ctrl-C stays cached. Entries of this dataset not yet
-        # revisited are kept until the run completes.
-        _save_manifest(out, {**manifest, **fresh})
-    _save_manifest(out, fresh)
-
-    rows = [{"dataset": c.dataset, "subject": c.subject, "clip": c.clip, "label": str(c.label),
-             "emotion": CLASSES[c.label], "file": c.file}
-            for c in sorted(reading.clips, key=lambda c: _subject_order(c.subject))]  # stable: sheet order within a subject
-    order = {d: i for i, d in enumerate(DATASETS)}
-    merged = sorted(kept + rows, key=lambda r: order.get(r["dataset"], len(order)))  # stable within a dataset
-    _write_rows(table, merged)
+    cache = _Cache(out, dataset, crop)
+    cache.check_owned(existing, table)
+    _encode_clips(reading.clips, out, cache, _Encoder(flow, crop), force, report, console)
+    _write_rows(table, _merged_rows(kept, reading.clips))
     report.seconds = time.perf_counter() - started
     for line in report.lines():
         console.print(line, highlight=False, soft_wrap=True)
     return report
+
+
+def _encode_clips(clips: list[Clip], out: Path, cache: _Cache, encoder: _Encoder, force: bool,
+                  report: PrepareReport, console) -> None:
+    """Each clip's PNG from the cache, or encoded and written (atomically); counted in `report`."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from mex.composite import write_png_rgb
+
+    progress = Progress(TextColumn(f"[bold]prepare {report.dataset}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=console, transient=False)
+    try:
+        with progress:
+            task = progress.add_task(report.dataset, total=len(clips), info="")
+            for clip in clips:
+                png, key = out / clip.file, cache.key(clip)
+                if not force and cache.reuse(clip, png, key):
+                    report.cached += 1
+                else:
+                    image = encoder.encode(clip)
+                    report.backend = encoder.backend_name()
+                    tmp = png.with_name(f".{png.name}.tmp.png")
+                    write_png_rgb(tmp, image)
+                    os.replace(tmp, png)
+                    cache.add(clip, png, key, report.backend)
+                    report.computed += 1
+                progress.update(task, advance=1, info=f"{report.computed} encoded, {report.cached} cached")
+    finally:
+        cache.save_partial()  # what was encoded before an error or Ctrl-C stays cached
+    cache.save()
+
+
+def _merged_rows(kept: list[dict], clips: list[Clip]) -> list[dict]:
+    """The other datasets' rows and this dataset's, datasets in DATASETS order, each in its own order."""
+    rows = [{"dataset": c.dataset, "subject": c.subject, "clip": c.clip, "label": str(c.label),
+             "emotion": CLASSES[c.label], "file": c.file}
+            for c in sorted(clips, key=lambda c: _subject_order(c.subject))]  # stable: sheet order within a subject
+    order = {d: i for i, d in enumerate(DATASETS)}
+    return sorted(kept + rows, key=lambda r: order.get(r["dataset"], len(order)))  # stable within a dataset
 
 
 # ------------------------------------------------------------------------------------------ CLI

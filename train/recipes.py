@@ -63,7 +63,8 @@ class Profile:
     about: str = ""
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "model_config": self.model_config, "recipe": asdict(self.recipe), "about": self.about}
+        return {"model": self.model, "model_config": self.model_config, "recipe": asdict(self.recipe),
+                "about": self.about}
 
 
 SMALL = dict(dims=(96, 48), depths=(1, 1), heads=(4, 2), blocks=2, mlp_ratio=2.0)
@@ -84,12 +85,6 @@ OURS_RECIPE = Recipe(
 )
 
 
-def pinned_profile(profile: dict) -> dict:
-    """A profile as a run.json pinned it, with recipe fields added to the code since then holding their
-    defaults: runs that differ only in such fields compare equal."""
-    return {**profile, "recipe": asdict(Recipe(**profile.get("recipe", {})))}
-
-
 PROFILES: dict[str, Profile] = {
     "paper": Profile(
         "dacrossvit",
@@ -98,7 +93,8 @@ PROFILES: dict[str, Profile] = {
         "the paper's schedule (Adam 5e-4, batch 256, 800 epochs, cross-entropy) on a 5 M-parameter DA-CrossViT",
     ),
     "small": Profile(
-        "dacrossvit", SMALL, Recipe(epochs=400, batch_size=256, lr=5e-4), "right-sized model, the paper's optimizer, 400 epochs"
+        "dacrossvit", SMALL, Recipe(epochs=400, batch_size=256, lr=5e-4),
+        "right-sized model, the paper's optimizer, 400 epochs"
     ),
     "ours": Profile(
         "dacrossvit",
@@ -110,7 +106,8 @@ PROFILES: dict[str, Profile] = {
         "dacrossvit",
         {**SMALL, "drop": 0.1, "drop_path": 0.1},
         dataclasses.replace(OURS_RECIPE, span_min=0.8, span_max=6.0, live_clips=True),
-        "`ours` made robust to the live encoder: min-max scaling redone at random (span 0.8-6x), training subjects' live clips",
+        "`ours` made robust to the live encoder: min-max scaling redone at random (span 0.8-6x), training subjects' "
+        "live clips",
     ),
     "logreg": Profile(
         "logreg",
@@ -127,7 +124,8 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def resolve(profile: str, model: str | None = None, epochs: int | None = None, seeds: int | None = None, **recipe_overrides) -> Profile:
+def resolve(profile: str, model: str | None = None, epochs: int | None = None, seeds: int | None = None,
+            **recipe_overrides) -> Profile:
     """The named profile with command-line overrides applied (a different model family keeps the recipe)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")

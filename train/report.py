@@ -1,7 +1,7 @@
 """Tables and figures of LOSO runs, made from the files a run wrote (never from memory).
 
 `report.md` puts our pooled numbers in the paper's Table 2 layout beside the reference rows of
-spec.md §2; `confusion.png` is Fig. 5 (Full and per dataset); `curve.png` is Fig. 6 (UF1/UAR
+docs/results.md; `confusion.png` is Fig. 5 (Full and per dataset); `curve.png` is Fig. 6 (UF1/UAR
 against epochs, from curve.csv).
 """
 from __future__ import annotations
@@ -17,20 +17,23 @@ import numpy as np
 
 from mex.labels import CLASSES
 
-from .loso import read_predictions, score_rows
-from .metrics import confusion
-from .recipes import pinned_profile
+from .metrics import confusion, score_rows
+from .predictions import read_predictions
+from .runs import RUN, read_run
 
 COLUMNS = ("full", "casme2", "smic", "samm")
 COLUMN_TITLES = {"full": "Full", "casme2": "CASME II", "smic": "SMIC", "samm": "SAMM"}
 
-# UF1, UAR per column (Full, CASME II, SMIC, SAMM); None where not reported. Source: spec.md §2.
+# UF1, UAR per column (Full, CASME II, SMIC, SAMM): the published rows from their papers (the DA-CrossViT paper's
+# Table 2 holds LBP-TOP's), the two measured ones from the project brief; docs/results.md lists them all.
 REFERENCE_ROWS = [
     ("LBP-TOP (MEGC2019 baseline), paper Table 2", [(0.588, 0.579), (0.703, 0.743), (0.200, 0.528), (0.395, 0.410)]),
     ("STSTNet, original paper", [(0.735, 0.761), (0.838, 0.869), (0.680, 0.701), (0.659, 0.681)]),
     ("DA-CrossViT, the paper", [(0.7275, 0.7272), (0.8639, 0.8664), (0.6992, 0.6982), (0.5839, 0.5869)]),
-    ("logistic regression on raw pixels (spec.md, measured)", [(0.719, 0.729), (0.822, 0.828), (0.702, 0.710), (0.573, 0.585)]),
-    ("5 M DA-CrossViT, paper schedule, honest (spec.md)", [(0.650, 0.646), (0.719, 0.714), (0.633, 0.630), (0.541, 0.539)]),
+    ("logistic regression on raw pixels (project brief, measured)",
+     [(0.719, 0.729), (0.822, 0.828), (0.702, 0.710), (0.573, 0.585)]),
+    ("5 M DA-CrossViT, paper schedule, honest (project brief, measured)",
+     [(0.650, 0.646), (0.719, 0.714), (0.633, 0.630), (0.541, 0.539)]),
 ]
 
 
@@ -58,7 +61,8 @@ def write_reports(run: Path) -> None:
     text = [f"# LOSO report: {run.name}", "", f"Protocol: {meta.get('protocol', 'LOSO')}."]
     if prof:  # a nested selection's results.json names its candidates instead (see its choices.csv)
         text += [
-            f"Model: {prof.get('model')} {prof.get('model_config')}, {meta.get('params_per_model', '?')} parameters per model.",
+            f"Model: {prof.get('model')} {prof.get('model_config')}, {meta.get('params_per_model', '?')} parameters "
+            "per model.",
             f"Recipe: {prof.get('recipe')}.",
             f"Device: {meta.get('device')}, wall {meta.get('wall_s')} s, versions {meta.get('versions')}.",
         ]
@@ -97,7 +101,8 @@ def plot_confusions(rows: list[dict], path: Path, title: str) -> None:
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         for i in range(len(CLASSES)):
             for j in range(len(CLASSES)):
-                ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.2f}", ha="center", va="center",
+                        color="white" if norm[i, j] > 0.5 else "black")
         ax.set_xticks(range(len(CLASSES)), CLASSES)
         ax.set_yticks(range(len(CLASSES)), CLASSES)
         ax.set_xlabel("predicted")
@@ -158,10 +163,11 @@ def _grouped(runs: list[Path]) -> list[dict]:
     group's for the same seed (same initialisation and data order), in seed order."""
     groups: dict[str, dict] = {}
     for run in runs:
-        pinned = json.loads((run / "run.json").read_text())
-        profile = pinned["profile"]
-        key = json.dumps(pinned_profile(profile), sort_keys=True)
-        group = groups.setdefault(key, {"label": re.sub(r"[-_]seed\d+$", "", run.name), "runs": [], "seeds": [], "scores": []})
+        pinned = read_run(run / RUN)
+        key = json.dumps(pinned["profile"], sort_keys=True)
+        group = groups.setdefault(key,
+                                  {"label": re.sub(r"[-_]seed\d+$", "", run.name), "runs": [], "seeds": [],
+                                   "scores": []})
         group["runs"].append(run)
         group["seeds"].append(int(pinned["seed"]))
         group["scores"].append(score_rows(read_predictions(run / "predictions.csv"))["pooled"])
@@ -212,7 +218,8 @@ def ablation_table(runs: list[Path], title: str, figure: Path | None = None) -> 
         if len(config["runs"]) > 1:
             pooled = score_rows(ensemble_rows(config["runs"]))["pooled"]
             cells = [f"{pooled[c]['uf1']:.3f} / {pooled[c]['uar']:.3f}" if c in pooled else "–" for c in COLUMNS]
-            lines.append(f"| {config['label']}, probability average of the {len(config['runs'])} seeds | {len(config['runs'])} | " + " | ".join(cells) + " | |")
+            lines.append(f"| {config['label']}, probability average of the {len(config['runs'])} seeds | "
+                         f"{len(config['runs'])} | " + " | ".join(cells) + " | |")
     if figure is not None and len(configs) > 1:
         plot_paired(configs, figure, title)
         lines += ["", f"![Full UF1 minus {configs[0]['label']}'s, same seed]({Path(figure).name})"]
@@ -220,8 +227,11 @@ def ablation_table(runs: list[Path], title: str, figure: Path | None = None) -> 
     for config in (c for c in configs if len(c["runs"]) >= 3):
         n, curve = len(config["runs"]), ensemble_sizes(config["runs"])
         curves[config["label"]] = curve
-        each = "; ".join(f"{k}: {p['uf1'].mean():.3f} [{p['uf1'].min():.3f}–{p['uf1'].max():.3f}]" for k, p in curve.items())
-        lines += ["", f"{config['label']}, Full UF1 of the probability average of k seeds, mean [min–max] over every choice of k of "
+        each = "; ".join(f"{k}: {p['uf1'].mean():.3f} [{p['uf1'].min():.3f}–{p['uf1'].max():.3f}]"
+                         for k, p in curve.items())
+        lines += ["",
+                  f"{config['label']}, Full UF1 of the probability average of k seeds, mean [min–max] over every "
+                  "choice of k of "
                       f"its {n} seeds: {each}. Clips right by 0, 1, … {n} of the seeds: "
                       + ", ".join(str(c) for c in right_by_seeds(config["runs"]))]
     if figure is not None and curves:
@@ -235,7 +245,8 @@ def ensemble_sizes(runs: list[Path]) -> dict[int, dict]:
     """For k = 1 … len(runs): the pooled Full UF1 of the probability average of every k-subset of
     the runs (which seeds are averaged matters as much as how many, so each size is shown as the
     spread over all its subsets, not one arbitrary prefix)."""
-    return {k: {"uf1": np.array([score_rows(ensemble_rows(list(s)))["pooled"]["full"]["uf1"] for s in itertools.combinations(runs, k)])}
+    return {k: {"uf1": np.array([score_rows(ensemble_rows(list(s)))["pooled"]["full"]["uf1"]
+                                 for s in itertools.combinations(runs, k)])}
             for k in range(1, len(runs) + 1)}
 
 
@@ -244,7 +255,8 @@ def right_by_seeds(runs: list[Path]) -> np.ndarray:
     can only mend the clips its members disagree on (neither end of this histogram)."""
     right = []
     for run in runs:
-        rows = {(r["dataset"], r["subject"], r["clip"]): r["label"] == r["pred"] for r in read_predictions(run / "predictions.csv")}
+        rows = {(r["dataset"], r["subject"], r["clip"]): r["label"] == r["pred"]
+                for r in read_predictions(run / "predictions.csv")}
         right.append([rows[key] for key in sorted(rows)])
     return np.bincount(np.sum(right, axis=0), minlength=len(runs) + 1)
 
@@ -260,7 +272,8 @@ def plot_ensemble_sizes(curves: dict[str, dict], path: Path, title: str) -> None
             ax.plot([k + 0.06 * i] * len(curve[k]["uf1"]), curve[k]["uf1"], "o", color=f"C{i}", alpha=0.35, ms=4)
         ax.plot([k + 0.06 * i for k in ks], [curve[k]["uf1"].mean() for k in ks], "-D", color=f"C{i}", label=label)
     references = dict(REFERENCE_ROWS)
-    for name, style in (("DA-CrossViT, the paper", "--"), ("logistic regression on raw pixels (spec.md, measured)", ":")):
+    for name, style in (("DA-CrossViT, the paper", "--"),
+                        ("logistic regression on raw pixels (project brief, measured)", ":")):
         full_uf1 = references[name][0][0]
         ax.axhline(full_uf1, color="gray", ls=style, lw=1, label=f"{name}: {full_uf1}")
     ax.set_xticks(range(1, max(max(c) for c in curves.values()) + 1))
@@ -290,9 +303,11 @@ def plot_paired(configs: list[dict], path: Path, title: str) -> None:
             ax.plot(d, y, "o", color=f"C{seed % 10}", alpha=0.8)
             ax.annotate(str(seed), (d, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.axvline(0, color="gray", lw=1)
-    ax.set_yticks(range(len(rows)), [f"{c['label']} ({len(c['paired'])} seed{'s' if len(c['paired']) != 1 else ''})" for c in rows])
+    ax.set_yticks(range(len(rows)),
+                  [f"{c['label']} ({len(c['paired'])} seed{'s' if len(c['paired']) != 1 else ''})" for c in rows])
     ax.invert_yaxis()
-    ax.set_xlabel(f"Full UF1 minus {configs[0]['label']}'s, same seed\n(dots: one per seed, labelled; diamond and bar: mean ± std)")
+    ax.set_xlabel(f"Full UF1 minus {configs[0]['label']}'s, same seed\n(dots: one per seed, labelled; diamond and bar: "
+                  "mean ± std)")
     ax.set_title("\n".join(heading), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

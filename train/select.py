@@ -27,11 +27,11 @@ import torch
 from mex.composite import FlowSet
 
 from .batched import resolve_precision
-from .loso import (
-    _predict, _versions, loso_folds, loso_run_args, padded_index, pin_run, prediction_row, read_predictions,
-    run_loso, same_run, score_rows, train_members, write_csv,
-)
-from .metrics import uf1_uar
+from .loop import RunSetup, padded_index, predict, train_members
+from .loso import loso_folds, loso_run_args, run_loso
+from .metrics import score_rows, uf1_uar
+from .predictions import prediction_row, read_predictions, write_csv
+from .runs import pin_run, same_run, versions
 from .recipes import Profile
 
 
@@ -75,11 +75,11 @@ def run_inner(data: FlowSet, profile: Profile, out: Path, device, seed: int, dea
     n_seeds = profile.recipe.seeds
     held_out = group_clips(groups, fold_of)
     train_mask = ~torch.from_numpy(held_out).to(device).repeat_interleave(n_seeds, dim=0)
-    members, params, _ = train_members(data, train_mask, profile, out, device, seed, progress,
-                                       save_every_s=save_every_s, precision=precision)
+    members, params, _ = train_members(data, train_mask, profile,
+                                       RunSetup(out, device, seed, precision, save_every_s, progress))
     per_group = [np.flatnonzero(h) for h in held_out]
     test_idx = padded_index(per_group, device)
-    probs = _predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds,
+    probs = predict(members, params, torch.from_numpy(data.x).to(device), test_idx, n_seeds,
                      profile.recipe.tta_flip).cpu().numpy()
     per_deal = len(deals[0])
     rows = []
@@ -135,7 +135,8 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
     subjects, _ = loso_folds(data)
     deals = deal_groups(len(subjects), holdout, repeats, seed)
     pin_run(out, {"data": str(data.root.resolve()), "seed": seed, "folds": subjects,
-                  "profile": {"nested selection": {n: p.to_dict() for n, p in candidates}, "holdout": holdout, "repeats": repeats}})
+                  "profile": {"nested selection": {n: p.to_dict() for n, p in candidates}, "holdout": holdout,
+                              "repeats": repeats}})
     inner, inner_all, outer, outer_dirs = {}, {}, {}, {}
     for name, prof in candidates:
         outer_dirs[name], rows = _outer_run(data, prof, out / f"outer-{name}", device, seed, list(reuse), progress,
@@ -143,7 +144,8 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
         outer[name] = rows
         if progress:
             progress.console.print(f"{name}: LOSO run {outer_dirs[name]}; inner models in {out / f'inner-{name}'}")
-        inner_rows = run_inner(data, prof, out / f"inner-{name}", device, seed, deals, progress, save_every_s, precision)
+        inner_rows = run_inner(data, prof, out / f"inner-{name}", device, seed, deals, progress, save_every_s,
+                               precision)
         inner[name] = inner_scores(inner_rows, subjects)
         inner_all[name] = uf1_uar(np.array([r["label"] for r in inner_rows]), np.array([r["pred"] for r in inner_rows]))
 
@@ -160,7 +162,7 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
     write_csv(out / "predictions.csv", rows)
     results = score_rows(rows)
     results.update(
-        protocol=(f"nested selection: per LOSO fold, the candidate with the best pooled UF1 on held-out training "
+        protocol=("nested selection: per LOSO fold, the candidate with the best pooled UF1 on held-out training "
                   f"subjects ({repeats} deal(s) into groups of about {holdout}, models that never saw the fold's "
                   "test subject); the fold's clips predicted by that candidate's LOSO model"),
         seed=seed,
@@ -170,7 +172,7 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
                         "inner_pooled_full": inner_all[n]} for n, p in candidates},
         # The same procedure with no subject held out: the recipe to fit the shipped model with.
         choice_for_fit=best(lambda n: inner_all[n]["uf1"]),
-        versions=_versions(),
+        versions=versions(),
     )
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot_choices(results, out / "choices.png")

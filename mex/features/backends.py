@@ -6,14 +6,14 @@ same parameters (`TVL1Params`, OpenCV's defaults). Choose one by name with `get_
 
 - "cpu": OpenCV contrib `cv2.optflow.DualTVL1OpticalFlow`, one pair at a time; the reference.
 - "numba": `tvl1_numba.TVL1Numba`, the same algorithm on the CPU with OpenCV's own resize, remap and
-  median, and the inner iterations compiled by numba as two fused loops: about 9x faster than "cpu"
-  at the live crop size, features within 0.98 correlation of it (tests/test_features.py).
+  median, and the inner iterations compiled by numba as two fused loops: faster than "cpu" at the live
+  crop size (benchmarks/results/cpu2-x86_64/flow.md), features within 0.98 correlation of it (tests/test_features.py).
 - "opencv-cuda": `cv2.cuda_OpticalFlowDual_TVL1`, only where OpenCV was built with CUDA (PyPI wheels
   never are). Its CUDA implementation has no median filtering and a single iteration count
   (inner x outer), so it is the same algorithm but not bit-for-bit the CPU one.
 - "torch": `tvl1_torch.TVL1`, batched, on CUDA when there is one, else on the CPU (slow; for tests).
   On CUDA with Triton installed: one Triton launch per (pyramid level, warp) (tvl1_triton.py) and the
-  whole solve captured as a CUDA graph per batch shape (NOT yet run on a GPU; see docs/features.md).
+  whole solve captured as a CUDA graph per batch shape (docs/results.md, "What has run where").
 - "auto": opencv-cuda, else torch on CUDA, else numba, else cpu.
 
 cv2, numba and torch are imported lazily: the GPU image has torch + numpy and may have OpenCV without
@@ -99,7 +99,8 @@ class OpenCVFlow(FlowBackend):
 
 def _numba_reason() -> str | None:
     """None when the numba backend can run here, else why not (nothing is imported to find out)."""
-    missing = [name for name, module in (("numba", "numba"), ("OpenCV", "cv2")) if importlib.util.find_spec(module) is None]
+    needed = (("numba", "numba"), ("OpenCV", "cv2"))
+    missing = [name for name, module in needed if importlib.util.find_spec(module) is None]
     return f"{' and '.join(missing)} not installed" if missing else None
 
 
@@ -111,7 +112,8 @@ class NumbaFlow(FlowBackend):
     def __init__(self, params: TVL1Params = DEFAULT_PARAMS):
         reason = _numba_reason()
         if reason:
-            raise BackendUnavailable(f"flow backend 'numba' is unavailable: {reason} (pip install numba opencv-contrib-python)")
+            raise BackendUnavailable(f"flow backend 'numba' is unavailable: {reason} (pip install numba "
+                                     "opencv-contrib-python)")
         from .tvl1_numba import TVL1Numba
 
         self.solver = TVL1Numba(params)

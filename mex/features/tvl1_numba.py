@@ -10,8 +10,8 @@ in two numba loops, with the same branches and stopping rule.
 Why: OpenCV runs each inner iteration as six separate passes over a dozen images (estimateV,
 two divergences, estimateU, two forward gradients, estimateDualVariables), each a parallel_for with
 its own overhead; at the live crop size (144 px with padding, about 130 inner iterations per level)
-that is ~0.45 s per pair on one core. Two fused passes per iteration do the same arithmetic in a
-fraction of it (measured in docs/features.md and `mex-bench flow`).
+that overhead is most of the solve. Two fused passes per iteration do the same arithmetic in a
+fraction of the time (measured in docs/features.md and `mex-bench flow`).
 
 numba and cv2 are imported when the first solver is built; the compiled loops are cached on disk
 (numba's cache=True, in __pycache__ next to this file) so later processes skip the compilation.

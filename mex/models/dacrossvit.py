@@ -1,4 +1,5 @@
-"""DA-CrossViT and CrossViT for 3x28x28 optical-flow images (spec.md §1).
+"""DA-CrossViT and CrossViT for 3x28x28 optical-flow images, as the DA-CrossViT paper describes them
+(Ran et al., "Micro-expression recognition based on dual-attention CrossViT", §2-§3; docs/training.md).
 
 Two branches see the same image: La (coarse, primary, wider, M encoders per block) and Sm (fine,
 complementary, narrower, N encoders). In each of K multi-scale blocks both branches run their
@@ -176,7 +177,8 @@ class CrossFusion(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x_i, x_j, cls_only: bool = False):
-        """New x_i (b, n_i, d_i); with cls_only its CLS token alone, (b, d_i) (the last block: the heads read nothing else)."""
+        """New x_i (b, n_i, d_i); with cls_only its CLS token alone, (b, d_i) (the last block: the heads read
+        nothing else)."""
         cls = self.f(x_i[:, 0])
         xp = torch.cat([cls.unsqueeze(1), x_j[:, 1:]], dim=1)
         y = self.g(cls + self.drop_path(self.attn(self.norm(xp))))

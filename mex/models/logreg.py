@@ -1,8 +1,8 @@
 """Logistic regression on the raw 3x28x28 feature pixels: the floor a deep model has to clear.
 
-spec.md reports 0.719 / 0.729 Full UF1 / UAR for it under the honest protocol; this family puts the
-floor through the same LOSO harness, metrics and reports as the other models, so the comparison is
-like for like (profile `logreg` in train/recipes.py).
+The project brief measured 0.719 / 0.729 Full UF1 / UAR for it under the honest protocol (docs/results.md);
+this family puts the floor through the same LOSO harness, metrics and reports as the other models, so
+the comparison is like for like (profile `logreg` in train/recipes.py).
 """
 from __future__ import annotations
 
