@@ -88,7 +88,7 @@ class SpotterConfig:
     max_motion_px: float = 2.0  # intervals during which registration moved the crop further are head motion
     # explaining an interval by where the face moved (Spotter._explain; pixels of the spotting crop)
     min_part_px: float = 0.5  # a part moving less than this explains nothing
-    head_share: float = 0.45  # the median part moved at least this share of the most-moving one: the head moved
+    head_share: float = 0.35  # the nose or the median part moved this share of the most-moving one: the head moved
     eye_dominance: float = 1.5  # an eye moving this many times more than brows, lip corners and jaw: eyes alone
     jaw_dominance: float = 1.5  # the jaw dropping this many times more than the lip corners move: speech
     history_s: float = 6.0  # how much signal `signal_history()` keeps
@@ -371,8 +371,9 @@ class Spotter:
         """Why an interval is not a micro-expression, from where the face moved between the reference
         (before the interval) and the apex (`motion_parts`); None: nothing rules it out.
 
-        - head: most parts moved, about as much as the one that moved most (a turn or a nod in depth
-          moves the whole face against the registration; an action moves one or two parts);
+        - head: the nose (rigid) and most parts moved by `min_part_px` or more, and either of them
+          `head_share` as much as the part that moved most (a turn or a nod in depth moves the whole
+          face against the registration, nose included; an action moves one or two parts);
         - blink / gaze: an eye moved `eye_dominance` times more than brows, lip corners and jaw, its
           upper lid (with the iris) down (a blink, full or partial, or a downward glance), sideways, or
           up as much as its lower lid (a glance up; a lid tightener moves the lower lid alone);
@@ -385,7 +386,8 @@ class Spotter:
         top = max(mag.values())
         if top < c.min_part_px:
             return None, detail
-        if sorted(mag.values())[len(mag) // 2] >= c.head_share * top:
+        median = sorted(mag.values())[len(mag) // 2]
+        if min(median, mag["nose"]) >= c.min_part_px and max(median, mag["nose"]) >= c.head_share * top:
             return "head", detail
         eye = max("lr", key=lambda e: mag[f"lid_{e}"] + mag[f"low_{e}"])
         (lx, ly), eyes = parts[f"lid_{eye}"], max(mag[f"lid_{eye}"], mag[f"low_{eye}"])
