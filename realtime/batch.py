@@ -57,7 +57,7 @@ def write_summary(path: Path, rows: dict[str, dict]) -> None:
     tmp.replace(path)
 
 
-def run_batch(args, engine, console) -> int:
+def run_batch(args, runtime, console) -> int:
     """Returns the number of inputs that failed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -88,7 +88,7 @@ def run_batch(args, engine, console) -> int:
                 source = recording(path, args.fps)
                 events = ListSink()
                 log = EventLog(out / f"{name}.events.jsonl")
-                pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker,
+                pipe = make_pipeline(source, runtime, flow=args.flow, tracker_backend=args.tracker,
                                      event_sinks=[events, log], queue_size=args.queue_size,
                                      max_frames=args.max_frames, segmented=args.segmented)
                 try:

@@ -21,6 +21,8 @@ from pathlib import Path
 from mex import version_line
 from mex.features.backends import BACKENDS as FLOW_BACKENDS
 
+from .runtimes import RUNTIMES
+
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT = 0, 1, 2
 
 
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--seed", type=int, default=0, help="demo clip seed (default 0)")
     m = p.add_argument_group("recognition")
     m.add_argument("--model", metavar="PATH", help="exported model (.onnx, or .engine for TensorRT); default: the shipped mex/assets/default.onnx")
-    m.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"], help="inference engine (default auto)")
+    m.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES], help="inference runtime (default auto: by the --model suffix)")
     m.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS], help="optical-flow backend (default auto)")
     m.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"], help="face tracker (default auto: mediapipe face mesh, else the Haar cascade)")
     o = p.add_argument_group("output")
@@ -91,21 +93,21 @@ def check_outputs(args) -> None:
         seen[target] = flag
 
 
-def load_engine_for(args):
+def load_runtime_for(args):
     from mex.artifact import ArtifactError
 
-    from .engines import load_engine
+    from .runtimes import load_runtime
 
     if args.model is not None and not Path(args.model).is_file():
         raise CliError(f"--model {args.model}: file does not exist")
     try:
-        return load_engine(args.model, kind=args.engine)
+        return load_runtime(args.model, kind=args.runtime)
     except ArtifactError as e:
         raise CliError(f"--model: {e}") from None
     except FileNotFoundError as e:
         raise CliError(f"--model: {e}" + ("" if args.model else " (or pass --model PATH)")) from None
     except (ImportError, RuntimeError, ValueError, OSError) as e:
-        raise CliError(f"--engine {args.engine}: cannot load the model ({type(e).__name__}: {e})") from None
+        raise CliError(f"--runtime {args.runtime}: cannot load the model ({type(e).__name__}: {e})") from None
 
 
 def is_stream(video: str | None) -> bool:
@@ -129,7 +131,7 @@ def open_source(args):
         raise CliError(str(e)) from None
 
 
-def warm_up(engine, flow: str, encode=None) -> None:
+def warm_up(runtime, flow: str, encode=None) -> None:
     """One encode + inference on blank crops: validates --flow, and the first event is not slowed
     by lazy initialisation."""
     import numpy as np
@@ -145,13 +147,13 @@ def warm_up(engine, flow: str, encode=None) -> None:
     except (ValueError, RuntimeError, ImportError) as e:
         raise CliError(f"--flow {flow}: {e}") from None
     for probe in (x, np.zeros_like(x), np.full_like(x, 0.5)):
-        p = np.asarray(engine.probs(probe), np.float64)
+        p = np.asarray(runtime.probs(probe), np.float64)
         if not (np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1.0, atol=1e-3) and (p >= 0).all()):
-            raise CliError(f"--model {getattr(engine, 'path', None) or 'the model'}: its outputs are not probabilities "
+            raise CliError(f"--model {runtime.path}: its outputs are not probabilities "
                            f"(got {np.array2string(p[0], precision=3)}): NaN or broken weights; re-export it")
 
 
-def make_pipeline(source, engine, flow="auto", tracker_backend="auto", event_sinks=(), frame_sinks=(),
+def make_pipeline(source, runtime, flow="auto", tracker_backend="auto", event_sinks=(), frame_sinks=(),
                   queue_size=8, want_display=False, max_frames=None, segmented=False):
     from .pipeline import Pipeline, Recognizer
     from .spotting import ClipSpotter, Spotter
@@ -159,7 +161,7 @@ def make_pipeline(source, engine, flow="auto", tracker_backend="auto", event_sin
 
     tracker = FaceTracker(backend=tracker_backend)
     spotter = (ClipSpotter if segmented else Spotter)(source.fps)
-    recognizer = Recognizer(engine, flow=flow, fps=source.fps)
+    recognizer = Recognizer(runtime, flow=flow, fps=source.fps)
     return Pipeline(source, tracker, spotter, recognizer, event_sinks=event_sinks, frame_sinks=frame_sinks,
                     queue_size=queue_size, want_display=want_display, max_frames=max_frames)
 
@@ -294,9 +296,9 @@ def _batch(args) -> int:
                        "--events, --record and --summary are for a single input")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise CliError(f"--out {args.out}: is a file; give a folder")
-    engine = load_engine_for(args)
-    warm_up(engine, args.flow)
-    failed = run_batch(args, engine, Console(stderr=False))
+    runtime = load_runtime_for(args)
+    warm_up(runtime, args.flow)
+    failed = run_batch(args, runtime, Console(stderr=False))
     return EXIT_RUNTIME if failed else EXIT_OK
 
 
@@ -336,8 +338,8 @@ def _run(args) -> int:
     t0 = time.monotonic()
     source = open_source(args)  # first: a bad file or camera index is reported at once
     try:
-        engine = load_engine_for(args)
-        warm_up(engine, args.flow)
+        runtime = load_runtime_for(args)
+        warm_up(runtime, args.flow)
     except BaseException:
         source.close()
         raise
@@ -371,14 +373,14 @@ def _run(args) -> int:
         if sys.stdout.isatty():
             from .overlay import TerminalOverlay
 
-            terminal = TerminalOverlay(title=f"mex-live  {source.name}  engine {getattr(engine, 'name', '?')}")
+            terminal = TerminalOverlay(title=f"mex-live  {source.name}  runtime {runtime.name}")
     for n in notes:
         print(f"mex-live: {n}", file=sys.stderr)
     if terminal is None:
         event_sinks.append(PrintSink(sys.stdout))
 
     try:
-        pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker, event_sinks=event_sinks,
+        pipe = make_pipeline(source, runtime, flow=args.flow, tracker_backend=args.tracker, event_sinks=event_sinks,
                              frame_sinks=frame_sinks, queue_size=args.queue_size,
                              want_display=window is not None or terminal is not None, max_frames=args.max_frames,
                              segmented=args.segmented)
@@ -386,7 +388,7 @@ def _run(args) -> int:
         source.close()
         raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None
     if terminal is None:
-        print(f"mex-live: {source.describe()}, engine {getattr(engine, 'name', '?')}, flow {args.flow}, "
+        print(f"mex-live: {source.describe()}, runtime {runtime.name}, flow {args.flow}, "
               f"ready in {time.monotonic() - t0:.1f} s", flush=True)
 
     last_state = [source.state]

@@ -2,7 +2,7 @@ r"""The live pipeline: threads connected by bounded queues.
 
 ```
 capture thread     tracking thread     spotting thread    recognizer thread           frame-sink thread
-Source.frames() --> Tracker.track --> Spotter.push --> features + engine --> event sinks (JSONL, overlay state)
+Source.frames() --> Tracker.track --> Spotter.push --> features + runtime --> event sinks (JSONL, overlay state)
                 q_frames          q_faces        q_candidates    \--> q_display --> recorder
 ```
 
@@ -214,13 +214,13 @@ class FrameSink:
 class Recognizer:
     """Candidate -> Event: the onset and apex recognition crops (realtime/framing.py: training framing,
     one transform, apex registered onto onset), features through the one feature path
-    (mex.features.encode), then the engine."""
+    (mex.features.encode), then the runtime."""
 
-    def __init__(self, engine, flow: str = "auto", encode: Callable | None = None, fps: float = 30.0,
+    def __init__(self, runtime, flow: str = "auto", encode: Callable | None = None, fps: float = 30.0,
                  classes: Sequence[str] = CLASSES):
         """`encode(onset, apex, flow=)` per pair of crops; by default the whole batch goes through
         mex.features.encode_batch (the same path as mex.features.encode, one flow call per batch)."""
-        self.engine = engine
+        self.runtime = runtime
         self.flow = flow
         self.encode = encode
         self.fps = fps
@@ -282,7 +282,7 @@ class Recognizer:
             return []
         cands, x = [c for c, _ in kept], np.stack([r for _, r in kept])
         t1 = time.perf_counter()
-        p = np.asarray(self.engine.probs(x), dtype=np.float64)
+        p = np.asarray(self.runtime.probs(x), dtype=np.float64)
         t2 = time.perf_counter()
         now = time.monotonic()
         if stats is not None:  # per candidate: a batch's time shared out, one sample per candidate
@@ -409,7 +409,7 @@ class Pipeline:
         self.event_sinks = list(event_sinks)
         self.frame_sinks = list(frame_sinks)
         self.want_display = want_display or bool(self.frame_sinks)
-        # a file is recognised one candidate at a time: an engine may round differently at another
+        # a file is recognised one candidate at a time: a runtime may round differently at another
         # batch size, and how many candidates wait together depends on timing (determinism first)
         self.batch_max = batch_max if getattr(source, "live", False) else 1
         self.max_frames = max_frames

@@ -272,7 +272,7 @@ def test_sigint_is_a_clean_stop_with_the_event_log_flushed(work):
 
 @needs_tracker
 def test_demo_runs_end_to_end_and_reports_planted_events(capsys):
-    from realtime.engines import DEFAULT_MODEL
+    from realtime.runtimes import DEFAULT_MODEL
 
     assert DEFAULT_MODEL.is_file(), "the default model must ship with the repository"
     rc = cli.main(["--demo", "--no-display"])  # the Quickstart command, in-process to save an interpreter start
