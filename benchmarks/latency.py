@@ -137,8 +137,9 @@ def recognizer_only(args) -> int:
     from mex.features.synthetic import synthetic_pairs
     from realtime.cli import warm_up
     from realtime.framing import cut_patch
+    from realtime.channels import RingStats
     from realtime.packets import Candidate, FaceFrame, Frame
-    from realtime.pipeline import Recognizer, RingStats
+    from realtime.recognizer import Recognizer
     from realtime.runtimes import load_runtime
 
     env = environment()
@@ -157,7 +158,7 @@ def recognizer_only(args) -> int:
                           patch=cut_patch(pair.onset, np.eye(2, 3)))
         apex = FaceFrame(Frame(2 * k + 1, time.monotonic(), 0.0, blank), "face", crop=pair.apex,
                          patch=cut_patch(pair.apex, np.eye(2, 3)))
-        cand = Candidate(onset, apex, None, np.zeros(1, np.float32), t_apex_confirmed=time.monotonic())
+        cand = Candidate(onset, apex, None, None, np.zeros(1, np.float32), t_apex_confirmed=time.monotonic())
         (event,) = recognizer([cand], stages)
         stages.add("confirm", event.confirm_ms)
     summary = {k: {m: round(v, 3) for m, v in d.items()} for k, d in stages.summary().items()}
@@ -194,6 +195,7 @@ def run(args) -> int:
     if args.recognizer_only:
         return recognizer_only(args)
     from realtime.cli import make_pipeline, match_events, planted_events, warm_up
+    from realtime.pipeline import PipelineConfig
     from realtime.runtimes import load_runtime
     from realtime.sinks import ListSink
     from realtime.sources import VideoSource
@@ -226,8 +228,8 @@ def run(args) -> int:
 
         source = VideoSource(clip, loop_frames=frames, realtime=args.realtime)
         keep = ListSink()
-        pipe = make_pipeline(source, runtime, flow=args.flow, tracker_backend=args.tracker, event_sinks=[keep],
-                             queue_size=args.queue_size)
+        pipe = make_pipeline(source, runtime, args.flow, args.tracker, event_sinks=[keep],
+                             config=PipelineConfig(queue_size=args.queue_size))
         rss: list[tuple[float, int, float]] = []
         stop = threading.Event()
 
@@ -254,9 +256,6 @@ def run(args) -> int:
         if sampler:
             sampler.join()
         rss_after = _rss_mb()
-        close = getattr(pipe.tracker, "close", None)
-        if close:
-            close()
         dec_after, _ = _decode_only(clip, frames)
     if summary["error"]:
         print(f"pipeline failed: {summary['error']}")
