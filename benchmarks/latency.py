@@ -12,8 +12,8 @@ Measured in one run, on one machine:
   met by any scheduling of the same work.
 
 `--realtime` plays the clip at its own frame rate, as a camera delivers frames (writes
-latency-realtime.*): the pipeline then computes features speculatively while the spotter waits to
-confirm an apex (realtime/pipeline.py), which is what a webcam user gets; throughput targets do not
+latency-realtime.*): the recognizer then encodes features ahead (prefetch) while the spotter waits to
+confirm an apex (realtime/recognizer.py), which is what a webcam user gets; throughput targets do not
 apply (the clip sets the pace), confirm -> label does.
 
 `--frames N` longer than the clip loops the file and samples the process RSS once a second

@@ -51,7 +51,7 @@ class PipelineConfig:
     queue_size: int = 8  # frames buffered between two stages
     display: bool = False  # keep the newest face frame and the spotter's signal for an overlay
     batch_max: int = 16  # candidates recognised together when several wait (a live source only)
-    candidate_queue: int = 64
+    candidate_queue: int = 64  # candidates waiting for recognition (never dropped)
     stats_capacity: int = 65536  # samples kept per stage
     keep_events: int = 10000  # the last events kept in memory (`Pipeline.events`)
     max_frames: int | None = None  # stop reading after this many frames
