@@ -1,10 +1,11 @@
 """What flows between the live pipeline's stages. Each stage stamps its time on the packet.
 
-Source --Frame--> Tracker --FaceFrame--> Spotter --Candidate--> Recognizer --Event--> Sinks
+Source --Frame--> Tracker --FaceFrame--> Spotter --Candidate--> Recognizer --Event--> event sinks
+                                                  FaceFrame + DisplayState --> frame sinks, overlays
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,15 +30,29 @@ class FaceFrame:
     crop: np.ndarray | None = None  # eye-aligned gray uint8 crop for spotting (canonical size), None without a face
     patch: FacePatch | None = None  # what recognition cuts its crops from (training framing), None without a face
 
+    def without_image(self) -> FaceFrame:
+        """The same face frame without the frame's picture (the stage times stay shared): what a stage that
+        keeps face frames for a while holds, so memory does not grow with the frame size."""
+        return replace(self, frame=replace(self.frame, image=None))
+
 
 @dataclass
 class Candidate:
     onset: FaceFrame
     apex: FaceFrame
     offset_index: int | None  # frame index where motion returned to baseline, None if not seen yet
+    offset_s: float | None  # that frame's t_video, None with offset_index
     signal: np.ndarray  # motion signal over the window around onset..apex (for display)
     t_apex_confirmed: float  # monotonic time when the spotter decided this apex
     region: str | None = None  # face region that moved most at the apex: "brows" | "eyes" | "mouth"
+
+    @property
+    def onset_s(self) -> float:
+        return self.onset.frame.t_video
+
+    @property
+    def apex_s(self) -> float:
+        return self.apex.frame.t_video
 
 
 @dataclass
@@ -70,3 +85,17 @@ class Event:
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class DisplayState:
+    """What overlays and frame sinks draw: the pipeline's state as of one face frame."""
+
+    face: FaceFrame | None = None
+    signal: np.ndarray | None = None  # the spotter's motion signal, oldest first
+    regions: dict[str, float] | None = None  # the spotter's motion per face region
+    events: tuple[Event, ...] = ()  # the last few
+    fps: float = 0.0
+    source_state: str = "starting"
+    counters: dict | None = None
+    stage_ms: dict | None = None

@@ -11,8 +11,8 @@ import numpy as np
 
 from mex.labels import CLASSES
 
-from .packets import Event, FaceFrame
-from .pipeline import DisplayState, EventSink, FrameSink
+from .packets import DisplayState, Event, FaceFrame
+from .stages import EventSink, FrameSink
 
 
 class SinkError(RuntimeError):

@@ -364,7 +364,7 @@ class Spotter:
             return []
         lo = onset - self.lag
         signal = np.array([s for j, s, _ in history if lo <= j <= offset + self.quiet], np.float32)
-        return [Candidate(onset=faces[onset], apex=faces[apex], offset_index=offset, signal=signal,
+        return [Candidate(onset=faces[onset], apex=faces[apex], offset_index=offset, offset_s=faces[offset].frame.t_video, signal=signal,
                           t_apex_confirmed=time.monotonic(), region=self.names[region].split("_")[0])]
 
     def _explain(self, ref: FaceFrame, apex: FaceFrame) -> tuple[str | None, dict[str, float]]:
@@ -563,5 +563,5 @@ class ClipSpotter(Spotter):
         returned = path_score.max() >= self.return_frac * onset_score[-1]
         score, region = (path_score, path_region) if returned else (onset_score, onset_region)
         q = 1 + int(np.argmax(score[1:]))  # the onset is not its own apex
-        return [Candidate(onset=onset, apex=frames[q][0], offset_index=end.frame.index, signal=score.astype(np.float32),
+        return [Candidate(onset=onset, apex=frames[q][0], offset_index=end.frame.index, offset_s=end.frame.t_video, signal=score.astype(np.float32),
                           t_apex_confirmed=time.monotonic(), region=self.names[region[q]].split("_")[0])]
