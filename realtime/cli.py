@@ -60,11 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--record", metavar="OUT.mp4", help="write the annotated video")
     o.add_argument("--events", metavar="OUT.jsonl", help="write one JSON object per detected micro-expression")
+    o.add_argument("--rejections", metavar="OUT.jsonl",
+                   help="write one JSON object per movement the spotter saw and did not report, with the reason "
+                        "(blink, gaze, speech, head, long) and the measurements it rests on")
     o.add_argument("--out", metavar="DIR", help="--batch: the folder for the events files and summary.csv")
     o.add_argument("--summary", metavar="OUT.json", help="write the run's summary as JSON (frames, drops, faces, "
                    "events, stage latencies, warnings)")
     o.add_argument("--verbose", action="store_true", help="also show mediapipe's and TensorFlow Lite's own log lines")
-    o.add_argument("--force", action="store_true", help="let --events / --record replace an existing file (never an input)")
+    o.add_argument("--force", action="store_true",
+                   help="let --events / --rejections / --record / --summary replace an existing file (never an input)")
     o.add_argument("--display", default="auto", choices=DISPLAYS,
                    help="what shows the run: window (the OpenCV window overlay, where a display is usable; else as "
                         "auto), terminal (the rich overlay), none (one line per event, then the summary); default auto: "
@@ -76,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------------- building
 def check_outputs(args) -> None:
-    """--events, --record and --summary never write over an input or each other, and replace an existing
-    file only with --force: a mistyped output must not cost the user a recording."""
+    """--events, --rejections, --record and --summary never write over an input or each other, and replace
+    an existing file only with --force: a mistyped output must not cost the user a recording."""
     inputs = {Path(p).resolve() for p in (args.video, args.model) if p is not None}
     seen = {}
-    for flag, path in (("--events", args.events), ("--record", args.record), ("--summary", args.summary)):
+    for flag, path in (("--events", args.events), ("--rejections", args.rejections), ("--record", args.record),
+                       ("--summary", args.summary)):
         if path is None:
             continue
         target = Path(path).resolve()
@@ -156,7 +161,7 @@ def warm_up(runtime, flow: str) -> None:
 
 
 def make_pipeline(source, runtime, flow: str = "auto", tracker_backend: str = "auto", segmented: bool = False,
-                  event_sinks=(), frame_sinks=(), config=None):
+                  event_sinks=(), frame_sinks=(), config=None, rejection_sinks=()):
     """The live pipeline on `source`; it owns the source from here on (its run closes it)."""
     from .pipeline import Pipeline
     from .recognizer import Recognizer
@@ -165,7 +170,8 @@ def make_pipeline(source, runtime, flow: str = "auto", tracker_backend: str = "a
 
     tracker = FaceTracker(backend=tracker_backend)
     spotter = (ClipSpotter if segmented else Spotter)(source.fps)
-    return Pipeline(source, tracker, spotter, Recognizer(runtime, flow=flow), event_sinks, frame_sinks, config)
+    return Pipeline(source, tracker, spotter, Recognizer(runtime, flow=flow), event_sinks, frame_sinks, config,
+                    rejection_sinks)
 
 
 # --------------------------------------------------------------------------------------- demo truth
@@ -236,6 +242,9 @@ def print_summary(out, summary: dict, source, events) -> None:
     skipped = summary.get("skipped_candidates", 0)
     w(f"  events      {summary['events']} found ({summary['candidates']} candidates"
       + (f", {skipped} could not be encoded" if skipped else "") + ")\n")
+    if summary.get("rejected"):
+        w(f"  not micro   {', '.join(f'{n} {k}' for k, n in summary['rejected'].items())} "
+          "(movements seen and not reported; --rejections writes each with its reason)\n")
     if source.truth is not None:
         # a run cut short (--max-frames, Ctrl-C) is scored on the planted events it got to see
         planted = [p for p in planted_events(source.truth) if p["offset"] < summary["frames_read"]]
@@ -374,7 +383,7 @@ def check_shared_flags(args) -> None:
 def check_single_input(args) -> None:
     """The flags of a run on one input (not --batch)."""
     if args.out is not None:
-        raise CliError("--out goes with --batch; a single input writes --events, --record, --summary")
+        raise CliError("--out goes with --batch; a single input writes --events, --rejections, --record, --summary")
     if args.camera is not None and args.camera < 0:
         raise CliError(f"--camera {args.camera}: a camera index is 0 or more")
     if args.camera is not None and args.realtime:
@@ -397,9 +406,9 @@ def _batch(args) -> int:
         raise CliError("--batch needs --out DIR (events files and summary.csv)")
     if not Path(args.batch).exists():
         raise CliError(f"--batch {args.batch}: no such file or folder")
-    if any(v is not None for v in (args.events, args.record, args.summary)):
+    if any(v is not None for v in (args.events, args.rejections, args.record, args.summary)):
         raise CliError("--batch writes one events file per input and summary.csv into --out; "
-                       "--events, --record and --summary are for a single input")
+                       "--events, --rejections, --record and --summary are for a single input")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise CliError(f"--out {args.out}: is a file; give a folder")
     runtime = load_runtime_for(args)
@@ -409,21 +418,24 @@ def _batch(args) -> int:
 
 
 def open_sinks(args, source, display: str):
-    """(the demo's events, event sinks, frame sinks) for the demo, --events, --record and --display."""
+    """(the demo's events, event sinks, frame sinks, rejection sinks) for the demo, --events, --record,
+    --rejections and --display."""
     from .sinks import EventLog, ListSink, PrintSink, SinkError, VideoRecorder
 
     keep = ListSink()  # every event, for the demo's comparison with the planted ones (a short clip)
-    event_sinks, frame_sinks = [keep] if source.truth is not None else [], []
+    event_sinks, frame_sinks, rejection_sinks = [keep] if source.truth is not None else [], [], []
     try:
         if args.events:
             event_sinks.append(EventLog(args.events))
+        if args.rejections:
+            rejection_sinks.append(EventLog(args.rejections, flag="--rejections"))
         if args.record:
             frame_sinks.append(VideoRecorder(args.record, source.fps))
     except SinkError as e:
         raise CliError(str(e)) from None
     if display != "terminal":
         event_sinks.append(PrintSink(sys.stdout))
-    return keep, event_sinks, frame_sinks
+    return keep, event_sinks, frame_sinks, rejection_sinks
 
 
 def _run(args) -> int:
@@ -444,10 +456,11 @@ def _run(args) -> int:
         runtime = load_runtime_for(args)
         warm_up(runtime, args.flow)
         display = display_choice(args.display)
-        keep, event_sinks, frame_sinks = open_sinks(args, source, display)
+        keep, event_sinks, frame_sinks, rejection_sinks = open_sinks(args, source, display)
         config = PipelineConfig(queue_size=args.queue_size, display=display != "none", max_frames=args.max_frames)
         try:
-            pipe = make_pipeline(source, runtime, args.flow, args.tracker, args.segmented, event_sinks, frame_sinks, config)
+            pipe = make_pipeline(source, runtime, args.flow, args.tracker, args.segmented, event_sinks, frame_sinks,
+                                 config, rejection_sinks)
         except (ImportError, RuntimeError, ValueError) as e:
             raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None
     except BaseException:
@@ -476,6 +489,8 @@ def report(args, pipe, summary: dict, keep) -> int:
         print(f"  summary     {args.summary}")
     if args.events:
         print(f"  events log  {args.events}")
+    if args.rejections:
+        print(f"  rejections  {args.rejections}")
     if args.record:
         print(f"  recording   {args.record}")
     if pipe.failure is not None:

@@ -57,17 +57,21 @@ class Candidate:
 
 @dataclass
 class Rejection:
-    """An interval the spotter saw and did not report, and why (for the event log's debug stream)."""
+    """An interval the spotter saw and did not report, and why (the `--rejections` debug stream)."""
     onset_index: int
     apex_index: int
     offset_index: int
+    onset_s: float  # seconds into the stream, as the frames' t_video
+    apex_s: float
+    offset_s: float
     reason: str  # a key of realtime.spotting.REJECTIONS
     region: str | None = None  # the face region that moved most
     detail: dict[str, float] = field(default_factory=dict)  # the measurements the reason rests on
 
     def to_json(self) -> dict:
-        return {"onset_frame": self.onset_index, "apex_frame": self.apex_index, "offset_frame": self.offset_index,
-                "reason": self.reason, "region": self.region, "detail": self.detail}
+        return {"rejected": self.reason, "onset_frame": self.onset_index, "apex_frame": self.apex_index,
+                "offset_frame": self.offset_index, "onset_s": self.onset_s, "apex_s": self.apex_s,
+                "offset_s": self.offset_s, "region": self.region, "detail": self.detail}
 
 
 @dataclass

@@ -80,7 +80,8 @@ class Pipeline:
 
     def __init__(self, source: stages.Source, tracker: stages.Tracker, spotter: stages.Spotter,
                  recognizer: stages.Recognizer, event_sinks: Sequence[stages.EventSink] = (),
-                 frame_sinks: Sequence[stages.FrameSink] = (), config: PipelineConfig | None = None):
+                 frame_sinks: Sequence[stages.FrameSink] = (), config: PipelineConfig | None = None,
+                 rejection_sinks: Sequence[stages.RejectionSink] = ()):
         cfg = self.config = config or PipelineConfig()
         self.source = source
         self.tracker = tracker
@@ -88,6 +89,8 @@ class Pipeline:
         self.recognizer = recognizer
         self.event_sinks = list(event_sinks)
         self.frame_sinks = list(frame_sinks)
+        self.rejection_sinks = list(rejection_sinks)
+        self.rejected: dict[str, int] = {}  # intervals the spotter did not report, per reason
         self.live = source.live
         self.display = cfg.display or bool(self.frame_sinks)
         # a file is recognised one candidate at a time: a runtime may round differently at another
@@ -175,7 +178,8 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
-        for name, closer in [*(("sinks", s.close) for s in [*self.event_sinks, *self.frame_sinks]),
+        for name, closer in [*(("sinks", s.close) for s in [*self.event_sinks, *self.frame_sinks,
+                                                             *self.rejection_sinks]),
                              ("recognizer", self.recognizer.close), ("tracking", self.tracker.close),
                              ("capture", self.source.close)]:
             try:
@@ -255,6 +259,7 @@ class Pipeline:
                 # the spotter keeps face frames for a while, and candidates carry them: without the picture
                 cands = self.spotter.push(ff.without_image())  # the spotter stamps its own stage time
                 t_spotted = time.monotonic()
+                self._take_rejections()
                 if self.prefetch and not cands:
                     pair = self.spotter.provisional()
                     # offered once the peak has held for a frame: while the motion still rises every
@@ -278,9 +283,16 @@ class Pipeline:
             for c in self.spotter.flush():
                 self.n_candidates += 1
                 self._candidates.put(c)
+            self._take_rejections()
         finally:
             self._candidates.close()
             self._sink_frames.close()
+
+    def _take_rejections(self) -> None:
+        for r in self.spotter.take_rejections():
+            self.rejected[r.reason] = self.rejected.get(r.reason, 0) + 1
+            for sink in self.rejection_sinks:
+                sink.on_rejection(r)
 
     def _publish(self, ff: FaceFrame) -> None:
         """The newest face frame for overlays; the spotter's signal only when a reader took the last copy
@@ -336,6 +348,7 @@ class Pipeline:
             "speculated": self.recognizer.prefetched,
             "speculation_used": self.recognizer.prefetch_used,
             "events": self.n_events,
+            "rejected": dict(sorted(self.rejected.items())),
             "reconnects": self.source.reconnects,
             "read_failures": self.source.read_failures,
         }

@@ -422,7 +422,9 @@ class Spotter:
         return out
 
     def _reject(self, reason: str, onset: int, apex: int, offset: int, region: int, detail: dict) -> None:
-        self.rejections.append(Rejection(onset, apex, offset, reason, self.names[region].split("_")[0],
+        t = {f.frame.index: f.frame.t_video for f in self.faces}
+        when = [round(t.get(j, j / self.fps), 4) for j in (onset, apex, offset)]
+        self.rejections.append(Rejection(onset, apex, offset, *when, reason, self.names[region].split("_")[0],
                                          {k: round(float(v), 3) for k, v in detail.items()}))
 
     def take_rejections(self) -> list[Rejection]:

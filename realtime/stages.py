@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from .channels import RingStats
-from .packets import Candidate, DisplayState, Event, FaceFrame, Frame
+from .packets import Candidate, DisplayState, Event, FaceFrame, Frame, Rejection
 
 
 class Source(Protocol):
@@ -61,6 +61,9 @@ class Spotter(Protocol):
     def region_motion(self) -> dict[str, float]:
         """The latest frame's motion per face region (a copy)."""
 
+    def take_rejections(self) -> list[Rejection]:
+        """The intervals seen and not reported since the last call, with the reason (oldest first)."""
+
 
 class Recognizer(Protocol):
     skipped: int  # candidates that could not be encoded
@@ -81,6 +84,15 @@ class EventSink(Protocol):
     """Gets every event, in order, on the recognizer thread; `close()` once at the end."""
 
     def on_event(self, event: Event) -> None: ...
+
+    def close(self) -> None:
+        pass
+
+
+class RejectionSink(Protocol):
+    """Gets every interval the spotter rejected, in order, on the spotting thread; `close()` once at the end."""
+
+    def on_rejection(self, rejection: Rejection) -> None: ...
 
     def close(self) -> None:
         pass

@@ -544,3 +544,29 @@ def test_batch_runs_every_recording_records_failures_and_resumes(work, tmp_path,
     assert "3 of 4 inputs ok" in text
     assert cli.main(argv) == 1  # a rerun retries only the failed input
     assert "3 done before, 1 to run" in capsys.readouterr().out.replace("\n", " ")
+
+
+@needs_tracker
+def test_rejections_write_why_each_movement_was_not_reported(work, tmp_path, capsys):
+    from realtime.spotting import REJECTIONS
+
+    spec = synth.ClipSpec(fps=30.0, seconds=6.0, size=(320, 240), face_px=90.0, events=0, partial_blinks=2,
+                          speech=1, contrast=0.5, seed=4)
+    clip = tmp_path / "distractors.mp4"
+    gt = synth.write_clip(clip, spec)
+    rej, summary = tmp_path / "rejections.jsonl", tmp_path / "run.json"
+    assert cli.main(["--video", str(clip), "--model", str(work["model"]), "--rejections", str(rej),
+                     "--summary", str(summary), "--display", "none"]) == 0
+    text = capsys.readouterr().out
+    lines = _events(rej)
+    assert lines, "the blinks and the speech moved the face: the spotter saw them"
+    assert all(r["rejected"] in REJECTIONS and r["onset_frame"] <= r["apex_frame"] <= r["offset_frame"] for r in lines)
+    assert all(any(d["start"] - 3 <= r["offset_frame"] and r["onset_frame"] <= d["end"] + 3 for d in gt["distractors"])
+               for r in lines)
+    counts = json.loads(summary.read_text())["rejected"]
+    assert sum(counts.values()) == len(lines) and json.loads(summary.read_text())["events"] == 0
+    assert "not micro" in text and "--rejections" in text
+    # the debug stream is an output like the others: never over an input, never over a file without --force
+    assert cli.main(["--video", str(clip), "--rejections", str(clip), "--display", "none"]) == 2
+    assert cli.main(["--video", str(clip), "--rejections", str(rej), "--display", "none"]) == 2
+    assert "--rejections" in capsys.readouterr().err

@@ -83,6 +83,9 @@ class FakeSpotter:
     def region_motion(self):
         return {"brows": 0.1, "eyes": 0.2, "mouth": 0.3}
 
+    def take_rejections(self):
+        return []
+
 
 class FakeRuntime:
     name = "fake"
