@@ -46,7 +46,7 @@ class Runtime:
 def softmax(logits: np.ndarray) -> np.ndarray:
     if len(logits) == 1:
         # batch 1, the live case: plain Python floats on the one short row beat five numpy calls
-        # (~15 us of a ~0.5 ms ONNX Runtime call on the 2-core machine); same values to 3e-8
+        # (same values to 3e-8)
         row = logits[0].tolist()
         top = max(row)
         e = [math.exp(v - top) for v in row]
@@ -105,8 +105,8 @@ def first_line(e: Exception) -> str:
 class TensorRTRuntime(Runtime):
     """TensorRT running a serialized engine + its JSON sidecar (PATH.json, written by mex-export --format engine).
 
-    NOT RUN: written against TensorRT's documented Python API (10.x); TensorRT was not installable where
-    this was written. Buffers are torch CUDA tensors, kept per batch size so the live loop allocates nothing.
+    Written against TensorRT's documented Python API (10.x) and not yet run (docs/results.md, "What has
+    run where"). Buffers are torch CUDA tensors, kept per batch size so the live loop allocates nothing.
     """
 
     def __init__(self, path: str | Path):
