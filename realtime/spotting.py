@@ -94,6 +94,7 @@ class SpotterConfig:
     z_floor: float = 1.5  # regional z taken as "no motion" (onset / offset boundaries)
     blink_gray: float = 12.0  # both eyes changing this much (gray levels, largest cell) = a blink
     max_motion_px: float = 2.0  # intervals during which registration moved the crop further are head motion
+    min_gain: float = 0.005  # the light's gain (relative) below which registration leaves the gray levels alone
     # explaining an interval by where the face moved (Spotter._explain; pixels of the spotting crop)
     min_part_px: float = 0.5  # a part moving less than this explains nothing
     head_share: float = 0.35  # the nose or the median part moved this share of the most-moving one: the head moved
@@ -126,7 +127,7 @@ class Spotter:
         self.border = border = n // 16
         self.grid = np.s_[border:n - border:2, border:n - border:2]
         self.grid_n = len(range(border, n - border, 2))
-        self.ridge = 1e-3 * np.eye(5, dtype=np.float32)  # keeps the normal equations solvable on a flat crop
+        self.ridge = 1e-3 * np.eye(4, dtype=np.float32)  # keeps the normal equations solvable on a flat crop
         ys, xs = np.mgrid[0:n, 0:n].astype(np.float32) - np.float32(n / 2)
         self.xc, self.yc = xs[self.grid].ravel(), ys[self.grid].ravel()
         # ring buffers over the span an interval can need: lag before it, the interval, and the quiet tail
@@ -141,6 +142,7 @@ class Spotter:
         self.var = np.zeros(len(REGIONS), np.float32)
         self.seen = 0  # frames with a face since the last reset
         self.frozen: tuple[int, np.ndarray] | None = None  # reference held over an interval
+        self.frozen_face: FaceFrame | None = None  # its face frame
         self.hold_until = -1  # frame index the frozen reference is kept past
         self.open: int | None = None  # frame index where the current interval was triggered
         self.long: list | None = None  # the open interval outlasted max_event_s: [onset, peak index, z, region]
@@ -189,6 +191,8 @@ class Spotter:
         if self.open is None:
             if s >= self.cfg.z_on and i > self.block_until:
                 self.open = i
+                if ref is not self.frozen:  # its face frame, for explaining the interval (it may leave `faces`)
+                    self.frozen_face = next(f for f in reversed(self.faces) if f.frame.index == ref[0])
                 self.frozen = ref
             elif self.frozen is None or i > self.hold_until:
                 self._learn(d)
@@ -234,8 +238,12 @@ class Spotter:
         gain g (cur moved = (1 + g) ref: flicker, a lamp, auto exposure scale the face's gray levels,
         which no registration removes and which would bias it).
 
-        Phase correlation gives the shift, Gauss-Newton (Lucas-Kanade) steps refine shift, rotation,
-        scale and gain, with Huber weights so the few pixels where the face itself moved do not pull the fit."""
+        Phase correlation gives the shift, Gauss-Newton (Lucas-Kanade) steps refine shift, rotation and
+        scale, with Huber weights so the few pixels where the face itself moved do not pull the fit.
+        The gain is the median ratio of the moved crop to ref at each step (the moving brow or lip corner
+        is a few pixels of many, and a least-squares gain would take some of its change for light), and
+        0 when under `min_gain`: a movement of the face's own parts shifts that median by about as much,
+        and light changing less leaves less than the noise."""
         # the shift at half size is close enough for the fit to start from, at a quarter of the cost;
         # windowed copies: cv2.phaseCorrelate multiplies its inputs by the window in place
         (dx, dy), _ = cv2.phaseCorrelate(cv2.pyrDown(ref) * self.window, cv2.pyrDown(cur) * self.window)
@@ -245,12 +253,16 @@ class Spotter:
         g = self.grid
         gx, gy = gx[g].ravel(), gy[g].ravel()
         ref_g = ref[g].ravel()
-        jac = np.stack([gx, gy, gx * self.xc + gy * self.yc, gy * self.xc - gx * self.yc, -ref_g])  # (5, N)
+        lit = ref_g > 32  # the gain from pixels bright enough for a ratio to mean something
+        jac = np.stack([gx, gy, gx * self.xc + gy * self.yc, gy * self.xc - gx * self.yc])  # (4, N)
         for _ in range(self.cfg.lk_steps):
-            r = self._warp(cur, p, on_grid=True).ravel() - (1 + p[4]) * ref_g
+            moved = self._warp(cur, p, on_grid=True).ravel()
+            gain = float(np.median(moved[lit] / ref_g[lit])) - 1.0 if lit.any() else 0.0
+            p[4] = gain if abs(gain) > self.cfg.min_gain else 0.0
+            r = moved - (1 + p[4]) * ref_g
             jw = jac * np.minimum(1.0, self.cfg.huber_gray / (np.abs(r) + 1e-6))
             ok, step = cv2.solve(jw @ jac.T + self.ridge, jw @ r, flags=cv2.DECOMP_CHOLESKY)
-            p -= step.ravel()
+            p[:4] -= step.ravel()
         return p
 
     def _warp(self, img: np.ndarray, p: np.ndarray, on_grid: bool = False) -> np.ndarray:
@@ -300,30 +312,31 @@ class Spotter:
             quiet += 1
         if quiet < self.quiet:
             if i - self.open >= self.max_len:  # too long for a micro-expression: followed to its end, not reported
-                self.long = [self._onset(self.open), *sig[peak]]
+                self.long, self.frozen = [self._onset(self.open), *sig[peak]], None
             return []
         offset = tail[len(tail) - quiet][0]
         return self._close(i, offset)
 
     def _follow_long(self, i: int) -> list[Candidate]:
-        """A movement longer than `max_event_s` ends when the signal has been at the floor for `quiet`
-        frames, or `max_macro_s` after its onset; it is recorded as rejected ("long": the macro-expression
-        intervals of MEGC's long-video benchmark) and nothing opens for `ref_lag_s` after it, while the
-        reference still shows it."""
+        """A movement longer than `max_event_s`, compared from then on with the crop `ref_lag_s` before
+        (not the frozen one: under drift the face would never look like it again). It ends when nothing
+        has changed for `ref_lag_s` (back, or settled in a new pose), or `max_macro_s` after its onset,
+        at the last frame above the floor; it is recorded as rejected ("long": the macro-expression
+        intervals of MEGC's long-video benchmark)."""
         j, s, k = self.signal[-1]
         if s > self.long[2]:
             self.long[1:] = [j, s, k]
-        quiet = 0
+        still = 0
         for _, s, _ in reversed(self.signal):
-            if s > self.cfg.z_floor or quiet == self.quiet:
+            if s > self.cfg.z_floor or still == self.lag:
                 break
-            quiet += 1
+            still += 1
         onset, peak, _, region = self.long
-        if quiet < self.quiet and i - onset < self.max_macro:
+        if still < self.lag and i - onset < self.max_macro:
             return []
-        offset = i - quiet if quiet == self.quiet else i
+        offset = max(peak, i - still)
         self._reject("long", onset, peak, offset, region, {"seconds": (offset - onset) / self.fps})
-        self.open, self.long, self.frozen, self.block_until = None, None, None, i + self.lag
+        self.open, self.long = None, None
         return []
 
     def _onset(self, trigger: int) -> int:
@@ -348,7 +361,7 @@ class Spotter:
         return faces[onset], faces[apex]
 
     def _close(self, i: int, offset: int) -> list[Candidate]:
-        trigger, ref_index = self.open, self.frozen[0]
+        trigger = self.open
         self.open = None
         self.hold_until = i  # keep the pre-interval reference until the interval leaves the lag window
         history = list(self.signal)
@@ -366,7 +379,7 @@ class Spotter:
         elif motion > self.cfg.max_motion_px:  # what registration leaves then is not told from a micro-expression
             reason, detail = "head", {"motion_px": motion}
         else:
-            reason, detail = self._explain(faces.get(ref_index, faces[onset]), faces[apex])
+            reason, detail = self._explain(self.frozen_face, faces[apex])
         if reason is not None:
             self._reject(reason, onset, apex, offset, region, detail)
             return []
