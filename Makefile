@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` and `make test`. Each builds .venv first.
+# Entry points for a fresh machine: `make demo`, `make test` and `make lint`. Each builds .venv first.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-.PHONY: venv demo test xvfb test-numpy2
+.PHONY: venv demo test lint xvfb test-numpy2
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -23,6 +23,9 @@ xvfb:
 
 test: $(VENV)/.installed xvfb
 	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
 
 # The suite against the GPU machine's library versions (numpy 2, OpenCV 5 headless without contrib, no
 # mediapipe), in a venv of its own; what needs the missing parts skips and says why.

@@ -27,7 +27,8 @@ def machine_name() -> str:
 
 def environment() -> dict:
     versions = {}
-    for dist in ("torch", "numpy", "scipy", "onnxruntime", "onnx", "opencv-contrib-python", "opencv-python-headless", "mediapipe"):
+    for dist in ("torch", "numpy", "scipy", "onnxruntime", "onnx", "opencv-contrib-python", "opencv-python-headless",
+                 "mediapipe"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

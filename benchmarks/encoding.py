@@ -41,7 +41,8 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 def compare(prepared, composite, runtime) -> list[dict]:
     """One row per clip present in both FlowSets: correlations per channel, both predictions, the label."""
     where = {(d, s, c): i for i, (d, s, c) in enumerate(zip(composite.dataset, composite.subject, composite.clip))}
-    pairs = [(i, where[key]) for i, key in enumerate(zip(prepared.dataset, prepared.subject, prepared.clip)) if key in where]
+    pairs = [(i, where[key]) for i, key in enumerate(zip(prepared.dataset, prepared.subject, prepared.clip))
+             if key in where]
     if not pairs:
         return []
     ours = prepared.x[[i for i, _ in pairs]]
@@ -68,7 +69,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             v = np.array([r[f"corr_{ch}"] for r in sel], dtype=np.float64)
             v = v[np.isfinite(v)]
             s[f"{ch}_median"], s[f"{ch}_q1"], s[f"{ch}_q3"] = (
-                (float(np.median(v)), float(np.percentile(v, 25)), float(np.percentile(v, 75))) if len(v) else (None,) * 3)
+                (float(np.median(v)), float(np.percentile(v, 25)), float(np.percentile(v, 75)))
+                if len(v) else (None,) * 3)
         s["same_class"] = float(np.mean([r["pred_ours"] == r["pred_composite"] for r in sel]))
         s["label_rate_ours"] = float(np.mean([r["pred_ours"] == r["label"] for r in sel]))
         s["label_rate_composite"] = float(np.mean([r["pred_composite"] == r["label"] for r in sel]))
@@ -78,7 +80,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def _markdown(env: dict, args, n_prepared: int, summary: list[dict], model: str) -> str:
     def cell(s, ch):
-        return "–" if s[f"{ch}_median"] is None else f"{s[f'{ch}_median']:.3f} ({s[f'{ch}_q1']:.2f}–{s[f'{ch}_q3']:.2f})"
+        return ("–" if s[f"{ch}_median"] is None
+                else f"{s[f'{ch}_median']:.3f} ({s[f'{ch}_q1']:.2f}–{s[f'{ch}_q3']:.2f})")
 
     lines = [
         f"# mex-bench encoding on {env['machine']}",
@@ -117,7 +120,8 @@ def run(args) -> int:
     model = str(args.model or "the shipped mex/assets/default.onnx")
     out = results_dir(args.out)
     write_json(out / "encoding.json", {"benchmark": "encoding", "environment": env, "prepared": str(args.prepared),
-                                       "composite": str(args.composite), "model": model, "summary": summary, "clips": rows})
+                                       "composite": str(args.composite), "model": model, "summary": summary,
+                                       "clips": rows})
     md = _markdown(env, args, len(prepared), summary, model)
     (out / "encoding.md").write_text(md)
     print(md)

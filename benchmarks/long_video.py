@@ -46,7 +46,8 @@ PUBLISHED = {
         {"method": "MEGC2020 baseline, MDMD (He et al., arXiv:1912.11985)", "micro": 0.0082, "macro": 0.1196,
          "all": 0.0376},
         {"method": "best reported micro F1, about (Zhao et al., Rethinking Optical Flow Methods for Micro-Expression "
-                   "Spotting, ACM MM 2022; their repository reports 0.2522)", "micro": 0.25, "macro": None, "all": None},
+                   "Spotting, ACM MM 2022; their repository reports 0.2522)",
+         "micro": 0.25, "macro": None, "all": None},
     ],
     "samm-lv": [
         {"method": "MEGC2020 baseline, MDMD (He et al., arXiv:1912.11985)", "micro": 0.0364, "macro": 0.0629,

@@ -21,7 +21,8 @@ TARGET_MACHINES = {"onnxruntime-cpu": "the 2-core CPU machine", "torch-cuda-grap
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", metavar="PATH", help="a .onnx artifact or a .pt checkpoint (default: shipped model, else fresh DA-CrossViT)")
+    p.add_argument("--model", metavar="PATH",
+                   help="a .onnx artifact or a .pt checkpoint (default: shipped model, else fresh DA-CrossViT)")
     p.add_argument("--iters", type=int, default=3000, help="timed batch-1 calls per runtime (default 3000)")
     p.add_argument("--warmup", type=int, default=300, help="untimed batch-1 calls first (default 300)")
     p.add_argument("--batch", type=int, default=256, help="throughput batch size (default 256)")
@@ -42,17 +43,20 @@ def prepare_model(model: str | None, workdir: Path) -> tuple[Path, Path, str]:
     source = Path(model) if model else (DEFAULT_MODEL if DEFAULT_MODEL.is_file() else None)
     if source is not None and source.suffix == ".onnx":
         info = OnnxRuntime(source).info
-        # ONNX weights are folded and renamed by the exporter; the torch runtimes get the same architecture, fresh weights
+        # ONNX weights are folded and renamed by the exporter; the torch runtimes get the same architecture,
+        # fresh weights
         net = build_model(info["model"], **info["config"])
         checkpoint = workdir / "same-architecture.pt"
         save_checkpoint(checkpoint, info["model"], net)
-        what = f"{source} ({info['model']}, {num_params(net):,} parameters; torch runtimes: same architecture, fresh weights)"
+        what = (f"{source} ({info['model']}, {num_params(net):,} parameters; "
+                "torch runtimes: same architecture, fresh weights)")
         return source, checkpoint, what
     if source is None:
         torch.manual_seed(0)
         net, name, checkpoint = build_model("dacrossvit"), "dacrossvit", workdir / "fresh.pt"
         save_checkpoint(checkpoint, name, net)
-        what = f"freshly initialised default-config DA-CrossViT ({num_params(net):,} parameters; no shipped model found)"
+        what = (f"freshly initialised default-config DA-CrossViT ({num_params(net):,} parameters; "
+                "no shipped model found)")
     else:
         checkpoint = source
         net, ckpt = load_checkpoint(checkpoint)
@@ -114,7 +118,8 @@ def measure(runtime, args, rng: np.random.Generator) -> dict:
     elapsed = time.perf_counter() - t0
     p50, p95, p99 = (float(v) for v in np.percentile(times, [50, 95, 99]))
     return {
-        "batch1_ms": {"p50": round(p50, 4), "p95": round(p95, 4), "p99": round(p99, 4), "mean": round(float(times.mean()), 4)},
+        "batch1_ms": {"p50": round(p50, 4), "p95": round(p95, 4), "p99": round(p99, 4),
+                      "mean": round(float(times.mean()), 4)},
         f"batch{args.batch}_images_per_s": round(args.batch * args.batch_iters / elapsed, 1),
         f"batch{args.batch}_ms": round(elapsed / args.batch_iters * 1e3, 3),
     }
@@ -163,10 +168,12 @@ def run(args) -> int:
                         "met": None if row is None else row["batch1_ms"]["p50"] <= limit})
     payload = {
         "environment": env,
-        "load_average_1_5_15min": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]},
+        "load_average_1_5_15min": {"before": [round(v, 2) for v in load_before],
+                                   "after": [round(v, 2) for v in os.getloadavg()]},
         "model": model,
         "settings": {"iters": args.iters, "warmup": args.warmup, "batch": args.batch, "batch_iters": args.batch_iters,
-                     "threads": args.threads, "measured": "Runtime.probs(): input checks + inference + softmax, host to host"},
+                     "threads": args.threads,
+                     "measured": "Runtime.probs(): input checks + inference + softmax, host to host"},
         "runtimes": rows,
         "skipped": skipped,
         "targets": targets,
@@ -216,6 +223,7 @@ def markdown(payload: dict, batch: int) -> str:
     lines += ["", "Skipped:"] + ([f"- {s['runtime']}: {s['reason']}" for s in payload["skipped"]] or ["- none"])
     lines += ["", "Targets (batch-1 p50):"]
     for t in payload["targets"]:
-        verdict = "not measured here" if t["met"] is None else (f"{t['measured_p50_ms']} ms: " + ("met" if t["met"] else "NOT met"))
+        verdict = ("not measured here" if t["met"] is None
+                   else f"{t['measured_p50_ms']} ms: " + ("met" if t["met"] else "NOT met"))
         lines.append(f"- {t['runtime']} ≤ {t['batch1_p50_ms_max']} ms on {t['on']}: {verdict}")
     return "\n".join(lines) + "\n"

@@ -39,19 +39,24 @@ def batch_profile(text: str) -> BatchProfile:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="mex-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="mex-export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=version_line("mex-export"))
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by mex-train fit (.pt)")
     p.add_argument("--format", default="onnx", choices=sorted(SUFFIX), help="onnx (default) or a TensorRT engine")
     p.add_argument("--out", metavar="PATH", help="output file (default: CKPT with the format's suffix)")
-    p.add_argument("--data", default=None, metavar="DIR", help=f"parity images in the composite format (default {DEFAULT_DATA})")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help=f"parity images in the composite format (default {DEFAULT_DATA})")
     p.add_argument("--opset", type=int, default=None,
-                   help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET['onnx']} for onnx, {DEFAULT_OPSET['engine']} for engine)")
+                   help=f"ONNX opset, >= {MIN_OPSET} (default {DEFAULT_OPSET['onnx']} for onnx, "
+                        f"{DEFAULT_OPSET['engine']} for engine)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="engine precision (default fp32)")
     p.add_argument("--batch", type=batch_profile, default=BatchProfile(), metavar="MIN,OPT,MAX",
                    help="engine batch optimization profile (default 1,1,256)")
-    p.add_argument("--workspace", type=float, default=1.0, metavar="GIB", help="TensorRT builder workspace (default 1 GiB)")
-    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR", help=f"engine cache (default {DEFAULT_CACHE})")
+    p.add_argument("--workspace", type=float, default=1.0, metavar="GIB",
+                   help="TensorRT builder workspace (default 1 GiB)")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, metavar="DIR",
+                   help=f"engine cache (default {DEFAULT_CACHE})")
     args = p.parse_args(argv)
     if args.opset is None:
         args.opset = DEFAULT_OPSET[args.format]
@@ -74,7 +79,8 @@ def read_checkpoint(path: Path):
     try:
         return load_checkpoint(path)
     except RuntimeError as e:  # load_state_dict: weights saved by a different version of the model code
-        raise ExportError(f"{path}: weights do not fit this code's model ({str(e).strip().splitlines()[-1].strip()})") from None
+        raise ExportError(f"{path}: weights do not fit this code's model "
+                          f"({str(e).strip().splitlines()[-1].strip()})") from None
 
 
 def provenance(checkpoint: Path, args: argparse.Namespace) -> dict:
@@ -110,9 +116,11 @@ def export(args: argparse.Namespace, console: Console) -> bool:
                             reference_name="pytorch", candidate_name="onnxruntime", tolerance=parity.ONNX_TOLERANCE)
     report.update(artifact=str(onnx_path), data=str(images.root), graph=summary)
     parity.print_report(report, console)
-    console.print(f"parity report: {parity.write_report(onnx_path.with_name(onnx_path.name + '.parity.json'), report)}")
+    console.print("parity report: "
+                  f"{parity.write_report(onnx_path.with_name(onnx_path.name + '.parity.json'), report)}")
     if not report["passed"]:
-        onnx_path.unlink()  # a model that does not compute what was trained (NaN weights, a broken op) is not left to be loaded
+        # a model that does not compute what was trained (NaN weights, a broken op) is not left to be loaded
+        onnx_path.unlink()
         return False
     if args.format == "onnx":
         return True
@@ -131,7 +139,8 @@ def export_engine(args, onnx_path: Path, engine_path: Path, metadata: dict, x, c
                             min_agreement=parity.FP16_MIN_AGREEMENT if fp16 else None)
     report.update(artifact=str(engine_path), tensorrt=build)
     parity.print_report(report, console)
-    console.print(f"parity report: {parity.write_report(engine_path.with_name(engine_path.name + '.parity.json'), report)}")
+    console.print("parity report: "
+                  f"{parity.write_report(engine_path.with_name(engine_path.name + '.parity.json'), report)}")
     if not report["passed"]:
         engine_path.unlink(missing_ok=True)
     return report["passed"]

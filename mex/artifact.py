@@ -35,10 +35,12 @@ def artifact_metadata(model_name: str, config: dict, training: dict) -> dict[str
 def check_metadata(meta: dict[str, str], source: str) -> dict:
     """Parsed metadata, or ArtifactError naming `source` and the first field that does not match."""
     if meta.get("mex.format") != FORMAT:
-        raise ArtifactError(f"{source}: not a mex model (metadata mex.format={meta.get('mex.format')!r}, expected {FORMAT!r})")
+        raise ArtifactError(f"{source}: not a mex model "
+                            f"(metadata mex.format={meta.get('mex.format')!r}, expected {FORMAT!r})")
     if meta.get("mex.encoding_version") != ENCODING_VERSION:
         raise ArtifactError(
-            f"{source}: made for feature encoding {meta.get('mex.encoding_version')!r}, this mex-live computes {ENCODING_VERSION!r}"
+            f"{source}: made for feature encoding {meta.get('mex.encoding_version')!r}, "
+            f"this mex-live computes {ENCODING_VERSION!r}"
         )
     try:
         classes = json.loads(meta["mex.classes"])

@@ -75,8 +75,8 @@ def run_batch(args, runtime, console) -> int:
     console.print(f"mex-live batch: {len(inputs)} inputs under {root}, {len(inputs) - len(todo)} done before, "
                   f"{len(todo)} to run -> {out}")
     failed = 0
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
-               TimeElapsedColumn())
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[now]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("recordings", total=len(todo), now="")
         for path in todo:

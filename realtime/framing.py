@@ -166,8 +166,8 @@ def register(onset: np.ndarray, apex: np.ndarray, to_crop: np.ndarray | None = N
         ref_in = ref[inner].ravel()
         q = np.array([p[0] / f, p[1] / f, p[2], p[3]])  # shifts in this level's px
         for _ in range(steps):
-            warped = cv2.warpAffine(cur, _similarity(q, n / 2, turn), (n, n), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                    borderMode=cv2.BORDER_REPLICATE)
+            warped = cv2.warpAffine(cur, _similarity(q, n / 2, turn), (n, n),
+                                    flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
             r = warped[inner].ravel().astype(np.float64) - ref_in
             w = prior * np.minimum(1.0, huber_gray / (np.abs(r) + 1e-6))
             jw = jac * w

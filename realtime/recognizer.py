@@ -64,7 +64,8 @@ class Recognizer:
         onsets, apexes = [a for a, _ in crops], [b for _, b in crops]
         if self._encode_batch is not None:
             return np.asarray(self._encode_batch(onsets, apexes, flow=self.flow), dtype=np.float32)
-        return np.stack([np.asarray(self.encode(a, b, flow=self.flow), dtype=np.float32) for a, b in zip(onsets, apexes)])
+        return np.stack([np.asarray(self.encode(a, b, flow=self.flow), dtype=np.float32)
+                         for a, b in zip(onsets, apexes)])
 
     def _encode(self, cands: list[Candidate]) -> list[np.ndarray | None]:
         """Features per candidate (None for one that cannot be encoded: skipped and counted)."""
@@ -108,7 +109,8 @@ class Recognizer:
             offset_frame=None if c.offset_index is None else int(c.offset_index),
             onset_s=round(float(c.onset_s), 6), apex_s=round(float(c.apex_s), 6),
             offset_s=None if c.offset_s is None else round(float(c.offset_s), 6),
-            label=self.classes[int(np.argmax(row))], probs={name: round(float(v), 6) for name, v in zip(self.classes, row)},
+            label=self.classes[int(np.argmax(row))],
+            probs={name: round(float(v), 6) for name, v in zip(self.classes, row)},
             latency_ms=round((now - c.apex.frame.t_capture) * 1000.0, 3),
             confirm_ms=round((now - c.t_apex_confirmed) * 1000.0, 3),
         ) for c, row in zip(cands, p)]

@@ -20,7 +20,8 @@ from mex.labels import INPUT_SHAPE
 
 DEFAULT_MODEL = Path(mex.__file__).resolve().parent / "assets" / "default.onnx"
 RUNTIMES = ("onnxruntime", "tensorrt", "torch")
-RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch", ".pth": "torch"}
+RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
+                     ".pt": "torch", ".pth": "torch"}
 
 
 class Runtime:
@@ -33,7 +34,8 @@ class Runtime:
     def probs(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)  # no copy when it already is
         if batch.ndim != 4 or batch.shape[1:] != INPUT_SHAPE or batch.shape[0] == 0:
-            raise ValueError(f"{self.name}: expected a batch of shape (n, {', '.join(map(str, INPUT_SHAPE))}), got {batch.shape}")
+            raise ValueError(f"{self.name}: expected a batch of shape (n, {', '.join(map(str, INPUT_SHAPE))}), "
+                             f"got {batch.shape}")
         return softmax(self.logits(batch))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -58,7 +60,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def require_file(path: Path) -> None:
     if not path.is_file():
-        hint = f"export one with `mex-export --checkpoint CKPT --out {DEFAULT_MODEL}`" if path == DEFAULT_MODEL else "check the path"
+        hint = (f"export one with `mex-export --checkpoint CKPT --out {DEFAULT_MODEL}`" if path == DEFAULT_MODEL
+                else "check the path")
         raise FileNotFoundError(f"{path}: no such model file; {hint}")
 
 
@@ -80,9 +83,11 @@ class OnnxRuntime(Runtime):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types for truncated or foreign files
-            raise ArtifactError(f"{path}: not a readable ONNX model, truncated or corrupt ({type(e).__name__}: {first_line(e)})") from None
+            raise ArtifactError(f"{path}: not a readable ONNX model, truncated or corrupt "
+                                f"({type(e).__name__}: {first_line(e)})") from None
         self.info = check_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
-        check_graph_io(path, [(i.name, i.shape) for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
+        check_graph_io(path, [(i.name, i.shape) for i in self.session.get_inputs()],
+                       [o.name for o in self.session.get_outputs()])
         self.threads = threads
         self.name = "onnxruntime-cpu"
 
@@ -92,8 +97,10 @@ class OnnxRuntime(Runtime):
 
 def check_graph_io(path: Path, inputs: list[tuple[str, list]], outputs: list[str]) -> None:
     """The graph itself, not only its metadata, must take (batch, 3, 28, 28) 'flow' and give 'logits'."""
-    if len(inputs) != 1 or inputs[0][0] != INPUT_NAME or len(inputs[0][1]) != 4 or tuple(inputs[0][1][1:]) != INPUT_SHAPE:
-        raise ArtifactError(f"{path}: graph inputs {inputs}, expected one {INPUT_NAME!r} of shape (batch, {', '.join(map(str, INPUT_SHAPE))})")
+    if (len(inputs) != 1 or inputs[0][0] != INPUT_NAME or len(inputs[0][1]) != 4
+            or tuple(inputs[0][1][1:]) != INPUT_SHAPE):
+        raise ArtifactError(f"{path}: graph inputs {inputs}, expected one {INPUT_NAME!r} "
+                            f"of shape (batch, {', '.join(map(str, INPUT_SHAPE))})")
     if OUTPUT_NAME not in outputs:
         raise ArtifactError(f"{path}: graph outputs {outputs} lack {OUTPUT_NAME!r}")
 
@@ -114,7 +121,8 @@ class TensorRTRuntime(Runtime):
         require_file(path)
         sidecar = path.with_name(path.name + ".json")
         if not sidecar.is_file():
-            raise ArtifactError(f"{path}: metadata sidecar {sidecar.name} is missing; mex-export --format engine writes both")
+            raise ArtifactError(f"{path}: metadata sidecar {sidecar.name} is missing; "
+                                "mex-export --format engine writes both")
         try:
             meta = json.loads(sidecar.read_text())
             build = json.loads(meta["mex.tensorrt"])
@@ -130,8 +138,9 @@ class TensorRTRuntime(Runtime):
             raise RuntimeError(f"{path}: a TensorRT engine needs a CUDA GPU; torch sees none")
         gpu = torch.cuda.get_device_name(0)
         if (build.get("version"), build.get("gpu")) != (trt.__version__, gpu):
-            raise ArtifactError(f"{path}: built with TensorRT {build.get('version')} for {build.get('gpu')}, this machine has "
-                                f"TensorRT {trt.__version__} on {gpu}; rebuild it with mex-export --format engine")
+            raise ArtifactError(f"{path}: built with TensorRT {build.get('version')} for {build.get('gpu')}, "
+                                f"this machine has TensorRT {trt.__version__} on {gpu}; "
+                                "rebuild it with mex-export --format engine")
         self.torch, self.trt = torch, trt
         self.trt_runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept alive with the engine it made
         self.engine = self.trt_runtime.deserialize_cuda_engine(path.read_bytes())
@@ -150,8 +159,10 @@ class TensorRTRuntime(Runtime):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch, n = self.torch, len(batch)
         if n not in self.buffers:
-            out_dtype = torch.float16 if self.engine.get_tensor_dtype(OUTPUT_NAME) == self.trt.float16 else torch.float32
-            self.buffers[n] = (torch.empty((n, *INPUT_SHAPE), pin_memory=True), torch.empty((n, *INPUT_SHAPE), device="cuda"),
+            out_dtype = (torch.float16 if self.engine.get_tensor_dtype(OUTPUT_NAME) == self.trt.float16
+                         else torch.float32)
+            self.buffers[n] = (torch.empty((n, *INPUT_SHAPE), pin_memory=True),
+                               torch.empty((n, *INPUT_SHAPE), device="cuda"),
                                torch.empty((n, self.num_classes), dtype=out_dtype, device="cuda"),
                                torch.empty((n, self.num_classes), dtype=out_dtype, pin_memory=True))
         host_in, dev_in, dev_out, host_out = self.buffers[n]
@@ -189,13 +200,15 @@ class TorchRuntime(Runtime):
         except CheckpointError as e:
             raise ArtifactError(str(e)) from None
         except RuntimeError as e:  # load_state_dict: weights saved by a different version of the model code
-            raise ArtifactError(f"{path}: weights do not fit this code's model ({str(e).strip().splitlines()[-1].strip()})") from None
+            raise ArtifactError(f"{path}: weights do not fit this code's model "
+                                f"({str(e).strip().splitlines()[-1].strip()})") from None
         self.info = check_metadata(artifact_metadata(ckpt["model"], ckpt["config"], ckpt.get("meta", {})), str(path))
         self.torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.graphs: dict[int, tuple] = {}  # batch size -> (graph, pinned host in, static in, static out, pinned host out)
+        # batch size -> (graph, pinned host in, static in, static out, pinned host out)
+        self.graphs: dict[int, tuple] = {}
         self.name = f"torch-{self.device.type}" + ("-graph" if self.cuda_graph else "")
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -248,7 +261,8 @@ def load_runtime(path: str | Path | None = None, kind: str = "auto", **options) 
         raise ValueError(f"unknown runtime {kind!r}; choose auto or one of {', '.join(RUNTIMES)}")
     by_suffix = RUNTIME_OF_SUFFIX.get(path.suffix.lower())
     if by_suffix is None:
-        raise ArtifactError(f"{path}: unknown model file type {path.suffix!r}; expected one of {', '.join(RUNTIME_OF_SUFFIX)}")
+        raise ArtifactError(f"{path}: unknown model file type {path.suffix!r}; "
+                            f"expected one of {', '.join(RUNTIME_OF_SUFFIX)}")
     if kind != "auto" and kind != by_suffix:
         wanted = [s for s, k in RUNTIME_OF_SUFFIX.items() if k == kind]
         raise ValueError(f"{path}: the {kind} runtime needs a {' or '.join(wanted)} file (this is a {by_suffix} file)")

@@ -209,7 +209,8 @@ class FrameFolderSource(Source):
     def _read(self, file: Path, cv2) -> np.ndarray:
         img = cv2.imread(str(file), cv2.IMREAD_COLOR)
         if img is None:
-            raise SourceError(f"--video {self.path}: frame {file.name} cannot be read as an image (damaged or not an image)")
+            raise SourceError(f"--video {self.path}: frame {file.name} cannot be read as an image "
+                              "(damaged or not an image)")
         if self.height and img.shape[:2] != (self.height, self.width):
             raise SourceError(f"--video {self.path}: frame {file.name} is {img.shape[1]}x{img.shape[0]}, the first "
                               f"frame {self.width}x{self.height}: all frames of a clip must have one size")
@@ -368,7 +369,8 @@ class CameraSource(Source):
                 self.height, self.width = img.shape[:2]
                 self._pending = img
                 fps = cap.get(cv2.CAP_PROP_FPS)
-                self.fps = float(fps) if fps and math.isfinite(fps) and 1 <= fps <= 1000 else float(self.req_fps or 30.0)
+                self.fps = (float(fps) if fps and math.isfinite(fps) and 1 <= fps <= 1000
+                            else float(self.req_fps or 30.0))
                 return cap
             time.sleep(0.02)
         cap.release()

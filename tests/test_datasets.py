@@ -80,7 +80,8 @@ SAMM_TITLE = 13  # rows of title block above the header, as in SAMM_Micro_FACS_C
 
 def make_samm(root: Path, face, rows=SAMM_ROWS, header=SAMM_HEADER) -> Path:
     for k, (sub, clip, _, onset, apex, offset, *_rest) in enumerate(rows):
-        write_clip(root / f"{sub:03d}" / clip, lambda n, s=sub: f"{s:03d}_{n:05d}.jpg", face, onset, offset, apex, k + 5)
+        write_clip(root / f"{sub:03d}" / clip, lambda n, s=sub: f"{s:03d}_{n:05d}.jpg", face,
+                   onset, offset, apex, k + 5)
     title = [["SAMM Micro-Expression Database: FACS codes"], [], ["Moi Hoon Yap et al."]] + [[]] * (SAMM_TITLE - 3)
     write_xlsx(root / "SAMM_Micro_FACS_Codes_v2.xlsx", [*title, header, *rows])
     return root
@@ -98,7 +99,8 @@ def make_smic(root: Path, face, rows=SMIC_ROWS, apex_column=True) -> Path:
     for k, (sub, clip, onset, apex, offset, emotion) in enumerate(rows):
         write_clip(root / "HS" / f"s{sub}" / "micro" / emotion / clip, lambda n: f"image{n:06d}.bmp", face,
                    onset, offset, apex, k + 10)
-    header = ["Subject", "Filename", "OnsetF", "ApexF", "OffsetF"] if apex_column else ["Subject", "Filename", "OnsetF", "OffsetF"]
+    header = (["Subject", "Filename", "OnsetF", "ApexF", "OffsetF"] if apex_column
+              else ["Subject", "Filename", "OnsetF", "OffsetF"])
     with (root / "SMIC-HS-E_annotation.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -179,7 +181,8 @@ def test_smic_reader_names_clips_as_the_composite_set(tmp_path, face):
 def test_smic_without_apex_column_uses_the_middle_frame(tmp_path, face):
     reading = datasets.read_smic(make_smic(tmp_path, face, apex_column=False))
     assert all(c.apex_rule == "middle" for c in reading)
-    assert [c.apex.name for c in reading] == ["image000102.bmp", "image000202.bmp", "image000302.bmp", "image000401.bmp"]
+    assert [c.apex.name for c in reading] == ["image000102.bmp", "image000202.bmp", "image000302.bmp",
+                                              "image000401.bmp"]
 
 
 # ----------------------------------------------------------------------------------------- prepare
@@ -258,7 +261,8 @@ def test_prepare_cli_arguments(tmp_path, face, fake_encode):
     parser = argparse.ArgumentParser()
     datasets.add_prepare_arguments(parser)
     root = make_smic(tmp_path / "smic", face)
-    args = parser.parse_args(["--dataset", "smic", "--root", str(root), "--out", str(tmp_path / "out"), "--flow", "cpu"])
+    args = parser.parse_args(["--dataset", "smic", "--root", str(root), "--out", str(tmp_path / "out"),
+                              "--flow", "cpu"])
     assert datasets.prepare_command(args) == 0
     assert len(load_flow_folder(tmp_path / "out")) == 4
     with pytest.raises(SystemExit):
@@ -331,7 +335,8 @@ def test_samm_bad_data(tmp_path, face, fake_encode):
     root = make_samm(tmp_path / "samm", face, header=[h for h in SAMM_HEADER if h != "Apex Frame"])
     with pytest.raises(DataError, match=rf"row {SAMM_TITLE + 1} \(header\): missing column\(s\) apexframe"):
         datasets.read_samm(root)
-    root = make_samm(tmp_path / "samm2", face, rows=[*SAMM_ROWS, [7, "007_3_1", 3, 200, 202, 204, 5, "", "", "", "Fear"]])
+    root = make_samm(tmp_path / "samm2", face,
+                     rows=[*SAMM_ROWS, [7, "007_3_1", 3, 200, 202, 204, 5, "", "", "", "Fear"]])
     with pytest.raises(DataError, match=rf"row {SAMM_TITLE + 6}: duplicate clip 007/007_3_1"):
         datasets.read_samm(root)
     root = make_samm(tmp_path / "samm3", face)
@@ -371,10 +376,12 @@ def test_prepare_select_keeps_the_listed_clips(tmp_path, face, fake_encode):
     assert load_flow_folder(tmp_path / "out").clip == ["EP03_02f", "EP19_05f"]
 
     select.write_text(header + "casme2,casme2_sub01,EP03_02f,1,positive,flow/x.png\n")
-    with pytest.raises(DataError, match=r"select.csv, row 2: label 1 for casme2_sub01/EP03_02f, but .*row 3 gives 'disgust'"):
+    with pytest.raises(DataError,
+                       match=r"select.csv, row 2: label 1 for casme2_sub01/EP03_02f, but .*row 3 gives 'disgust'"):
         datasets.prepare("casme2", root, tmp_path / "out2", select=select)
     select.write_text(header + "casme2,casme2_sub01,EP04_01f,0,negative,flow/x.png\n")
-    with pytest.raises(DataError, match=r"select.csv, row 2: casme2_sub01/EP04_01f is excluded here \(emotion 'others'\)"):
+    with pytest.raises(DataError,
+                       match=r"select.csv, row 2: casme2_sub01/EP04_01f is excluded here \(emotion 'others'\)"):
         datasets.prepare("casme2", root, tmp_path / "out2", select=select)
 
 
@@ -383,6 +390,7 @@ def test_prepare_does_not_replace_rows_it_did_not_write(tmp_path, face, fake_enc
     out.mkdir()
     (out / "labels.csv").write_text("dataset,subject,clip,label,emotion,file\n"
                                     "casme2,casme2_sub01,EP02_01f,1,positive,flow/casme2_sub01_EP02_01f.png\n")
-    with pytest.raises(DataError, match=r"labels.csv, row 2: casme2 clip casme2_sub01/EP02_01f was not made by prepare"):
+    with pytest.raises(DataError,
+                       match=r"labels.csv, row 2: casme2 clip casme2_sub01/EP02_01f was not made by prepare"):
         datasets.prepare("casme2", make_casme2(tmp_path / "casme2", face), out)
     assert fake_encode == []

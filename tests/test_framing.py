@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mex.features import crop_flow, get_backend
-from realtime import framing, synth
+from realtime import framing
 from realtime.packets import Frame
 from realtime.synth import ClipSpec, PlantedEvent, render, truth
 from realtime.tracking import FaceTracker

@@ -258,7 +258,8 @@ def test_bench_encoding_without_common_clips_says_so(tmp_path, capsys):
 
     (tmp_path / "flow").mkdir()
     write_png_rgb(tmp_path / "flow" / "x.png", np.zeros((3, 28, 28), np.float32))
-    (tmp_path / "labels.csv").write_text("dataset,subject,clip,label,emotion,file\ncasme2,casme2_sub99,EP1,0,negative,flow/x.png\n")
+    (tmp_path / "labels.csv").write_text("dataset,subject,clip,label,emotion,file\n"
+                                         "casme2,casme2_sub99,EP1,0,negative,flow/x.png\n")
     with pytest.raises(SystemExit, match="none of the 1 clips"):
         bench(["encoding", "--prepared", str(tmp_path), "--out", str(tmp_path / "out")])
 

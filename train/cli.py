@@ -13,12 +13,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from mex import version_line
 
 from .datasets import add_prepare_arguments, prepare_command
+from .recipes import MODEL_FAMILIES, PRECISIONS, PROFILES
 
 REPO = Path(__file__).resolve().parents[1]
 # the repository's data, wherever the command runs from
 COMPOSITE = str(REPO / "data" / "megc2019-composite-flow")
 LIVE = str(REPO / "data" / "casme2-live-encoded")
-from .recipes import MODEL_FAMILIES, PRECISIONS, PROFILES
 
 console = Console(stderr=True)
 

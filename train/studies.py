@@ -20,7 +20,8 @@ STUDIES: dict[str, list[tuple[str, dict, str | None, dict]]] = {
         ("cross-attention", {}, "crossvit", {}),
     ],
     # Table 3: patches per branch (La, Sm).
-    "patches": [(f"patches-{a}-{b}", {}, None, {"patches": (a, b)}) for a, b in ((1, 1), (1, 4), (1, 16), (4, 4), (4, 16))],
+    "patches": [(f"patches-{a}-{b}", {}, None, {"patches": (a, b)})
+                for a, b in ((1, 1), (1, 4), (1, 16), (4, 4), (4, 16))],
     # Each small-data idea removed (or added) one at a time, single models, so seeds show the spread.
     "ablation": [
         ("recipe", {"seeds": 1}, None, {}),
@@ -61,7 +62,8 @@ def run_study(study: str, profile_name: str, data, out: Path, device, seeds: int
     configs = configurations(study, profile_name, epochs)
     unknown = sorted(set(only or ()) - {name for name, _ in configs})
     if unknown:
-        raise ValueError(f"--only: {', '.join(unknown)} not in study {study!r} ({', '.join(name for name, _ in configs)})")
+        raise ValueError(f"--only: {', '.join(unknown)} not in study {study!r} "
+                         f"({', '.join(name for name, _ in configs)})")
     out.mkdir(parents=True, exist_ok=True)
     # seed-major: a study cut short still has every configuration at the same seeds
     runs = [(name, prof, seed, out / f"{name}_seed{seed}") for seed in range(seeds) for name, prof in configs]

@@ -32,8 +32,8 @@ from ..labels import INPUT_SHAPE
 from .backends import BackendUnavailable, FlowBackend, available_backends, get_backend
 from .params import TVL1Params
 
-__all__ = ["encode", "encode_batch", "crop_flow", "flow_to_features", "get_backend", "available_backends", "FlowBackend",
-           "BackendUnavailable", "TVL1Params", "CROP_SIZE", "FLOW_PAD", "MIN_CROP_SIZE", "MIN_RANGE"]
+__all__ = ["encode", "encode_batch", "crop_flow", "flow_to_features", "get_backend", "available_backends",
+           "FlowBackend", "BackendUnavailable", "TVL1Params", "CROP_SIZE", "FLOW_PAD", "MIN_CROP_SIZE", "MIN_RANGE"]
 
 CROP_SIZE = 224  # side of the live recognition crop (px): about the databases' own face crops (CASME II's are
 # about 231 x 282), so the flow is solved at the scale the training images were computed at

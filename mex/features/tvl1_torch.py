@@ -198,7 +198,8 @@ class TVL1:
     @torch.no_grad()
     def __call__(self, i0: torch.Tensor, i1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if i0.shape != i1.shape or i0.ndim != 3:
-            raise ValueError(f"expected two (B, H, W) tensors of one shape, got {tuple(i0.shape)} and {tuple(i1.shape)}")
+            raise ValueError("expected two (B, H, W) tensors of one shape, "
+                             f"got {tuple(i0.shape)} and {tuple(i1.shape)}")
         b, h, w = i0.shape
         plan = self._plan(h, w, i0.device)
         pyramid = [(i0.float(), i1.float())]

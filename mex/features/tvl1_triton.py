@@ -263,10 +263,14 @@ def _warp_kernel(u1_ptr, u2_ptr, p11_ptr, p12_ptr, p21_ptr, p22_ptr, i1wx_ptr, i
                 rho = tl.load(rho_ptr + idx, mask=inside, other=0.0) + i1wx * u1 + i1wy * u2
                 step = tl.minimum(tl.maximum(-rho / tl.maximum(grad, float_eps), -l_t), l_t)
                 # divergence: backward differences with p = 0 before the first column / row (OpenCV's)
-                div1 = (tl.load(p11_ptr + idx, mask=inside, other=0.0) - tl.load(p11_ptr + idx - 1, mask=left, other=0.0)
-                        + tl.load(p12_ptr + idx, mask=inside, other=0.0) - tl.load(p12_ptr + idx - W, mask=up, other=0.0))
-                div2 = (tl.load(p21_ptr + idx, mask=inside, other=0.0) - tl.load(p21_ptr + idx - 1, mask=left, other=0.0)
-                        + tl.load(p22_ptr + idx, mask=inside, other=0.0) - tl.load(p22_ptr + idx - W, mask=up, other=0.0))
+                div1 = (tl.load(p11_ptr + idx, mask=inside, other=0.0)
+                        - tl.load(p11_ptr + idx - 1, mask=left, other=0.0)
+                        + tl.load(p12_ptr + idx, mask=inside, other=0.0)
+                        - tl.load(p12_ptr + idx - W, mask=up, other=0.0))
+                div2 = (tl.load(p21_ptr + idx, mask=inside, other=0.0)
+                        - tl.load(p21_ptr + idx - 1, mask=left, other=0.0)
+                        + tl.load(p22_ptr + idx, mask=inside, other=0.0)
+                        - tl.load(p22_ptr + idx - W, mask=up, other=0.0))
                 new_u1 = u1 + step * i1wx + theta * div1
                 new_u2 = u2 + step * i1wy + theta * div2
                 tl.store(u1_ptr + idx, new_u1, mask=inside)
@@ -317,9 +321,11 @@ def solve_warp(u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, iterations, 
     b, h, w = u1.shape
     for t in (u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c):
         if t.shape != (b, h, w) or t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(f"solve_warp: expected contiguous float32 ({b}, {h}, {w}), got {t.dtype} {tuple(t.shape)}")
+            raise ValueError(f"solve_warp: expected contiguous float32 ({b}, {h}, {w}), "
+                             f"got {t.dtype} {tuple(t.shape)}")
     if iterations.shape != (b,) or iterations.dtype != torch.int32:
-        raise ValueError(f"solve_warp: iterations must be int32 ({b},), got {iterations.dtype} {tuple(iterations.shape)}")
+        raise ValueError(f"solve_warp: iterations must be int32 ({b},), "
+                         f"got {iterations.dtype} {tuple(iterations.shape)}")
     if median_filtering > 1 and median_filtering != MEDIAN_SIZE:
         raise ValueError(f"the fused TV-L1 kernel implements only a {MEDIAN_SIZE}x{MEDIAN_SIZE} median, "
                          f"not median_filtering={median_filtering}")

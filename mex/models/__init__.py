@@ -26,7 +26,8 @@ def build_model(name: str, **overrides) -> nn.Module:
     known = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"model {name!r} has no config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ValueError(f"model {name!r} has no config field(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
     return cls(cfg_cls(**{**overrides, **fixed}))
 
 
@@ -34,4 +35,5 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["DACrossViT", "DACrossViTConfig", "LogReg", "LogRegConfig", "STSTNet", "STSTNetConfig", "FAMILIES", "build_model", "num_params"]
+__all__ = ["DACrossViT", "DACrossViTConfig", "LogReg", "LogRegConfig", "STSTNet", "STSTNetConfig", "FAMILIES",
+           "build_model", "num_params"]
