@@ -28,6 +28,7 @@ class FaceFrame:
     landmarks: np.ndarray | None = None  # (K, 2) pixel coordinates in the frame
     crop: np.ndarray | None = None  # eye-aligned gray uint8 crop for spotting (canonical size), None without a face
     patch: FacePatch | None = None  # what recognition cuts its crops from (training framing), None without a face
+    face_id: int = 0  # the tracker's id of this face, stable while it is followed and when it comes back
 
 
 @dataclass
