@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/mex-live --demo --no-display
+	$(BIN)/mex-live --demo --display none
 
 # The window overlay is tested under a virtual display; without Xvfb those tests skip with the reason.
 xvfb:

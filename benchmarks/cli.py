@@ -14,7 +14,7 @@ BENCHMARKS = {
     "train": ("benchmarks.train_speed", "LOSO training speed: all folds batched vs one fold"),
     "flow": ("benchmarks.flow", "optical-flow backends side by side: speed and parity"),
     "flow-recipes": ("benchmarks.flow_recipes", "cheaper TV-L1 settings on the CPU: speed against feature fidelity"),
-    "engines": ("benchmarks.engines", "inference engines: batch-1 latency, batch-256 throughput"),
+    "runtimes": ("benchmarks.runtimes", "inference runtimes (ONNX Runtime, PyTorch, TensorRT engines): batch-1 latency, batch-256 throughput"),
     "spotting": ("benchmarks.spotting", "onset/apex spotting on generated clips: MEGC F1, false alarms"),
     "fidelity": ("benchmarks.fidelity", "live crops against ideal crops of the same generated movement: feature correlation, label agreement"),
     "latency": ("benchmarks.latency", "whole live pipeline on a generated clip: fps, per-stage latency"),

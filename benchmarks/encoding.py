@@ -38,7 +38,7 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def compare(prepared, composite, engine) -> list[dict]:
+def compare(prepared, composite, runtime) -> list[dict]:
     """One row per clip present in both FlowSets: correlations per channel, both predictions, the label."""
     where = {(d, s, c): i for i, (d, s, c) in enumerate(zip(composite.dataset, composite.subject, composite.clip))}
     pairs = [(i, where[key]) for i, key in enumerate(zip(prepared.dataset, prepared.subject, prepared.clip)) if key in where]
@@ -46,8 +46,8 @@ def compare(prepared, composite, engine) -> list[dict]:
         return []
     ours = prepared.x[[i for i, _ in pairs]]
     theirs = composite.x[[j for _, j in pairs]]
-    pred_ours = engine.probs(ours).argmax(1)
-    pred_theirs = engine.probs(theirs).argmax(1)
+    pred_ours = runtime.probs(ours).argmax(1)
+    pred_theirs = runtime.probs(theirs).argmax(1)
     rows = []
     for k, (i, j) in enumerate(pairs):
         row = {"dataset": prepared.dataset[i], "subject": prepared.subject[i], "clip": prepared.clip[i],
@@ -100,15 +100,15 @@ def _markdown(env: dict, args, n_prepared: int, summary: list[dict], model: str)
 
 def run(args) -> int:
     from mex.composite import DataError, load_flow_folder
-    from realtime.engines import load_engine
+    from realtime.runtimes import load_runtime
 
     try:
         prepared = load_flow_folder(args.prepared)
         composite = load_flow_folder(args.composite)
     except DataError as e:
         raise SystemExit(f"mex-bench encoding: {e}") from None
-    engine = load_engine(args.model)
-    rows = compare(prepared, composite, engine)
+    runtime = load_runtime(args.model)
+    rows = compare(prepared, composite, runtime)
     if not rows:
         raise SystemExit(f"mex-bench encoding: none of the {len(prepared)} clips of --prepared {args.prepared} is in "
                          f"--composite {args.composite} (clips are matched by dataset, subject and clip name)")

@@ -108,13 +108,13 @@ def run(args) -> int:
 
     from mex.features import encode
     from mex.labels import CLASSES
-    from realtime.engines import load_engine
+    from realtime.runtimes import load_runtime
     from realtime.framing import pair_crops
     from realtime.metrics import iou
     from realtime.synth import KINDS
 
     console = Console()
-    engine = load_engine(args.model, kind="onnxruntime")
+    runtime = load_runtime(args.model, kind="onnxruntime")
     rates = [float(f) for f in str(args.fps).split(",")]
     jobs = [(fps, mode, kind, args.seed + 100 * j + k)
             for j, (fps, mode) in enumerate((f, m) for f in rates for m in ("online", "segmented"))
@@ -136,7 +136,7 @@ def run(args) -> int:
                 live = {"registered": encode(*pair_crops(c.onset.patch, c.apex.patch)),
                         "own framing": encode(*pair_crops(c.onset.patch, c.apex.patch, registered=False)),
                         "eye crop": encode(c.onset.crop, c.apex.crop)}
-                probs = engine.probs(np.stack([ideal, *live.values()]))
+                probs = runtime.probs(np.stack([ideal, *live.values()]))
                 labels = [CLASSES[int(np.argmax(p))] for p in probs]
                 row.update(onset=c.onset.frame.index, apex=c.apex.frame.index, ideal_label=labels[0],
                            ways={w: {"corr": correlations(x, ideal), "label": lab}

@@ -48,8 +48,8 @@ step 20 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memor
 gap live 0 150
 gap ours 0 150
 
-# Tests that only run with CUDA (they skip on the CPU machines): CUDA-graph engine, torch/Triton TV-L1.
-step 60 $py -m pytest -q -rs -p no:cacheprovider tests/test_engines.py tests/test_features.py -k "cuda or triton or torch"
+# Tests that only run with CUDA (they skip on the CPU machines): the CUDA-graph torch runtime, torch/Triton TV-L1.
+step 60 $py -m pytest -q -rs -p no:cacheprovider tests/test_runtimes.py tests/test_features.py -k "cuda or triton or torch"
 if [ -f .gpu/flow-reference.npz ]; then
   step 60 $py -m benchmarks.cli flow --backends torch,torch-nograph --repeats 20 \
     --reference .gpu/flow-reference.npz --out "$work/results/flow"
@@ -57,9 +57,9 @@ else
   echo "no .gpu/flow-reference.npz (see the top of this script): flow without OpenCV parity" | tee -a "$log"
   step 60 $py -m benchmarks.cli flow --backends torch,torch-nograph --repeats 20 --out "$work/results/flow"
 fi
-step 30 $py -m benchmarks.cli engines --iters 2000 --out "$work/results/engines"
-# apex confirmed -> label with GPU flow (224 px recognition crops, registered) and the CUDA-graph engine
-step 30 $py -m benchmarks.cli latency --recognizer-only 200 --model mex/assets/default.pt --engine torch \
+step 30 $py -m benchmarks.cli runtimes --iters 2000 --out "$work/results/runtimes"
+# apex confirmed -> label with GPU flow (224 px recognition crops, registered) and the CUDA-graph torch runtime
+step 30 $py -m benchmarks.cli latency --recognizer-only 200 --model mex/assets/default.pt --runtime torch \
   --out "$work/results/latency"
 
 # More seeds of the shipped recipe, for its seed spread, while time is left.

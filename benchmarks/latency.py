@@ -4,7 +4,7 @@ Measured in one run, on one machine:
 - decode-only time of the clip (OpenCV, the same VideoSource the pipeline reads with), before and
   after the pipeline run (mean of the two);
 - whole-pipeline throughput in offline mode (file source: blocking queues, nothing dropped):
-  capture/decode -> tracking and alignment -> spotting -> features + engine;
+  capture/decode -> tracking and alignment -> spotting -> features + inference;
 - per-stage p50/p95/p99 (ms) from the stamps each packet carries, and apex confirmed -> label emitted;
 - the events found against the planted ones (IoU >= 0.5);
 - the CPU time of the whole process over the run (all threads), against the most CPU work the
@@ -12,8 +12,8 @@ Measured in one run, on one machine:
   met by any scheduling of the same work.
 
 `--realtime` plays the clip at its own frame rate, as a camera delivers frames (writes
-latency-realtime.*): the pipeline then computes features speculatively while the spotter waits to
-confirm an apex (realtime/pipeline.py), which is what a webcam user gets; throughput targets do not
+latency-realtime.*): the recognizer then encodes features ahead (prefetch) while the spotter waits to
+confirm an apex (realtime/recognizer.py), which is what a webcam user gets; throughput targets do not
 apply (the clip sets the pace), confirm -> label does.
 
 `--frames N` longer than the clip loops the file and samples the process RSS once a second
@@ -21,7 +21,7 @@ apply (the clip sets the pace), confirm -> label does.
 
 `--recognizer-only N` times the last stage alone: N candidates (onset/apex crops from
 mex.features.synthetic, 0.5-2 px motion) through the pipeline's Recognizer one at a time, each
-stamped "apex confirmed" just before it is handed over, so confirm -> label is features + engine
+stamped "apex confirmed" just before it is handed over, so confirm -> label is features + inference
 with nothing queued ahead and no other stage competing. It needs no face tracker (the GPU machine has
 no mediapipe) and writes latency-recognizer-<flow backend>.*.
 
@@ -51,7 +51,7 @@ def add_arguments(p) -> None:
                    help="frames to push through (default: the clip once); more than the clip loops it and samples RSS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="exported model (default: the shipped one)")
-    p.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    p.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
     p.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS])
     p.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"])
     p.add_argument("--queue-size", type=int, default=8)
@@ -130,23 +130,24 @@ def _plot(path: Path, summary: dict, rss: list[tuple[float, int, float]] | None,
 
 
 def recognizer_only(args) -> int:
-    """Confirm -> label of the Recognizer alone (features + engine), one candidate at a time."""
+    """Confirm -> label of the Recognizer alone (features + inference), one candidate at a time."""
     import numpy as np
 
     from mex.features import CROP_SIZE, get_backend
     from mex.features.synthetic import synthetic_pairs
     from realtime.cli import warm_up
-    from realtime.engines import load_engine
     from realtime.framing import cut_patch
+    from realtime.channels import RingStats
     from realtime.packets import Candidate, FaceFrame, Frame
-    from realtime.pipeline import Recognizer, RingStats
+    from realtime.recognizer import Recognizer
+    from realtime.runtimes import load_runtime
 
     env = environment()
     load_before = os.getloadavg()
-    engine = load_engine(args.model, kind=args.engine)
-    warm_up(engine, args.flow)
+    runtime = load_runtime(args.model, kind=args.runtime)
+    warm_up(runtime, args.flow)
     flow = get_backend(args.flow)
-    recognizer = Recognizer(engine, flow=args.flow)
+    recognizer = Recognizer(runtime, flow=args.flow)
     pairs = synthetic_pairs(min(args.recognizer_only, 16), CROP_SIZE, seed=args.seed)
     blank = np.zeros((1, 1, 3), np.uint8)
     stages = RingStats()  # the pipeline's own bookkeeping: the Recognizer adds encode and infer
@@ -157,7 +158,7 @@ def recognizer_only(args) -> int:
                           patch=cut_patch(pair.onset, np.eye(2, 3)))
         apex = FaceFrame(Frame(2 * k + 1, time.monotonic(), 0.0, blank), "face", crop=pair.apex,
                          patch=cut_patch(pair.apex, np.eye(2, 3)))
-        cand = Candidate(onset, apex, None, np.zeros(1, np.float32), t_apex_confirmed=time.monotonic())
+        cand = Candidate(onset, apex, None, None, np.zeros(1, np.float32), t_apex_confirmed=time.monotonic())
         (event,) = recognizer([cand], stages)
         stages.add("confirm", event.confirm_ms)
     summary = {k: {m: round(v, 3) for m, v in d.items()} for k, d in stages.summary().items()}
@@ -165,7 +166,7 @@ def recognizer_only(args) -> int:
     on_gpu = flow.device.startswith("cuda")
     limit = TARGET_CONFIRM_P95_GPU if on_gpu else TARGET_CONFIRM_P95_CPU
     result = {
-        "benchmark": "latency --recognizer-only", "environment": env, "engine": getattr(engine, "name", "?"),
+        "benchmark": "latency --recognizer-only", "environment": env, "runtime": runtime.name,
         "flow": repr(flow), "candidates": stats["n"], "crop_px": CROP_SIZE,
         "load_avg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "confirm_to_label_ms": stats, "stages_ms": summary, "target_p95_ms": limit, "target_met": stats["p95"] <= limit,
@@ -178,10 +179,10 @@ def recognizer_only(args) -> int:
         f"{env['when']}: {env['cpu']} x{env['cpu_count']}" + (f", GPU {env['gpu']}" if "gpu" in env else "")
         + f"; load average before/after {result['load_avg_before_after']}.", "",
         f"{stats['n']} synthetic candidates ({CROP_SIZE} px crops, registered) through the live Recognizer one at a time; "
-        f"flow {result['flow']}, engine {result['engine']}.", "",
+        f"flow {result['flow']}, runtime {result['runtime']}.", "",
         "| ms | p50 | p95 | p99 |", "|---|---|---|---|",
         *(f"| {name} | {summary[stage]['p50']} | {summary[stage]['p95']} | {summary[stage]['p99']} |"
-          for stage, name in (("encode", "features (encode)"), ("infer", "engine (infer)"),
+          for stage, name in (("encode", "features (encode)"), ("infer", "inference (infer)"),
                               ("confirm", "apex confirmed -> label"))),
         "", f"Target: apex confirmed -> label p95 <= {limit:g} ms ({'GPU' if on_gpu else 'CPU'} flow): "
         f"{'met' if result['target_met'] else 'NOT met'}.", ""])
@@ -194,7 +195,8 @@ def run(args) -> int:
     if args.recognizer_only:
         return recognizer_only(args)
     from realtime.cli import make_pipeline, match_events, planted_events, warm_up
-    from realtime.engines import load_engine
+    from realtime.pipeline import PipelineConfig
+    from realtime.runtimes import load_runtime
     from realtime.sinks import ListSink
     from realtime.sources import VideoSource
 
@@ -219,15 +221,15 @@ def run(args) -> int:
         print(f"clip {clip.name}: {clip_frames} frames {size[0]}x{size[1]} @ {fps:g} fps (made in {t_gen:.1f} s)"
               + (f"; looping to {frames} frames" if frames else ""), flush=True)
 
-        engine = load_engine(args.model, kind=args.engine)
-        warm_up(engine, args.flow)
+        runtime = load_runtime(args.model, kind=args.runtime)
+        warm_up(runtime, args.flow)
         dec_before, n_dec = _decode_only(clip, frames)
         print(f"decode only: {n_dec} frames in {dec_before:.2f} s ({n_dec / dec_before:.0f} fps)", flush=True)
 
         source = VideoSource(clip, loop_frames=frames, realtime=args.realtime)
         keep = ListSink()
-        pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker, event_sinks=[keep],
-                             queue_size=args.queue_size)
+        pipe = make_pipeline(source, runtime, args.flow, args.tracker, event_sinks=[keep],
+                             config=PipelineConfig(queue_size=args.queue_size))
         rss: list[tuple[float, int, float]] = []
         stop = threading.Event()
 
@@ -254,9 +256,6 @@ def run(args) -> int:
         if sampler:
             sampler.join()
         rss_after = _rss_mb()
-        close = getattr(pipe.tracker, "close", None)
-        if close:
-            close()
         dec_after, _ = _decode_only(clip, frames)
     if summary["error"]:
         print(f"pipeline failed: {summary['error']}")
@@ -271,8 +270,8 @@ def run(args) -> int:
         "benchmark": "latency",
         "environment": env,
         "clip": {"frames": clip_frames, "fps": fps, "width": size[0], "height": size[1], "generated": truth is not None},
-        "engine": getattr(engine, "name", "?"),
-        "engine_info": getattr(engine, "info", None) if isinstance(getattr(engine, "info", None), (dict, str)) else None,
+        "runtime": runtime.name,
+        "runtime_info": runtime.info,
         "flow": args.flow,
         "tracker": args.tracker,
         "frames": n,
@@ -313,7 +312,7 @@ def run(args) -> int:
         result["memory"] = memory_summary(rss, n, rss_after)
     stem = "latency-memory" if memory_mode else "latency-realtime" if args.realtime else "latency"
     write_json(out / f"{stem}.json", result)
-    title = (f"mex-bench latency, {env['machine']} ({env['cpu_count']} cpu), {result['engine']}, "
+    title = (f"mex-bench latency, {env['machine']} ({env['cpu_count']} cpu), {result['runtime']}, "
              f"{n} frames: {result['pipeline_fps']:.0f} fps")
     _plot(out / f"{stem}.png", summary, rss if memory_mode else None, title)
     md = _markdown(result)
@@ -352,7 +351,7 @@ def _markdown(r: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
         "",
         f"Clip: {r['clip']['frames']} frames {r['clip']['width']}x{r['clip']['height']} @ {r['clip']['fps']:g} fps "
-        f"({'generated' if r['clip']['generated'] else 'given'}); engine {r['engine']}, flow {r['flow']}, tracker {r['tracker']}; "
+        f"({'generated' if r['clip']['generated'] else 'given'}); runtime {r['runtime']}, flow {r['flow']}, tracker {r['tracker']}; "
         + (f"real-time mode (the file at its own {r['clip']['fps']:g} fps, as a camera delivers frames; features "
            f"computed speculatively while an apex awaits confirmation: {r['speculated']} pairs computed ahead, "
            f"{r['speculation_used']} candidates found theirs). " if r.get("realtime") else
@@ -384,7 +383,7 @@ def _markdown(r: dict) -> str:
         "Stages: capture = decode of one frame; wait = captured -> tracking starts (queueing); track = face "
         "tracking and alignment; spot = spotter push; frame = captured -> spotted; speculate = features of an "
         "open interval's onset and peak so far, computed ahead (real-time mode); encode = features "
-        "(mex.features.encode, per candidate; near zero when computed ahead); infer = engine per candidate; confirm = apex confirmed -> label "
+        "(mex.features.encode, per candidate; near zero when computed ahead); infer = inference per candidate; confirm = apex confirmed -> label "
         "emitted; latency = apex frame captured -> label emitted (includes the frames the spotter must wait for "
         "after the apex; in offline mode those arrive faster than real time).",
     ]

@@ -167,12 +167,12 @@ def model_fidelity(model: str, data_dir: str, live_dir: str, out: Path) -> str:
     """An exported model on the live clips, both encodings: accuracy on each and how often they agree.
     For a model trained on these clips this measures fidelity to its training images, not generalisation."""
     from mex.composite import load_flow_folder
-    from realtime.engines import load_engine
+    from realtime.runtimes import load_runtime
 
     data, live = load_flow_folder(data_dir), load_flow_folder(live_dir)
-    engine = load_engine(model, kind="onnxruntime")
-    composite = engine.probs(data.x[live_index(data, live)].astype(np.float32)).argmax(1)
-    encoded = engine.probs(live.x.astype(np.float32)).argmax(1)
+    runtime = load_runtime(model, kind="onnxruntime")
+    composite = runtime.probs(data.x[live_index(data, live)].astype(np.float32)).argmax(1)
+    encoded = runtime.probs(live.x.astype(np.float32)).argmax(1)
     md = ("| model | clips | accuracy, composite images | accuracy, live encodings | same label "
           "|\n|---|---|---|---|---|\n"
           f"| `{model}` | {len(live)} | {(composite == live.y).mean():.3f} | {(encoded == live.y).mean():.3f} | "

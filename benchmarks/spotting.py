@@ -262,7 +262,7 @@ def run_online(args, console, conds: list[Condition], seed0: int | None = None) 
                 spot_ms.append(res["spot_ms"])
                 spot_cpu_ms.append(res["spot_cpu_ms"])
                 track_ms.append(res["track_ms"])
-                reasons.update(r["reason"] for r in res["rejected"])
+                reasons.update(r["rejected"] for r in res["rejected"])
                 planted += len(res["truth"]["distractors"])
                 clips.append({"condition": cond.name, "spec": res["truth"]["spec"], "truth": res["truth"]["events"],
                               "distractors": res["truth"]["distractors"], "spotted": res["spotted"],

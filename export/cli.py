@@ -26,7 +26,7 @@ from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx, graph_summary, s
 from .tensorrt import DEFAULT_CACHE, BatchProfile, cuda_device_name, require_tensorrt
 
 SUFFIX = {"onnx": ".onnx", "engine": ".engine"}
-OUT_SUFFIXES = {"onnx": (".onnx",), "engine": (".engine", ".plan")}  # what mex-live's load_engine recognises
+OUT_SUFFIXES = {"onnx": (".onnx",), "engine": (".engine", ".plan")}  # what mex-live's load_runtime recognises
 DEFAULT_DATA = "data/megc2019-composite-flow"
 REPO_DATA = Path(__file__).resolve().parents[1] / DEFAULT_DATA  # when run from outside the repo
 

@@ -57,11 +57,12 @@ def write_summary(path: Path, rows: dict[str, dict]) -> None:
     tmp.replace(path)
 
 
-def run_batch(args, engine, console) -> int:
+def run_batch(args, runtime, console) -> int:
     """Returns the number of inputs that failed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .cli import make_pipeline, shortfalls
+    from .pipeline import PipelineConfig
     from .sinks import EventLog, ListSink
     from .sources import SourceError, recording
 
@@ -88,14 +89,15 @@ def run_batch(args, engine, console) -> int:
                 source = recording(path, args.fps)
                 events = ListSink()
                 log = EventLog(out / f"{name}.events.jsonl")
-                pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker,
-                                     event_sinks=[events, log], queue_size=args.queue_size,
-                                     max_frames=args.max_frames, segmented=args.segmented)
+                config = PipelineConfig(queue_size=args.queue_size, max_frames=args.max_frames)
                 try:
-                    summary = pipe.run()
-                finally:
-                    source.close()
-                    pipe.tracker.close()
+                    pipe = make_pipeline(source, runtime, args.flow, args.tracker, args.segmented, [events, log],
+                                         config=config)
+                except BaseException:
+                    source.close()  # not handed to a pipeline
+                    log.close()
+                    raise
+                summary = pipe.run()  # closes the source, the tracker and the log
                 labels = Counter(e.label for e in events.events)
                 row.update(frames_read=summary["frames_read"], face_frames=summary["face_frames"],
                            events=summary["events"], labels=" ".join(f"{k}={v}" for k, v in sorted(labels.items())),

@@ -1,10 +1,10 @@
 """mex-live: real-time micro-expression recognition from a camera, a video file or frame folder, or the demo clip.
 
-  mex-live --demo --no-display                 generated clip with planted micro-expressions; summary
+  mex-live --demo --display none               generated clip with planted micro-expressions; summary
   mex-live --video clip.mp4 --events ev.jsonl  as fast as possible, deterministic events
-  mex-live --video CASME2/sub01/EP02_01f --fps 200 --no-display   a folder of frames (img1.jpg, img2.jpg, ...)
-  mex-live --video CASME2/sub01/EP02_01f --fps 200 --segmented    ... as one pre-segmented clip: one label
-  mex-live --camera 0 --window                 webcam with the OpenCV window overlay
+  mex-live --video CASME2/sub01/EP02_01f --fps 200 --display none   a folder of frames (img1.jpg, img2.jpg, ...)
+  mex-live --video CASME2/sub01/EP02_01f --fps 200 --segmented      ... as one pre-segmented clip: one label
+  mex-live --camera 0 --display window         webcam with the OpenCV window overlay
 
 Exit status: 0 finished (or stopped by Ctrl-C / q), 1 failed while running, 2 bad input
 (unreadable file, bad camera index, missing or mismatched model, unwritable output).
@@ -21,7 +21,10 @@ from pathlib import Path
 from mex import version_line
 from mex.features.backends import BACKENDS as FLOW_BACKENDS
 
+from .runtimes import RUNTIMES
+
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT = 0, 1, 2
+DISPLAYS = ("auto", "window", "terminal", "none")
 
 
 class CliError(Exception):
@@ -51,19 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--seed", type=int, default=0, help="demo clip seed (default 0)")
     m = p.add_argument_group("recognition")
     m.add_argument("--model", metavar="PATH", help="exported model (.onnx, or .engine for TensorRT); default: the shipped mex/assets/default.onnx")
-    m.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"], help="inference engine (default auto)")
+    m.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES], help="inference runtime (default auto: by the --model suffix)")
     m.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS], help="optical-flow backend (default auto)")
     m.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"], help="face tracker (default auto: mediapipe face mesh, else the Haar cascade)")
     o = p.add_argument_group("output")
     o.add_argument("--record", metavar="OUT.mp4", help="write the annotated video")
     o.add_argument("--events", metavar="OUT.jsonl", help="write one JSON object per detected micro-expression")
+    o.add_argument("--rejections", metavar="OUT.jsonl",
+                   help="write one JSON object per movement the spotter saw and did not report, with the reason "
+                        "(blink, gaze, speech, head, long) and the measurements it rests on")
     o.add_argument("--out", metavar="DIR", help="--batch: the folder for the events files and summary.csv")
     o.add_argument("--summary", metavar="OUT.json", help="write the run's summary as JSON (frames, drops, faces, "
                    "events, stage latencies, warnings)")
     o.add_argument("--verbose", action="store_true", help="also show mediapipe's and TensorFlow Lite's own log lines")
-    o.add_argument("--force", action="store_true", help="let --events / --record replace an existing file (never an input)")
-    o.add_argument("--no-display", action="store_true", help="headless: no overlay; one line per event and a summary")
-    o.add_argument("--window", action="store_true", help="OpenCV window overlay (falls back to the terminal overlay without a display)")
+    o.add_argument("--force", action="store_true",
+                   help="let --events / --rejections / --record / --summary replace an existing file (never an input)")
+    o.add_argument("--display", default="auto", choices=DISPLAYS,
+                   help="what shows the run: window (the OpenCV window overlay, where a display is usable; else as "
+                        "auto), terminal (the rich overlay), none (one line per event, then the summary); default auto: "
+                        "terminal when stdout is a terminal, else none")
     o.add_argument("--queue-size", type=int, default=8, help="frames buffered between stages (default 8)")
     o.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     return p
@@ -71,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------------- building
 def check_outputs(args) -> None:
-    """--events, --record and --summary never write over an input or each other, and replace an existing
-    file only with --force: a mistyped output must not cost the user a recording."""
+    """--events, --rejections, --record and --summary never write over an input or each other, and replace
+    an existing file only with --force: a mistyped output must not cost the user a recording."""
     inputs = {Path(p).resolve() for p in (args.video, args.model) if p is not None}
     seen = {}
-    for flag, path in (("--events", args.events), ("--record", args.record), ("--summary", args.summary)):
+    for flag, path in (("--events", args.events), ("--rejections", args.rejections), ("--record", args.record),
+                       ("--summary", args.summary)):
         if path is None:
             continue
         target = Path(path).resolve()
@@ -91,21 +101,21 @@ def check_outputs(args) -> None:
         seen[target] = flag
 
 
-def load_engine_for(args):
+def load_runtime_for(args):
     from mex.artifact import ArtifactError
 
-    from .engines import load_engine
+    from .runtimes import load_runtime
 
     if args.model is not None and not Path(args.model).is_file():
         raise CliError(f"--model {args.model}: file does not exist")
     try:
-        return load_engine(args.model, kind=args.engine)
+        return load_runtime(args.model, kind=args.runtime)
     except ArtifactError as e:
         raise CliError(f"--model: {e}") from None
     except FileNotFoundError as e:
         raise CliError(f"--model: {e}" + ("" if args.model else " (or pass --model PATH)")) from None
     except (ImportError, RuntimeError, ValueError, OSError) as e:
-        raise CliError(f"--engine {args.engine}: cannot load the model ({type(e).__name__}: {e})") from None
+        raise CliError(f"--runtime {args.runtime}: cannot load the model ({type(e).__name__}: {e})") from None
 
 
 def is_stream(video: str | None) -> bool:
@@ -129,39 +139,39 @@ def open_source(args):
         raise CliError(str(e)) from None
 
 
-def warm_up(engine, flow: str, encode=None) -> None:
+def warm_up(runtime, flow: str) -> None:
     """One encode + inference on blank crops: validates --flow, and the first event is not slowed
     by lazy initialisation."""
     import numpy as np
 
     from mex import features
 
-    encode = encode or features.encode
     # textured crops (a flat one would skip the flow solver and warm nothing)
     onset = np.random.default_rng(0).integers(0, 256, (features.CROP_SIZE, features.CROP_SIZE), dtype=np.uint8)
     apex = np.roll(onset, 1, axis=0)
     try:
-        x = np.asarray(encode(onset, apex, flow=flow), np.float32)[None]
+        x = np.asarray(features.encode(onset, apex, flow=flow), np.float32)[None]
     except (ValueError, RuntimeError, ImportError) as e:
         raise CliError(f"--flow {flow}: {e}") from None
     for probe in (x, np.zeros_like(x), np.full_like(x, 0.5)):
-        p = np.asarray(engine.probs(probe), np.float64)
+        p = np.asarray(runtime.probs(probe), np.float64)
         if not (np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1.0, atol=1e-3) and (p >= 0).all()):
-            raise CliError(f"--model {getattr(engine, 'path', None) or 'the model'}: its outputs are not probabilities "
+            raise CliError(f"--model {runtime.path}: its outputs are not probabilities "
                            f"(got {np.array2string(p[0], precision=3)}): NaN or broken weights; re-export it")
 
 
-def make_pipeline(source, engine, flow="auto", tracker_backend="auto", event_sinks=(), frame_sinks=(),
-                  queue_size=8, want_display=False, max_frames=None, segmented=False):
-    from .pipeline import Pipeline, Recognizer
+def make_pipeline(source, runtime, flow: str = "auto", tracker_backend: str = "auto", segmented: bool = False,
+                  event_sinks=(), frame_sinks=(), config=None, rejection_sinks=()):
+    """The live pipeline on `source`; it owns the source from here on (its run closes it)."""
+    from .pipeline import Pipeline
+    from .recognizer import Recognizer
     from .spotting import ClipSpotter, Spotter
     from .tracking import FaceTracker
 
     tracker = FaceTracker(backend=tracker_backend)
     spotter = (ClipSpotter if segmented else Spotter)(source.fps)
-    recognizer = Recognizer(engine, flow=flow, fps=source.fps)
-    return Pipeline(source, tracker, spotter, recognizer, event_sinks=event_sinks, frame_sinks=frame_sinks,
-                    queue_size=queue_size, want_display=want_display, max_frames=max_frames)
+    return Pipeline(source, tracker, spotter, Recognizer(runtime, flow=flow), event_sinks, frame_sinks, config,
+                    rejection_sinks)
 
 
 # --------------------------------------------------------------------------------------- demo truth
@@ -212,7 +222,7 @@ def write_summary(path: str, summary: dict, source, warnings: list[str]) -> None
     tmp.replace(target)
 
 
-def print_summary(out, summary: dict, source, events, console_ok=True) -> None:
+def print_summary(out, summary: dict, source, events) -> None:
     w = out.write
     w("\n")
     w(f"mex-live summary  {source.name}  ({source.width}x{source.height} @ {source.fps:g} fps)\n")
@@ -232,6 +242,9 @@ def print_summary(out, summary: dict, source, events, console_ok=True) -> None:
     skipped = summary.get("skipped_candidates", 0)
     w(f"  events      {summary['events']} found ({summary['candidates']} candidates"
       + (f", {skipped} could not be encoded" if skipped else "") + ")\n")
+    if summary.get("rejected"):
+        w(f"  not micro   {', '.join(f'{n} {k}' for k, n in summary['rejected'].items())} "
+          "(movements seen and not reported; --rejections writes each with its reason)\n")
     if source.truth is not None:
         # a run cut short (--max-frames, Ctrl-C) is scored on the planted events it got to see
         planted = [p for p in planted_events(source.truth) if p["offset"] < summary["frames_read"]]
@@ -252,6 +265,81 @@ def print_summary(out, summary: dict, source, events, console_ok=True) -> None:
     if summary["interrupted"]:
         w("  stopped     by the user (events so far are written)\n")
     out.flush()
+
+
+# --------------------------------------------------------------------------------------- display
+def display_choice(asked: str) -> str:
+    """--display resolved to window, terminal or none. A window needs a usable display: this OpenCV is a
+    Qt build, and cv2.imshow without one kills the process, so it is checked first (overlay.display_usable)."""
+    fallback = "terminal" if sys.stdout.isatty() else "none"
+    if asked == "auto":
+        return fallback
+    if asked == "window":
+        from .overlay import display_usable
+
+        ok, why = display_usable()
+        if not ok:
+            instead = "using the terminal overlay" if fallback == "terminal" else "printing one line per event"
+            print(f"mex-live: window overlay not available: {why}; {instead}", file=sys.stderr)
+            return fallback
+    return asked
+
+
+class Screen:
+    """What the user sees while the pipeline runs (the window or the terminal overlay, or plain lines),
+    driven from the main thread by `pipeline.run(on_tick=screen)`. With plain lines it also says on
+    stderr when the source reconnects; with any, what is left to finish after Ctrl-C."""
+
+    def __init__(self, choice: str, source, runtime):
+        self.source = source
+        self.window = self.terminal = None
+        if choice == "window":
+            from .overlay import WindowOverlay
+
+            self.window = WindowOverlay(f"mex-live: {source.name}")
+            print("mex-live: window overlay: on (q or Esc stops)", file=sys.stderr)
+        elif choice == "terminal":
+            from .overlay import TerminalOverlay
+
+            self.terminal = TerminalOverlay(title=f"mex-live  {source.name}  runtime {runtime.name}")
+        self._source_state = source.state
+        self._told_stopping = False
+
+    def __enter__(self) -> Screen:
+        if self.terminal is not None:
+            self.terminal.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.terminal is not None:
+            self.terminal.close()
+        if self.window is not None:
+            self.window.close()
+
+    def __call__(self, pipe) -> None:
+        if pipe.stopping and pipe.running and not self._told_stopping:
+            self._told_stopping = True
+            frames, candidates = pipe.backlog()
+            print(f"mex-live: stopping: finishing {frames} queued frames and {candidates} candidates "
+                  "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        if self.terminal is None:
+            self._note_source_state()
+        if self.window is not None:
+            try:
+                self.window.update(pipe)
+            except Exception as e:  # noqa: BLE001 - a window that fails mid-run must not end the run
+                print(f"mex-live: window overlay closed ({type(e).__name__}: {e}); continuing", file=sys.stderr)
+                self.window = None
+        if self.terminal is not None:
+            self.terminal.update(pipe, force=not pipe.running)  # the last state is always drawn
+
+    def _note_source_state(self) -> None:
+        """A camera unplugged and back."""
+        state, before = self.source.state, self._source_state
+        if state != before and {state, before} <= {"reconnecting", "ok"}:
+            how = " (retrying with backoff)" if state == "reconnecting" else " (resumed)"
+            print(f"mex-live: {self.source.name}: {state}{how}", file=sys.stderr, flush=True)
+        self._source_state = state
 
 
 # --------------------------------------------------------------------------------------- main
@@ -280,30 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUNTIME
 
 
-def _batch(args) -> int:
-    from rich.console import Console
-
-    from .batch import run_batch
-
-    if args.out is None:
-        raise CliError("--batch needs --out DIR (events files and summary.csv)")
-    if not Path(args.batch).exists():
-        raise CliError(f"--batch {args.batch}: no such file or folder")
-    if any(v is not None for v in (args.events, args.record, args.summary)):
-        raise CliError("--batch writes one events file per input and summary.csv into --out; "
-                       "--events, --record and --summary are for a single input")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CliError(f"--out {args.out}: is a file; give a folder")
-    engine = load_engine_for(args)
-    warm_up(engine, args.flow)
-    failed = run_batch(args, engine, Console(stderr=False))
-    return EXIT_RUNTIME if failed else EXIT_OK
-
-
-def _run(args) -> int:
-    from .sinks import EventLog, ListSink, PrintSink, SinkError, VideoRecorder
-
-    # flags every kind of run shares, --batch included
+def check_shared_flags(args) -> None:
+    """The flags every kind of run shares, --batch included."""
     if args.camera is None and not is_stream(args.video) and (args.width is not None or args.height is not None):
         raise CliError("--width/--height set a camera's capture size; a file or the demo is read at its own size")
     if args.demo and args.fps is not None:
@@ -312,11 +378,12 @@ def _run(args) -> int:
         raise CliError(f"--fps {args.fps:g}: a frame rate is between 1 and 1000")
     if args.queue_size < 1:
         raise CliError("--queue-size must be at least 1")
-    if args.batch is not None:
-        return _batch(args)
-    if args.out is not None:
-        raise CliError("--out goes with --batch; a single input writes --events, --record, --summary")
 
+
+def check_single_input(args) -> None:
+    """The flags of a run on one input (not --batch)."""
+    if args.out is not None:
+        raise CliError("--out goes with --batch; a single input writes --events, --rejections, --record, --summary")
     if args.camera is not None and args.camera < 0:
         raise CliError(f"--camera {args.camera}: a camera index is 0 or more")
     if args.camera is not None and args.realtime:
@@ -328,6 +395,56 @@ def _run(args) -> int:
     if args.video is not None and not is_stream(args.video) and not Path(args.video).exists():
         raise CliError(f"--video {args.video}: no such file or folder")
     check_outputs(args)
+
+
+def _batch(args) -> int:
+    from rich.console import Console
+
+    from .batch import run_batch
+
+    if args.out is None:
+        raise CliError("--batch needs --out DIR (events files and summary.csv)")
+    if not Path(args.batch).exists():
+        raise CliError(f"--batch {args.batch}: no such file or folder")
+    if any(v is not None for v in (args.events, args.rejections, args.record, args.summary)):
+        raise CliError("--batch writes one events file per input and summary.csv into --out; "
+                       "--events, --rejections, --record and --summary are for a single input")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CliError(f"--out {args.out}: is a file; give a folder")
+    runtime = load_runtime_for(args)
+    warm_up(runtime, args.flow)
+    failed = run_batch(args, runtime, Console(stderr=False))
+    return EXIT_RUNTIME if failed else EXIT_OK
+
+
+def open_sinks(args, source, display: str):
+    """(the demo's events, event sinks, frame sinks, rejection sinks) for the demo, --events, --record,
+    --rejections and --display."""
+    from .sinks import EventLog, ListSink, PrintSink, SinkError, VideoRecorder
+
+    keep = ListSink()  # every event, for the demo's comparison with the planted ones (a short clip)
+    event_sinks, frame_sinks, rejection_sinks = [keep] if source.truth is not None else [], [], []
+    try:
+        if args.events:
+            event_sinks.append(EventLog(args.events))
+        if args.rejections:
+            rejection_sinks.append(EventLog(args.rejections, flag="--rejections"))
+        if args.record:
+            frame_sinks.append(VideoRecorder(args.record, source.fps))
+    except SinkError as e:
+        raise CliError(str(e)) from None
+    if display != "terminal":
+        event_sinks.append(PrintSink(sys.stdout))
+    return keep, event_sinks, frame_sinks, rejection_sinks
+
+
+def _run(args) -> int:
+    from .pipeline import PipelineConfig
+
+    check_shared_flags(args)
+    if args.batch is not None:
+        return _batch(args)
+    check_single_input(args)
     try:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     except ValueError:  # not the main thread (tests calling main() from a thread)
@@ -336,120 +453,50 @@ def _run(args) -> int:
     t0 = time.monotonic()
     source = open_source(args)  # first: a bad file or camera index is reported at once
     try:
-        engine = load_engine_for(args)
-        warm_up(engine, args.flow)
+        runtime = load_runtime_for(args)
+        warm_up(runtime, args.flow)
+        display = display_choice(args.display)
+        keep, event_sinks, frame_sinks, rejection_sinks = open_sinks(args, source, display)
+        config = PipelineConfig(queue_size=args.queue_size, display=display != "none", max_frames=args.max_frames)
+        try:
+            pipe = make_pipeline(source, runtime, args.flow, args.tracker, args.segmented, event_sinks, frame_sinks,
+                                 config, rejection_sinks)
+        except (ImportError, RuntimeError, ValueError) as e:
+            raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None
     except BaseException:
-        source.close()
+        source.close()  # not handed to a pipeline yet
         raise
-
-    event_sinks, frame_sinks = [], []
-    keep = ListSink()  # every event, for the demo's comparison with the planted ones (a short clip)
-    if source.truth is not None:
-        event_sinks.append(keep)
-    try:
-        if args.events:
-            event_sinks.append(EventLog(args.events))
-        if args.record:
-            frame_sinks.append(VideoRecorder(args.record, source.fps))
-    except SinkError as e:
-        source.close()
-        raise CliError(str(e)) from None
-
-    # display: window (when usable) and/or the rich terminal overlay; plain lines otherwise
-    window = terminal = None
-    notes = []
-    if not args.no_display:
-        if args.window:
-            from .overlay import WindowOverlay, display_usable
-
-            ok, why = display_usable()
-            if ok:
-                window = WindowOverlay(f"mex-live: {source.name}")
-                print("mex-live: window overlay: on (q or Esc stops)", file=sys.stderr)
-            else:
-                notes.append(f"window overlay not available: {why}; using the terminal overlay")
-        if sys.stdout.isatty():
-            from .overlay import TerminalOverlay
-
-            terminal = TerminalOverlay(title=f"mex-live  {source.name}  engine {getattr(engine, 'name', '?')}")
-    for n in notes:
-        print(f"mex-live: {n}", file=sys.stderr)
-    if terminal is None:
-        event_sinks.append(PrintSink(sys.stdout))
-
-    try:
-        pipe = make_pipeline(source, engine, flow=args.flow, tracker_backend=args.tracker, event_sinks=event_sinks,
-                             frame_sinks=frame_sinks, queue_size=args.queue_size,
-                             want_display=window is not None or terminal is not None, max_frames=args.max_frames,
-                             segmented=args.segmented)
-    except (ImportError, RuntimeError, ValueError) as e:
-        source.close()
-        raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None
-    if terminal is None:
-        print(f"mex-live: {source.describe()}, engine {getattr(engine, 'name', '?')}, flow {args.flow}, "
+    screen = Screen(display, source, runtime)
+    if screen.terminal is None:
+        print(f"mex-live: {source.describe()}, runtime {runtime.name}, flow {args.flow}, "
               f"ready in {time.monotonic() - t0:.1f} s", flush=True)
+    with screen:
+        summary = pipe.run(on_tick=screen)
+    return report(args, pipe, summary, keep)
 
-    last_state = [source.state]
-    told_stopping = [False]
 
-    def tick(p):
-        nonlocal window
-        if p.stopping and not told_stopping[0] and p.running:
-            told_stopping[0] = True
-            print(f"mex-live: stopping: finishing {len(p.q_frames) + len(p.q_faces)} queued frames and "
-                  f"{len(p.q_candidates)} candidates (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
-        if terminal is None and source.state != last_state[0]:  # e.g. a camera unplugged / back
-            if source.state in ("reconnecting", "ok") and last_state[0] in ("reconnecting", "ok"):
-                print(f"mex-live: {source.name}: {source.state}"
-                      + (" (retrying with backoff)" if source.state == "reconnecting" else " (resumed)"),
-                      file=sys.stderr, flush=True)
-            last_state[0] = source.state
-        if window is not None:
-            try:
-                window.update(p)
-            except Exception as e:  # noqa: BLE001 - a window that fails mid-run must not end the run
-                print(f"mex-live: window overlay closed ({type(e).__name__}: {e}); continuing", file=sys.stderr)
-                window = None
-        if terminal is not None:
-            terminal.update(p)
+def report(args, pipe, summary: dict, keep) -> int:
+    """The summary on stdout (and --summary), warnings, the error; the exit status."""
+    from .sources import SourceError
 
-    try:
-        if terminal is not None:
-            terminal.__enter__()
-        summary = pipe.run(on_tick=tick)
-        if terminal is not None:
-            terminal.update(pipe, force=True)
-    finally:
-        if terminal is not None:
-            terminal.close()
-        if window is not None:
-            window.close()
-        source.close()
-        close = getattr(pipe.tracker, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                pass
-
-    print_summary(sys.stdout, summary, source, keep.events)
-    notes = shortfalls(summary, source, args.max_frames)
+    print_summary(sys.stdout, summary, pipe.source, keep.events)
+    notes = shortfalls(summary, pipe.source, args.max_frames)
     for note in notes:
         print(f"  warning     {note}")
         print(f"mex-live: warning: {note}", file=sys.stderr)
     if args.summary:
-        write_summary(args.summary, summary, source, notes)
+        write_summary(args.summary, summary, pipe.source, notes)
         print(f"  summary     {args.summary}")
     if args.events:
         print(f"  events log  {args.events}")
+    if args.rejections:
+        print(f"  rejections  {args.rejections}")
     if args.record:
         print(f"  recording   {args.record}")
-    if summary["error"]:
-        print(f"mex-live: error: {summary['error']}", file=sys.stderr)
-        from .sources import SourceError
-
-        if pipe.error is not None and not isinstance(pipe.error[1], SourceError):  # bad input needs no traceback
-            print(pipe.error[2], file=sys.stderr)
+    if pipe.failure is not None:
+        print(f"mex-live: error: {pipe.failure}", file=sys.stderr)
+        if not isinstance(pipe.failure.error, SourceError):  # bad input needs no traceback
+            print(pipe.failure.traceback, file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK
 

@@ -1,10 +1,11 @@
 """What flows between the live pipeline's stages. Each stage stamps its time on the packet.
 
-Source --Frame--> Tracker --FaceFrame--> Spotter --Candidate--> Recognizer --Event--> Sinks
+Source --Frame--> Tracker --FaceFrame--> Spotter --Candidate--> Recognizer --Event--> event sinks
+                                                  FaceFrame + DisplayState --> frame sinks, overlays
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,30 +31,48 @@ class FaceFrame:
     patch: FacePatch | None = None  # what recognition cuts its crops from (training framing), None without a face
     face_id: int = 0  # the tracker's id of this face, stable while it is followed and when it comes back
 
+    def without_image(self) -> FaceFrame:
+        """The same face frame without the frame's picture (the stage times stay shared): what a stage that
+        keeps face frames for a while holds, so memory does not grow with the frame size."""
+        return replace(self, frame=replace(self.frame, image=None))
+
 
 @dataclass
 class Candidate:
     onset: FaceFrame
     apex: FaceFrame
     offset_index: int | None  # frame index where motion returned to baseline, None if not seen yet
+    offset_s: float | None  # that frame's t_video, None with offset_index
     signal: np.ndarray  # motion signal over the window around onset..apex (for display)
     t_apex_confirmed: float  # monotonic time when the spotter decided this apex
     region: str | None = None  # face region that moved most at the apex: "brows" | "eyes" | "mouth"
 
+    @property
+    def onset_s(self) -> float:
+        return self.onset.frame.t_video
+
+    @property
+    def apex_s(self) -> float:
+        return self.apex.frame.t_video
+
 
 @dataclass
 class Rejection:
-    """An interval the spotter saw and did not report, and why (for the event log's debug stream)."""
+    """An interval the spotter saw and did not report, and why (the `--rejections` debug stream)."""
     onset_index: int
     apex_index: int
     offset_index: int
+    onset_s: float  # seconds into the stream, as the frames' t_video
+    apex_s: float
+    offset_s: float
     reason: str  # a key of realtime.spotting.REJECTIONS
     region: str | None = None  # the face region that moved most
     detail: dict[str, float] = field(default_factory=dict)  # the measurements the reason rests on
 
     def to_json(self) -> dict:
-        return {"onset_frame": self.onset_index, "apex_frame": self.apex_index, "offset_frame": self.offset_index,
-                "reason": self.reason, "region": self.region, "detail": self.detail}
+        return {"rejected": self.reason, "onset_frame": self.onset_index, "apex_frame": self.apex_index,
+                "offset_frame": self.offset_index, "onset_s": self.onset_s, "apex_s": self.apex_s,
+                "offset_s": self.offset_s, "region": self.region, "detail": self.detail}
 
 
 @dataclass
@@ -71,3 +90,17 @@ class Event:
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class DisplayState:
+    """What overlays and frame sinks draw: the pipeline's state as of one face frame."""
+
+    face: FaceFrame | None = None
+    signal: np.ndarray | None = None  # the spotter's motion signal, oldest first
+    regions: dict[str, float] | None = None  # the spotter's motion per face region
+    events: tuple[Event, ...] = ()  # the last few
+    fps: float = 0.0
+    source_state: str = "starting"
+    counters: dict | None = None
+    stage_ms: dict | None = None

@@ -11,8 +11,8 @@ import numpy as np
 
 from mex.labels import CLASSES
 
-from .packets import Event, FaceFrame
-from .pipeline import DisplayState, EventSink, FrameSink
+from .packets import DisplayState, Event, FaceFrame, Rejection
+from .stages import EventSink, FrameSink
 
 
 class SinkError(RuntimeError):
@@ -31,8 +31,9 @@ def json_safe(value):
 
 
 class EventLog(EventSink):
-    """One JSON object per detected micro-expression, one per line, flushed as each is written
-    (a killed run keeps every event it reported) and fsynced at close."""
+    """One JSON object per line (a detected micro-expression, or with `--rejections` an interval the
+    spotter rejected and why), flushed as each is written (a killed run keeps every line it reported)
+    and fsynced at close."""
 
     def __init__(self, path: str | Path, flag: str = "--events"):
         self.path = Path(path)
@@ -46,7 +47,13 @@ class EventLog(EventSink):
         self.count = 0
 
     def on_event(self, event: Event) -> None:
-        line = json.dumps(json_safe(event.to_json()), separators=(", ", ": "), allow_nan=False)
+        self._write(event.to_json())
+
+    def on_rejection(self, rejection: Rejection) -> None:
+        self._write(rejection.to_json())
+
+    def _write(self, record: dict) -> None:
+        line = json.dumps(json_safe(record), separators=(", ", ": "), allow_nan=False)
         with self._lock:
             if self._f is None:
                 return

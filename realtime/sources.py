@@ -29,7 +29,10 @@ class SourceError(RuntimeError):
 
 
 class Source:
+    """What every source shares (the contract the pipeline relies on is realtime.stages.Source)."""
+
     live: bool = False
+    realtime: bool = False  # a recording played at its own frame rate
     name: str = "source"
     fps: float = 30.0
     width: int = 0
@@ -57,6 +60,10 @@ class Source:
     def close(self) -> None:
         self.stop()
         self.state = "closed"
+
+    @property
+    def paced(self) -> bool:
+        return self.live or self.realtime
 
     def describe(self) -> str:
         return f"{self.name} {self.width}x{self.height} @ {self.fps:g} fps"
@@ -330,6 +337,7 @@ class CameraSource(Source):
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         self.fail_after = fail_after  # consecutive failed reads that count as "camera gone"
         self.open_timeout_s = open_timeout_s
+        self._pending: np.ndarray | None = None  # the frame `_open` read to prove the camera works
         self._cap = self._open()
         if self._cap is None:
             raise SourceError(
@@ -371,8 +379,7 @@ class CameraSource(Source):
         t_start = time.monotonic()
         fails = 0
         delay = self.backoff_s
-        img = getattr(self, "_pending", None)
-        self._pending = None
+        img, self._pending = self._pending, None
         try:
             while not self._stop.is_set():
                 if self._cap is None:  # reconnecting

@@ -17,12 +17,16 @@ Per frame (a fraction of a millisecond; no future frames needed):
 The reference is frozen from the crossing until the interval has slid out of the lag window, so the
 reference never shows the movement itself (no echo `ref_lag_s` later).
 
-Rejected intervals:
-- longer than `max_event_s`: an expression or a pose change, not a micro one;
+Rejected intervals (each recorded with its reason, REJECTIONS; `take_rejections()`):
+- longer than `max_event_s`: an expression, a pose change, speech or a held glance, not a micro one;
+  followed to its end and recorded as one interval ("long": MEGC's macro-expressions);
 - blinks: both eyes changing by more than `blink_gray` gray levels (a closing lid covers the iris,
   far more change than any eyelid micro-movement, and one eye alone is not a blink);
 - fast head motion: the registration had to move the crop by more than `max_motion_px` (at the crop's
-  rim, working pixels), where what it leaves behind cannot be told from a micro-expression.
+  rim, working pixels), where what it leaves behind cannot be told from a micro-expression;
+- the rest is explained by where the face moved between the reference and the apex (`_explain`:
+  dense flow per face part): a turn or nod in depth, the upper lids coming down (partial blinks, on
+  a dim face too), the eyes moving alone (a glance), the jaw dropping (speech).
 
 Delay: a candidate (onset, apex and offset together) is emitted `quiet_s` after its offset, and at
 most `max_event_s` (0.5 s) after the signal first crossed `z_on`, whatever the fps. Spotting starts
@@ -52,6 +56,10 @@ REGIONS = {
     "cheek_r": (0.64, 0.46, 0.86, 0.60),  # control
 }
 FACE_REGIONS = ("brows", "eyes", "mouth")
+# masks over REGIONS: where a movement is spotted (the others are controls), the eyes, the brows
+FACE = np.array([k.split("_")[0] in FACE_REGIONS for k in REGIONS])
+EYES = np.array([k.startswith("eyes") for k in REGIONS])
+BROWS = np.array([k.startswith("brows") for k in REGIONS])
 # parts of the canonical crop whose motion explains an interval (see Spotter._explain)
 PARTS = {
     "brow_l": (0.10, 0.10, 0.48, 0.29), "brow_r": (0.52, 0.10, 0.90, 0.29),
@@ -88,7 +96,7 @@ class SpotterConfig:
     max_motion_px: float = 2.0  # intervals during which registration moved the crop further are head motion
     # explaining an interval by where the face moved (Spotter._explain; pixels of the spotting crop)
     min_part_px: float = 0.5  # a part moving less than this explains nothing
-    head_share: float = 0.45  # the median part moved at least this share of the most-moving one: the head moved
+    head_share: float = 0.35  # the nose or the median part moved this share of the most-moving one: the head moved
     eye_dominance: float = 1.5  # an eye moving this many times more than brows, lip corners and jaw: eyes alone
     jaw_dominance: float = 1.5  # the jaw dropping this many times more than the lip corners move: speech
     history_s: float = 6.0  # how much signal `signal_history()` keeps
@@ -172,7 +180,7 @@ class Spotter:
         z = (d - self.mu) / np.maximum(np.sqrt(self.var), self.cfg.noise_floor_gray)
         z -= sorted(z.tolist())[len(z) // 2]  # whole-face change (lighting, residual misalignment) is not local motion
         self.last_z = z
-        k = int(np.argmax(z[:6]))
+        k = int(np.argmax(np.where(FACE, z, -np.inf)))
         s = float(z[k])
         self.signal.append((i, s, k))
         self.eye_gray.append(eye_gray)
@@ -208,7 +216,7 @@ class Spotter:
         the smaller of the two eyes' changes; the registration's motion."""
         aligned, motion = self._register(ref, cur)
         d = self._regions(cv2.absdiff(aligned, ref))
-        return d, float(min(d[2], d[3])), motion
+        return d, float(d[EYES].min()), motion
 
     def _regions(self, absdiff: np.ndarray) -> np.ndarray:
         """Per region, the largest mean of |difference| over a `cell_px` square."""
@@ -355,7 +363,7 @@ class Spotter:
         motion = max((m for _, m in inside), default=0.0)
         if eye_gray > self.cfg.blink_gray:  # both eyes changed far more than an eyelid micro-movement can
             reason, detail = "blink", {"eye_gray": eye_gray}
-        elif motion > self.cfg.max_motion_px:  # what is left after registration cannot be told from a micro-expression
+        elif motion > self.cfg.max_motion_px:  # what registration leaves then is not told from a micro-expression
             reason, detail = "head", {"motion_px": motion}
         else:
             reason, detail = self._explain(faces.get(ref_index, faces[onset]), faces[apex])
@@ -364,15 +372,17 @@ class Spotter:
             return []
         lo = onset - self.lag
         signal = np.array([s for j, s, _ in history if lo <= j <= offset + self.quiet], np.float32)
-        return [Candidate(onset=faces[onset], apex=faces[apex], offset_index=offset, signal=signal,
-                          t_apex_confirmed=time.monotonic(), region=self.names[region].split("_")[0])]
+        return [Candidate(onset=faces[onset], apex=faces[apex], offset_index=offset,
+                          offset_s=faces[offset].frame.t_video, signal=signal, t_apex_confirmed=time.monotonic(),
+                          region=self.names[region].split("_")[0])]
 
     def _explain(self, ref: FaceFrame, apex: FaceFrame) -> tuple[str | None, dict[str, float]]:
         """Why an interval is not a micro-expression, from where the face moved between the reference
         (before the interval) and the apex (`motion_parts`); None: nothing rules it out.
 
-        - head: most parts moved, about as much as the one that moved most (a turn or a nod in depth
-          moves the whole face against the registration; an action moves one or two parts);
+        - head: the nose (rigid) and most parts moved by `min_part_px` or more, and either of them
+          `head_share` as much as the part that moved most (a turn or a nod in depth moves the whole
+          face against the registration, nose included; an action moves one or two parts);
         - blink / gaze: an eye moved `eye_dominance` times more than brows, lip corners and jaw, its
           upper lid (with the iris) down (a blink, full or partial, or a downward glance), sideways, or
           up as much as its lower lid (a glance up; a lid tightener moves the lower lid alone);
@@ -385,7 +395,8 @@ class Spotter:
         top = max(mag.values())
         if top < c.min_part_px:
             return None, detail
-        if sorted(mag.values())[len(mag) // 2] >= c.head_share * top:
+        median = sorted(mag.values())[len(mag) // 2]
+        if min(median, mag["nose"]) >= c.min_part_px and max(median, mag["nose"]) >= c.head_share * top:
             return "head", detail
         eye = max("lr", key=lambda e: mag[f"lid_{e}"] + mag[f"low_{e}"])
         (lx, ly), eyes = parts[f"lid_{eye}"], max(mag[f"lid_{eye}"], mag[f"low_{eye}"])
@@ -420,7 +431,9 @@ class Spotter:
         return out
 
     def _reject(self, reason: str, onset: int, apex: int, offset: int, region: int, detail: dict) -> None:
-        self.rejections.append(Rejection(onset, apex, offset, reason, self.names[region].split("_")[0],
+        t = {f.frame.index: f.frame.t_video for f in self.faces}
+        when = [round(t.get(j, j / self.fps), 4) for j in (onset, apex, offset)]
+        self.rejections.append(Rejection(onset, apex, offset, *when, reason, self.names[region].split("_")[0],
                                          {k: round(float(v), 3) for k, v in detail.items()}))
 
     def take_rejections(self) -> list[Rejection]:
@@ -520,7 +533,7 @@ class ClipSpotter(Spotter):
             return []
         d, _, _ = self._difference(self.kept[0][1], work)  # change from the onset, for the display
         self.last_z = d - sorted(d.tolist())[len(d) // 2]
-        self.history.append(float(self.last_z[:6].max()))
+        self.history.append(float(self.last_z[FACE].max()))
         return []
 
     def provisional(self) -> None:
@@ -531,10 +544,11 @@ class ClipSpotter(Spotter):
         region. On blink frames the eyes and brows count as unchanged, and each region's change is the
         median over 2 * half + 1 frames: what is left of a blink around those frames (the lid on its way)
         lasts a few frames, a movement's peak longer."""
-        z = (d - np.median(d, axis=1, keepdims=True))[:, :6]
-        z[blink, :4] = 0.0
+        z = d - np.median(d, axis=1, keepdims=True)
+        z[np.ix_(blink, EYES | BROWS)] = 0.0
         padded = np.pad(z, ((half, half), (0, 0)), mode="edge")
         z = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0), axis=-1)
+        z[:, ~FACE] = -np.inf  # the control regions are never the apex's region
         return z.max(1), z.argmax(1)
 
     def flush(self) -> list[Candidate]:
@@ -553,13 +567,14 @@ class ClipSpotter(Spotter):
         off_path, from_onset = np.array(off_path), np.array(from_onset)
         # a closing lid: both eyes change by more than `blink_gray` (the online rule), or by half as much
         # and more than the brows (a brow movement reaches the eye regions less; a lid on its way does)
-        eyes = off_path[:, 2:4].min(1)
-        blink = (eyes > self.cfg.blink_gray) | ((eyes > self.cfg.blink_gray / 2) & (eyes > off_path[:, :2].max(1)))
+        eyes = off_path[:, EYES].min(1)
+        blink = (eyes > self.cfg.blink_gray) | ((eyes > self.cfg.blink_gray / 2) & (eyes > off_path[:, BROWS].max(1)))
         half = int(self.smooth_s * self.fps / self.stride / 2)
         path_score, path_region = self._scores(off_path, blink, half)
         onset_score, onset_region = self._scores(from_onset, blink, half)
         returned = path_score.max() >= self.return_frac * onset_score[-1]
         score, region = (path_score, path_region) if returned else (onset_score, onset_region)
         q = 1 + int(np.argmax(score[1:]))  # the onset is not its own apex
-        return [Candidate(onset=onset, apex=frames[q][0], offset_index=end.frame.index, signal=score.astype(np.float32),
-                          t_apex_confirmed=time.monotonic(), region=self.names[region[q]].split("_")[0])]
+        return [Candidate(onset=onset, apex=frames[q][0], offset_index=end.frame.index, offset_s=end.frame.t_video,
+                          signal=score.astype(np.float32), t_apex_confirmed=time.monotonic(),
+                          region=self.names[region[q]].split("_")[0])]

@@ -67,7 +67,7 @@ def test_video_gives_the_same_events_twice(work, capsys):
     runs = []
     for k in range(2):
         out = d / f"events{k}.jsonl"
-        rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--events", str(out), "--no-display"])
+        rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--events", str(out), "--display", "none"])
         text = capsys.readouterr().out
         assert rc == 0, text
         assert "120 processed / 120 read, 0 dropped" in text
@@ -85,7 +85,7 @@ def test_record_writes_the_annotated_video(work, capsys):
     import cv2
 
     out = work["dir"] / "rec.mp4"
-    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--record", str(out), "--no-display",
+    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--record", str(out), "--display", "none",
                    "--max-frames", "40"])
     capsys.readouterr()
     assert rc == 0
@@ -145,7 +145,7 @@ def test_bad_inputs_exit_non_zero_with_a_message(work, tmp_path, capsys):
         (["--video", "rtsp://127.0.0.1:9/cam", "--model", model, "--segmented"], "is a live stream"),
     ]
     for argv, needle in cases:
-        rc = cli.main([*argv, "--no-display"])
+        rc = cli.main([*argv, "--display", "none"])
         err = capsys.readouterr().err
         assert rc == 2, (argv, err)
         assert err.startswith("mex-live: error:") and needle in err, (argv, err)
@@ -177,7 +177,7 @@ def test_frame_folder_gives_the_events_of_the_same_frames_as_a_video(work, tmp_p
     runs = []
     for source in (["--video", str(work["clip"])], ["--video", str(folder), "--fps", "30"]):
         out = tmp_path / f"events{len(runs)}.jsonl"
-        rc = cli.main([*source, "--model", str(work["model"]), "--events", str(out), "--no-display"])
+        rc = cli.main([*source, "--model", str(work["model"]), "--events", str(out), "--display", "none"])
         text = capsys.readouterr().out
         assert rc == 0, text
         assert "120 processed / 120 read, 0 dropped" in text
@@ -195,16 +195,16 @@ def test_bad_frame_folders_name_the_problem(work, tmp_path, capsys):
     folder = tmp_path / "frames"
     _frame_folder(work["clip"], folder, ".jpg")
     for argv, needle in [(["--video", str(folder)], "--fps"), (["--video", str(empty), "--fps", "200"], "no frame images")]:
-        assert cli.main([*argv, "--model", model, "--no-display"]) == 2
+        assert cli.main([*argv, "--model", model, "--display", "none"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("mex-live: error:") and needle in err and str(argv[1]) in err, err
     (folder / "img50.jpg").write_bytes(b"\xff\xd8 truncated")  # a damaged frame half-way: the run stops, naming it
-    assert cli.main(["--video", str(folder), "--fps", "30", "--model", model, "--no-display"]) == 1
+    assert cli.main(["--video", str(folder), "--fps", "30", "--model", model, "--display", "none"]) == 1
     err = capsys.readouterr().err
     assert "frame img50.jpg cannot be read" in err and "Traceback" not in err, err
     _frame_folder(work["clip"], other := tmp_path / "sizes", ".jpg")
     cv2.imwrite(str(other / "img7.jpg"), np.zeros((10, 10, 3), np.uint8))
-    assert cli.main(["--video", str(other), "--fps", "30", "--model", model, "--no-display"]) == 1
+    assert cli.main(["--video", str(other), "--fps", "30", "--model", model, "--display", "none"]) == 1
     assert "img7.jpg is 10x10" in capsys.readouterr().err
 
 
@@ -220,18 +220,18 @@ def test_segmented_clip_gives_one_event_at_the_planted_apex(work, tmp_path, caps
     found = {}
     for mode in ([], ["--segmented"]):
         out = tmp_path / f"events{len(found)}.jsonl"
-        assert cli.main(["--video", str(clip), "--model", str(work["model"]), "--events", str(out), "--no-display", *mode]) == 0
+        assert cli.main(["--video", str(clip), "--model", str(work["model"]), "--events", str(out), "--display", "none", *mode]) == 0
         capsys.readouterr()
         found[bool(mode)] = _events(out)
     assert found[False] == []
     (event,) = found[True]
     assert event["onset_frame"] == 0 and event["offset_frame"] == 119 and abs(event["apex_frame"] - apex) <= 2, event
-    assert cli.main(["--demo", "--segmented", "--model", str(work["model"]), "--no-display"]) == 2
+    assert cli.main(["--demo", "--segmented", "--model", str(work["model"]), "--display", "none"]) == 2
     assert "--segmented needs --video" in capsys.readouterr().err
 
 
 def test_console_script_exit_status_and_message(work, tmp_path):
-    r = _live(["--video", str(tmp_path / "nope.avi"), "--model", str(work["model"]), "--no-display"], timeout=60)
+    r = _live(["--video", str(tmp_path / "nope.avi"), "--model", str(work["model"]), "--display", "none"], timeout=60)
     assert r.returncode == 2 and "--video" in r.stderr and "nope.avi" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -244,7 +244,7 @@ def test_sigint_is_a_clean_stop_with_the_event_log_flushed(work):
     # A shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C handler (mex-live
     # rightly keeps that: nohup'd jobs stop by SIGTERM). The child gets the default a terminal gives it.
     proc = subprocess.Popen([PY, "-m", "realtime.cli", "--video", str(clip), "--realtime", "--model",
-                             str(work["model"]), "--events", str(out), "--no-display"], cwd=ROOT, env=_env(),
+                             str(work["model"]), "--events", str(out), "--display", "none"], cwd=ROOT, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -272,10 +272,10 @@ def test_sigint_is_a_clean_stop_with_the_event_log_flushed(work):
 
 @needs_tracker
 def test_demo_runs_end_to_end_and_reports_planted_events(capsys):
-    from realtime.engines import DEFAULT_MODEL
+    from realtime.runtimes import DEFAULT_MODEL
 
     assert DEFAULT_MODEL.is_file(), "the default model must ship with the repository"
-    rc = cli.main(["--demo", "--no-display"])  # the Quickstart command, in-process to save an interpreter start
+    rc = cli.main(["--demo", "--display", "none"])  # the Quickstart command, in-process to save an interpreter start
     out = capsys.readouterr()
     assert rc == 0, out.err[-2000:]
     assert "600 processed / 600 read, 0 dropped" in out.out
@@ -286,7 +286,7 @@ def test_demo_runs_end_to_end_and_reports_planted_events(capsys):
 def test_cut_demo_scores_what_it_saw_and_never_imports_torch():
     """The CPU path (OpenCV flow, ONNX Runtime) needs no torch: importing it costs seconds of start-up.
     A run cut short is scored on the planted events inside the frames it read, not on the whole clip."""
-    code = ("import sys; from realtime.cli import main; rc = main(['--demo', '--no-display', '--max-frames', '120']); "
+    code = ("import sys; from realtime.cli import main; rc = main(['--demo', '--display', 'none', '--max-frames', '120']); "
             "print('torch imported:', 'torch' in sys.modules); sys.exit(rc)")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -348,7 +348,7 @@ def test_window_overlay_under_xvfb(work, xvfb):
     display, screen = xvfb
     err = open(work["dir"] / "window.stderr", "w")  # a file, not a pipe nobody reads while the app runs
     proc = subprocess.Popen([PY, "-m", "realtime.cli", "--video", str(work["clip"]), "--model", str(work["model"]),
-                             "--window", "--realtime", "--max-frames", "120"], cwd=ROOT,
+                             "--display", "window", "--realtime", "--max-frames", "120"], cwd=ROOT,
                             env=_env(DISPLAY=display, QT_QPA_PLATFORM="xcb"), stdout=subprocess.DEVNULL,
                             stderr=err, text=True)
     samples = []
@@ -375,10 +375,22 @@ def test_window_without_a_display_falls_back_and_does_not_crash(work, monkeypatc
     if Path("/tmp/.X11-unix/X93").exists():
         pytest.skip("display :93 exists here")
     monkeypatch.setenv("DISPLAY", ":93")  # set but unreachable: must be detected before any cv2 window call
-    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--window", "--max-frames", "20"])
+    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--display", "window", "--max-frames", "20"])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "window overlay not available" in err and ":93" in err
+
+
+def test_display_auto_is_the_terminal_overlay_on_a_terminal_and_a_window_needs_a_display(monkeypatch, capsys):
+    assert cli.display_choice("auto") == "none"  # captured stdout is not a terminal
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli.display_choice("auto") == "terminal" and cli.display_choice("none") == "none"
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert cli.display_choice("window") == "terminal"
+    assert "window overlay not available: no display" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--demo", "--no-display"])  # one flag for it: --display
 
 
 class _UnpluggedCamera:
@@ -419,7 +431,7 @@ def test_camera_unplugged_mid_run_shows_state_and_resumes(work, monkeypatch, cap
     frames = [f.image for f in sources.VideoSource(work["clip"]).frames()][:60]
     _UnpluggedCamera.opens = 0
     monkeypatch.setattr(sources, "_default_capture", lambda i: _UnpluggedCamera(i, frames))
-    rc = cli.main(["--camera", "0", "--model", str(work["model"]), "--no-display", "--max-frames", "60"])
+    rc = cli.main(["--camera", "0", "--model", str(work["model"]), "--display", "none", "--max-frames", "60"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "camera 0: reconnecting" in out.err and "camera 0: ok (resumed)" in out.err
@@ -448,7 +460,7 @@ def test_a_video_without_a_face_says_so(tmp_path, capsys):
     for i in range(15):
         writer.write(np.full((120, 160, 3), 40 + i, np.uint8))
     writer.release()
-    assert cli.main(["--video", str(path), "--no-display"]) == 0
+    assert cli.main(["--video", str(path), "--display", "none"]) == 0
     out = capsys.readouterr()
     assert "no face was found in any of the 15 frames" in out.err and "warning" in out.out
 
@@ -473,7 +485,7 @@ def test_every_command_says_its_version(capsys):
 
 
 def test_fps_gives_a_file_its_true_rate(work, capsys):
-    assert cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--fps", "120", "--no-display",
+    assert cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--fps", "120", "--display", "none",
                      "--max-frames", "10"]) == 0
     assert "@ 120 fps)" in capsys.readouterr().out
 
@@ -481,7 +493,7 @@ def test_fps_gives_a_file_its_true_rate(work, capsys):
 @needs_tracker
 def test_summary_json_says_what_the_run_did(tmp_path, capsys):
     out = tmp_path / "run.json"
-    assert cli.main(["--demo", "--no-display", "--max-frames", "60", "--summary", str(out)]) == 0
+    assert cli.main(["--demo", "--display", "none", "--max-frames", "60", "--summary", str(out)]) == 0
     text = capsys.readouterr().out
     s = json.loads(out.read_text())
     assert s["frames_read"] == s["frames_processed"] == 60 and s["input"]["fps"] == 30.0
@@ -491,7 +503,7 @@ def test_summary_json_says_what_the_run_did(tmp_path, capsys):
 
 @needs_tracker
 def test_native_log_lines_are_hidden_unless_verbose():
-    base = [sys.executable, "-m", "realtime.cli", "--demo", "--no-display", "--max-frames", "40"]
+    base = [sys.executable, "-m", "realtime.cli", "--demo", "--display", "none", "--max-frames", "40"]
     quiet = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
     loud = subprocess.run([*base, "--verbose"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert quiet.returncode == loud.returncode == 0
@@ -532,3 +544,29 @@ def test_batch_runs_every_recording_records_failures_and_resumes(work, tmp_path,
     assert "3 of 4 inputs ok" in text
     assert cli.main(argv) == 1  # a rerun retries only the failed input
     assert "3 done before, 1 to run" in capsys.readouterr().out.replace("\n", " ")
+
+
+@needs_tracker
+def test_rejections_write_why_each_movement_was_not_reported(work, tmp_path, capsys):
+    from realtime.spotting import REJECTIONS
+
+    spec = synth.ClipSpec(fps=30.0, seconds=6.0, size=(320, 240), face_px=90.0, events=0, partial_blinks=2,
+                          speech=1, contrast=0.5, seed=4)
+    clip = tmp_path / "distractors.mp4"
+    gt = synth.write_clip(clip, spec)
+    rej, summary = tmp_path / "rejections.jsonl", tmp_path / "run.json"
+    assert cli.main(["--video", str(clip), "--model", str(work["model"]), "--rejections", str(rej),
+                     "--summary", str(summary), "--display", "none"]) == 0
+    text = capsys.readouterr().out
+    lines = _events(rej)
+    assert lines, "the blinks and the speech moved the face: the spotter saw them"
+    assert all(r["rejected"] in REJECTIONS and r["onset_frame"] <= r["apex_frame"] <= r["offset_frame"] for r in lines)
+    assert all(any(d["start"] - 3 <= r["offset_frame"] and r["onset_frame"] <= d["end"] + 3 for d in gt["distractors"])
+               for r in lines)
+    counts = json.loads(summary.read_text())["rejected"]
+    assert sum(counts.values()) == len(lines) and json.loads(summary.read_text())["events"] == 0
+    assert "not micro" in text and "--rejections" in text
+    # the debug stream is an output like the others: never over an input, never over a file without --force
+    assert cli.main(["--video", str(clip), "--rejections", str(clip), "--display", "none"]) == 2
+    assert cli.main(["--video", str(clip), "--rejections", str(rej), "--display", "none"]) == 2
+    assert "--rejections" in capsys.readouterr().err

@@ -91,12 +91,12 @@ def test_dynamic_batch(exported, composite, batch):
     assert np.abs(got - torch_logits(model, x)).max() <= 1e-4
 
 
-def test_live_engine_loads_the_export_and_agrees_with_pytorch(exported, composite):
-    from realtime.engines import load_engine
+def test_live_runtime_loads_the_export_and_agrees_with_pytorch(exported, composite):
+    from realtime.runtimes import load_runtime
 
     checkpoint, onnx_path, _ = exported
     x = composite.x[:16]
-    assert np.abs(load_engine(onnx_path).probs(x) - load_engine(checkpoint, device="cpu").probs(x)).max() <= 1e-5
+    assert np.abs(load_runtime(onnx_path).probs(x) - load_runtime(checkpoint, device="cpu").probs(x)).max() <= 1e-5
 
 
 # ---------------------------------------------------------------------------------------------- CLI errors

@@ -253,11 +253,11 @@ def test_fit_trains_on_every_live_clip(tiny_subset, tmp_path):
 
 
 def test_bench_live_gap_model_scores_an_exported_model_on_both_encodings(tmp_path):
-    from realtime.engines import DEFAULT_MODEL, load_engine
+    from realtime.runtimes import DEFAULT_MODEL, load_runtime
 
     assert bench(["live-gap", "--model", str(DEFAULT_MODEL), "--out", str(tmp_path)]) == 0
     live = load_flow_folder(ROOT / "data" / "casme2-live-encoded")
-    pred = load_engine(str(DEFAULT_MODEL), kind="onnxruntime").probs(live.x.astype(np.float32)).argmax(1)
+    pred = load_runtime(str(DEFAULT_MODEL), kind="onnxruntime").probs(live.x.astype(np.float32)).argmax(1)
     row = (tmp_path / "live-gap-model.md").read_text().splitlines()[2].split("|")
     assert int(row[2]) == 138 and float(row[4]) == pytest.approx((pred == live.y).mean(), abs=5e-4)
 

@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pytest
 
+from realtime.channels import Aborted, Channel, RingStats
 from realtime.framing import FacePatch
-from realtime.packets import Candidate, FaceFrame, Frame
-from realtime.pipeline import Aborted, Channel, DisplayState, Pipeline, Recognizer, RingStats, Speculator
+from realtime.packets import Candidate, DisplayState, FaceFrame, Frame
+from realtime.pipeline import Pipeline, PipelineConfig
+from realtime.recognizer import Recognizer
 from realtime.sinks import EventLog, ListSink, VideoRecorder, annotate
 from realtime.sources import ArraySource, CameraSource, SourceError, VideoSource
 
@@ -28,6 +30,7 @@ def flat_patch(value: int) -> FacePatch:
 class FakeTracker:
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
+        self.closed = False
 
     def track(self, frame):
         t0 = time.perf_counter()
@@ -37,6 +40,9 @@ class FakeTracker:
         crop = np.full((CROP, CROP), frame.index % 256, np.uint8)
         lm = np.array([[10.0, 10.0], [20.0, 20.0]])
         return FaceFrame(frame, "face", (4, 4, 24, 24), lm, crop, flat_patch(frame.index % 256))
+
+    def close(self):
+        self.closed = True
 
 
 class FakeSpotter:
@@ -59,13 +65,17 @@ class FakeSpotter:
         for due, (on, ap) in list(self.pending):
             if i >= due:
                 self.pending.remove((due, (on, ap)))
-                out.append(Candidate(on, ap, ap.frame.index + 2, np.zeros(8), time.monotonic()))
+                off = next(f.frame for f in self.hist if f.frame.index >= ap.frame.index + 2)  # a live source drops frames
+                out.append(Candidate(on, ap, off.index, off.t_video, np.zeros(8), time.monotonic()))
         return out
 
     def flush(self):
-        out = [Candidate(on, ap, None, np.zeros(8), time.monotonic()) for _, (on, ap) in self.pending]
+        out = [Candidate(on, ap, None, None, np.zeros(8), time.monotonic()) for _, (on, ap) in self.pending]
         self.pending = []
         return out
+
+    def provisional(self):
+        return None
 
     def signal_history(self):
         return np.sin(np.arange(len(self.hist)))
@@ -73,8 +83,11 @@ class FakeSpotter:
     def region_motion(self):
         return {"brows": 0.1, "eyes": 0.2, "mouth": 0.3}
 
+    def take_rejections(self):
+        return []
 
-class FakeEngine:
+
+class FakeRuntime:
     name = "fake"
 
     def probs(self, x):
@@ -97,9 +110,10 @@ def images(n, h=48, w=64):
         yield img
 
 
-def make(source, tracker=None, spotter=None, **kw):
-    rec = Recognizer(FakeEngine(), encode=fake_encode, fps=source.fps)
-    return Pipeline(source, tracker or FakeTracker(), spotter or FakeSpotter(), rec, **kw)
+def make(source, tracker=None, spotter=None, event_sinks=(), frame_sinks=(), **config):
+    rec = Recognizer(FakeRuntime(), encode=fake_encode)
+    return Pipeline(source, tracker or FakeTracker(), spotter or FakeSpotter(), rec, event_sinks, frame_sinks,
+                    PipelineConfig(**config))
 
 
 def strip(ev):
@@ -199,7 +213,7 @@ def test_stop_is_graceful_and_flushes_events(tmp_path):
     time.sleep(0.4)
     p.stop()
     assert p.join(5)
-    p.close_sinks()
+    p.close()
     s = p.summary()
     assert 0 < s["frames_processed"] < 10_000 and s["frames_processed"] == s["frames_read"]
     lines = log.read_text().splitlines()
@@ -231,20 +245,20 @@ def test_a_failing_stage_aborts_everything_and_is_reported():
     p = make(ArraySource(images(1000), fps=30), tracker=Broken(), queue_size=2)
     s = p.run()
     assert s["aborted"] and "tracking" in s["error"] and "boom" in s["error"]
+    assert p.failure.stage == "tracking" and isinstance(p.failure.error, RuntimeError) and "boom" in p.failure.traceback
 
 
 def test_recognizer_builds_events_from_the_candidate():
-    src = ArraySource([], fps=25)
     ffs = []
     for i in (10, 14):
         f = next(ArraySource(images(1), fps=25).frames())
-        f.index, f.t_video = i, i / 25
+        f.index, f.t_video = i, 3.0 + i / 25  # a camera's clock: times are not index / fps
         ffs.append(FakeTracker().track(f))
-    cand = Candidate(ffs[0], ffs[1], 19, np.zeros(4), time.monotonic())
+    cand = Candidate(ffs[0], ffs[1], 19, 3.77, np.zeros(4), time.monotonic())
     stats = RingStats(16)
-    (ev,) = Recognizer(FakeEngine(), encode=fake_encode, fps=src.fps)([cand], stats)
+    (ev,) = Recognizer(FakeRuntime(), encode=fake_encode)([cand], stats)
     assert (ev.onset_frame, ev.apex_frame, ev.offset_frame) == (10, 14, 19)
-    assert ev.offset_s == pytest.approx(19 / 25) and ev.apex_s == pytest.approx(14 / 25)
+    assert (ev.onset_s, ev.apex_s, ev.offset_s) == (3.4, 3.56, 3.77)  # the candidate's times, as they are
     assert set(ev.probs) == {"negative", "positive", "surprise"} and ev.label in ev.probs
     assert ev.confirm_ms >= 0 and "encode" in stats.stages() and "infer" in stats.stages()
 
@@ -378,7 +392,7 @@ def test_terminal_overlay_renders_state():
     from realtime.overlay import TerminalOverlay, sparkline
 
     assert len(sparkline(np.arange(100.0), 40)) == 40
-    p = make(ArraySource(images(60), fps=30), want_display=True)
+    p = make(ArraySource(images(60), fps=30), display=True)
     p.run()
     buf = io.StringIO()
     con = Console(file=buf, width=140, force_terminal=False)
@@ -417,7 +431,7 @@ def test_a_candidate_that_cannot_be_encoded_is_skipped_not_fatal():
         return fake_encode(onset, apex, flow)
 
     src = ArraySource(images(60), fps=30)
-    p = Pipeline(src, FakeTracker(), FakeSpotter(), Recognizer(FakeEngine(), encode=picky, fps=30))
+    p = Pipeline(src, FakeTracker(), FakeSpotter(), Recognizer(FakeRuntime(), encode=picky))
     s = p.run()
     assert s["error"] is None and s["skipped_candidates"] == 1 and s["events"] == s["candidates"] - 1
 
@@ -455,66 +469,113 @@ def wait_for(predicate, timeout_s: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def test_speculator_computes_the_newest_offer_and_hands_it_over():
-    calls = []
+def test_prefetch_encodes_the_newest_offer_and_hands_it_over():
+    calls, started, gate = [], threading.Event(), threading.Event()
 
-    def encode(onset, apex):
-        calls.append((int(onset.crop[0, 0]), int(apex.crop[0, 0])))
-        return fake_encode(onset.crop, apex.crop)
+    def encode(onset, apex, flow="auto"):
+        started.set()
+        gate.wait(10)
+        calls.append((int(onset[0, 0]), int(apex[0, 0])))
+        return fake_encode(onset, apex)
 
-    spec = Speculator(encode)
-    spec.offer(face(0, 1), face(3, 5))
-    spec.offer(face(0, 1), face(4, 9))  # the peak moved on before anything started: only this one is computed
-    worker = threading.Thread(target=spec.run)
-    worker.start()
-    wait_for(lambda: spec.computed == 1)
-    assert calls == [(1, 9)]
-    late = Candidate(face(0, 1), face(3, 5), 6, np.zeros(1), time.monotonic())
-    held = Candidate(face(0, 1), face(4, 9), 6, np.zeros(1), time.monotonic())
-    assert spec.take(late) is None  # never computed: the recognizer encodes it itself
-    np.testing.assert_array_equal(spec.take(held), fake_encode(held.onset.crop, held.apex.crop))
-    assert spec.take(held) is None and spec.used == 1  # handed over once
-    spec.close()
-    worker.join(5)
-    assert not worker.is_alive()
+    rec = Recognizer(FakeRuntime(), encode=encode)
+    rec.prefetch(face(0, 1), face(2, 3))
+    assert started.wait(10)
+    rec.prefetch(face(0, 1), face(3, 5))
+    rec.prefetch(face(0, 1), face(4, 9))  # the peak moved on before (0, 3) started: only the newest waits
+    gate.set()
+    wait_for(lambda: rec.prefetched == 2)
+    assert calls == [(1, 3), (1, 9)]
+    late = Candidate(face(0, 1), face(3, 5), 6, 0.2, np.zeros(1), time.monotonic())
+    held = Candidate(face(0, 1), face(4, 9), 6, 0.2, np.zeros(1), time.monotonic())
+    events = rec([late, held])
+    assert calls[2:] == [(1, 5)] and rec.prefetch_used == 1  # the late pair encoded now, the held one taken
+    assert [strip(e) for e in events] == [strip(e) for e in Recognizer(FakeRuntime(), encode=fake_encode)([late, held])]
+    rec([held])
+    assert calls[3:] == [(1, 9)] and rec.prefetch_used == 1  # handed over once
+    rec.close()
+    assert not any(t.name == "mex-prefetch" and t.is_alive() for t in threading.enumerate())
 
 
-def test_speculator_take_waits_for_a_pair_being_computed():
-    release = threading.Event()
+def test_a_candidate_waits_for_its_pair_being_prefetched():
+    started, release = threading.Event(), threading.Event()
 
-    def slow(onset, apex):
+    def slow(onset, apex, flow="auto"):
+        started.set()
         release.wait(10)
-        return fake_encode(onset.crop, apex.crop)
+        return fake_encode(onset, apex)
 
-    spec = Speculator(slow)
-    worker = threading.Thread(target=spec.run)
-    worker.start()
-    spec.offer(face(10, 2), face(14, 7))
-    wait_for(lambda: spec._busy is not None)
+    rec = Recognizer(FakeRuntime(), encode=slow)
+    rec.prefetch(face(10, 2), face(14, 7))
+    assert started.wait(10)
     threading.Timer(0.05, release.set).start()
-    cand = Candidate(face(10, 2), face(14, 7), 16, np.zeros(1), time.monotonic())
-    assert spec.take(cand) is not None and spec.used == 1
-    spec.close()
-    worker.join(5)
+    (event,) = rec([Candidate(face(10, 2), face(14, 7), 16, None, np.zeros(1), time.monotonic())])
+    assert rec.prefetched == rec.prefetch_used == 1 and event.apex_frame == 14
+    rec.close()
 
 
-def test_paced_source_speculates_and_gives_the_same_events():
-    """Features computed ahead are the ones the recognizer would compute: the events do not change."""
+def test_paced_source_prefetches_and_gives_the_same_events():
+    """Features encoded ahead are the ones the recognizer would encode: the events do not change."""
     runs = []
-    for speculate in (False, True):
+    for prefetch in (False, True):
         src = ArraySource(images(90), fps=60, realtime=True)
-        p = make(src, spotter=ProvisionalSpotter(every=15, lag=6), speculate=speculate)
+        p = make(src, spotter=ProvisionalSpotter(every=15, lag=6), prefetch=prefetch)
         s = p.run()
         assert s["error"] is None and s["events"] == 6
         runs.append([strip(e) for e in p.events])
-        if speculate:
+        if prefetch:
             assert s["speculated"] >= 1 and s["speculation_used"] >= 1
         else:
             assert s["speculated"] == s["speculation_used"] == 0
     assert runs[0] == runs[1]
 
 
-def test_files_read_flat_out_do_not_speculate():
-    p = make(ArraySource(images(30), fps=30), spotter=ProvisionalSpotter())
-    assert p.speculator is None
-    assert make(ArraySource(images(30), fps=30, realtime=True), spotter=ProvisionalSpotter()).speculator is not None
+def test_files_read_flat_out_do_not_prefetch():
+    assert not make(ArraySource(images(30), fps=30), spotter=ProvisionalSpotter()).prefetch
+    assert make(ArraySource(images(30), fps=30, realtime=True), spotter=ProvisionalSpotter()).prefetch
+
+
+# -- ownership ------------------------------------------------------------------------------------
+class RecordingTracker(FakeTracker):
+    def __init__(self):
+        super().__init__()
+        self.frames = []
+
+    def track(self, frame):
+        self.frames.append(frame)
+        return super().track(frame)
+
+
+class CountingSpotter(FakeSpotter):
+    """A FakeSpotter that notes what it is given and how often its signal is copied."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.signal_copies = [], 0
+
+    def push(self, ff):
+        self.images.append(ff.frame.image)
+        return super().push(ff)
+
+    def signal_history(self):
+        self.signal_copies += 1
+        return super().signal_history()
+
+
+def test_the_pipeline_closes_its_stages_and_leaves_captured_frames_alone():
+    src, tracker, spotter = ArraySource(images(40), fps=30), RecordingTracker(), CountingSpotter()
+    p = make(src, tracker=tracker, spotter=spotter)
+    s = p.run()
+    assert s["error"] is None and tracker.closed and src.state == "closed" and p.backlog() == (0, 0)
+    assert len(tracker.frames) == 40 and all(f.image is not None for f in tracker.frames)  # captured packets unchanged
+    assert all(img is None for img in spotter.images)  # the spotter keeps face frames without their pictures
+    assert spotter.signal_copies == 0  # nothing displayed: nothing copied for display
+
+
+def test_the_signal_is_copied_for_display_only_when_it_is_read():
+    spotter = CountingSpotter()
+    p = make(ArraySource(images(60), fps=30), spotter=spotter, display=True)
+    p.run()
+    assert spotter.signal_copies == 1  # the first frame; no reader took it since
+    st = p.snapshot()
+    assert st.face.frame.index == 59 and st.face.frame.image is not None and st.signal is not None

@@ -44,7 +44,7 @@ def run_clip(spec):
     from realtime.tracking import FaceTracker
 
     spotter = Spotter(spec.fps)
-    out, pushed_at = [], {}
+    out, pushed_at, rejected = [], {}, []
     provisional = {}  # (onset, apex) frame indices offered while an interval was open -> first frame offered
     with FaceTracker() as tracker:
         for i, image in enumerate(render(spec)):
@@ -56,8 +56,10 @@ def run_clip(spec):
             if pair is not None:
                 provisional.setdefault((pair[0].frame.index, pair[1].frame.index), i)
             assert "spot" in frame.stage_ms
+            rejected += spotter.take_rejections()
     out += spotter.flush()
     pushed_at["provisional"] = provisional
+    pushed_at["rejected"] = rejected + spotter.take_rejections()
     return spotter, out, pushed_at
 
 
@@ -112,6 +114,59 @@ def test_blinks_and_head_motion_do_not_fire():
     assert len(truth(spec)["distractors"]) == 6
     _, cands, _ = run_clip(spec)
     assert intervals(cands) == []
+
+
+# -- distractors: seen, explained and not reported ---------------------------------------------------
+def _within(r, distractors):
+    return any(d["start"] - 3 <= r.offset_index and r.onset_index <= d["end"] + 3 for d in distractors)
+
+
+@pytest.mark.parametrize("kind, reasons, contrast", [
+    ("partial_blinks", {"blink"}, 0.5),  # a dim, flat face: the lids change the gray levels little
+    ("gaze_shifts", {"gaze", "blink", "long"}, 1.0),  # a glance down moves the lids as a blink; a held one is long
+    ("speech", {"speech", "long"}, 1.0),
+    ("head_turns", {"head", "long"}, 1.0),
+])
+def test_distractors_are_rejected_with_their_reason(kind, reasons, contrast):
+    spec = ClipSpec(fps=30, seconds=9.0, events=0, head_motion=0.5, contrast=contrast, seed=2, **{kind: 3})
+    gt = truth(spec)
+    _, cands, extra = run_clip(spec)
+    assert intervals(cands) == []
+    rejected = extra["rejected"]
+    assert rejected, "the distractors moved the face: the spotter must have seen them"
+    assert {r.reason for r in rejected} <= reasons
+    assert all(_within(r, gt["distractors"]) for r in rejected)
+    explained = [r for r in rejected if r.reason in ("blink", "gaze", "speech", "head") and "nose_x" in r.detail]
+    assert explained, "at least one was told apart by where the face moved, not by its length"
+    for r in rejected:
+        assert r.onset_index <= r.apex_index <= r.offset_index
+        assert r.onset_s == pytest.approx(r.onset_index / spec.fps, abs=1e-3)
+
+
+def test_flicker_changes_nothing_the_spotter_sees():
+    spec = ClipSpec(fps=30, seconds=8.0, events=0, head_motion=0.5, flicker=3, seed=4)
+    _, cands, extra = run_clip(spec)
+    assert intervals(cands) == [] and extra["rejected"] == []
+
+
+def test_events_among_distractors_are_all_found():
+    spec = ClipSpec(fps=30, seconds=14.0, events=4, amplitude_px=(2.0, 3.0), head_motion=0.5, partial_blinks=2,
+                    gaze_shifts=1, speech=1, head_turns=1, flicker=1, seed=8)
+    gt = truth(spec)
+    assert len(gt["events"]) == 4 and len(gt["distractors"]) >= 5
+    _, cands, _ = run_clip(spec)
+    s = score(intervals(cands), gt["events"], spec.seconds)
+    assert (s.tp, s.fp, s.fn) == (4, 0, 0)
+
+
+def test_a_movement_too_long_for_a_micro_expression_is_followed_to_its_end():
+    spec = ClipSpec(fps=30, seconds=6.0, events=[PlantedEvent("brow_raise", 2.0, 1.5, 3.0)], seed=1)
+    (ev,) = truth(spec)["events"]
+    _, cands, extra = run_clip(spec)
+    assert cands == []
+    (r,) = extra["rejected"]
+    assert r.reason == "long" and r.region == "brows"
+    assert score([{"onset": r.onset_index, "apex": r.apex_index, "offset": r.offset_index}], [ev], spec.seconds).tp == 1
 
 
 def test_windows_scale_with_fps():

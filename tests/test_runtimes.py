@@ -1,6 +1,6 @@
-"""Live engines: probabilities from a freshly exported artifact, and refusal of artifacts that do not
+"""Live runtimes: probabilities from a freshly exported artifact, and refusal of artifacts that do not
 match this code (encoding version, classes, input shape) or are corrupt. STSTNet keeps the export fast;
-DA-CrossViT through the same engines is covered in test_export.py."""
+DA-CrossViT through the same runtimes is covered in test_export.py."""
 from __future__ import annotations
 
 import json
@@ -15,13 +15,13 @@ from export.tensorrt import write_sidecar
 from mex.artifact import ArtifactError, artifact_metadata
 from mex.checkpoint import save_checkpoint
 from mex.models import build_model
-from realtime.engines import DEFAULT_MODEL, OnnxRuntimeEngine, TensorRTEngine, TorchEngine, load_engine
+from realtime.runtimes import DEFAULT_MODEL, OnnxRuntime, TensorRTRuntime, TorchRuntime, load_runtime
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     """(checkpoint .pt, exported .onnx) of one random-init model."""
-    root = tmp_path_factory.mktemp("engines")
+    root = tmp_path_factory.mktemp("runtimes")
     torch.manual_seed(0)
     model = build_model("ststnet")
     checkpoint = root / "model.pt"
@@ -47,24 +47,24 @@ def with_metadata(src, dst, **changes):
     return dst
 
 
-def test_onnxruntime_engine_gives_probabilities_matching_pytorch(artifacts, batch):
+def test_onnxruntime_gives_probabilities_matching_pytorch(artifacts, batch):
     checkpoint, onnx_path = artifacts
-    engine = load_engine(onnx_path)
-    assert isinstance(engine, OnnxRuntimeEngine) and engine.name == "onnxruntime-cpu"
-    assert engine.info["model"] == "ststnet" and engine.info["training"] == {"loso": {"uf1": 0.5}}
-    reference = load_engine(checkpoint, device="cpu")
-    assert isinstance(reference, TorchEngine) and reference.name == "torch-cpu"
+    runtime = load_runtime(onnx_path)
+    assert isinstance(runtime, OnnxRuntime) and runtime.name == "onnxruntime-cpu"
+    assert runtime.info["model"] == "ststnet" and runtime.info["training"] == {"loso": {"uf1": 0.5}}
+    reference = load_runtime(checkpoint, device="cpu")
+    assert isinstance(reference, TorchRuntime) and reference.name == "torch-cpu"
     for n in (1, 7):
-        p = engine.probs(batch[:n])
+        p = runtime.probs(batch[:n])
         assert p.shape == (n, 3) and p.dtype == np.float32
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
         assert np.abs(p - reference.probs(batch[:n])).max() <= 1e-5
 
 
-def test_engine_rejects_a_wrong_batch_shape(artifacts):
-    engine = load_engine(artifacts[1])
+def test_runtime_rejects_a_wrong_batch_shape(artifacts):
+    runtime = load_runtime(artifacts[1])
     with pytest.raises(ValueError, match=r"\(n, 3, 28, 28\)"):
-        engine.probs(np.zeros((1, 3, 32, 32), np.float32))
+        runtime.probs(np.zeros((1, 3, 32, 32), np.float32))
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_engine_rejects_a_wrong_batch_shape(artifacts):
 def test_mismatching_metadata_is_refused_naming_the_file(artifacts, tmp_path, changes, message):
     bad = with_metadata(artifacts[1], tmp_path / "bad.onnx", **changes)
     with pytest.raises(ArtifactError, match=message) as e:
-        load_engine(bad)
+        load_runtime(bad)
     assert str(bad) in str(e.value)
 
 
@@ -96,7 +96,7 @@ def test_graph_whose_real_input_differs_from_its_metadata_is_refused(tmp_path):
     path = tmp_path / "lying.onnx"
     onnx.save(proto, path)
     with pytest.raises(ArtifactError, match=r"lying.onnx: graph inputs .* expected one 'flow'"):
-        load_engine(path)
+        load_runtime(path)
 
 
 @pytest.mark.parametrize("cut", [0, 100, 0.5])
@@ -105,7 +105,7 @@ def test_truncated_onnx_is_refused_naming_the_file(artifacts, tmp_path, cut):
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(data[: int(cut * len(data)) if isinstance(cut, float) else cut])
     with pytest.raises(ArtifactError, match="truncated or corrupt") as e:
-        load_engine(bad)
+        load_runtime(bad)
     assert str(bad) in str(e.value)
 
 
@@ -113,35 +113,35 @@ def test_truncated_checkpoint_is_refused(artifacts, tmp_path):
     bad = tmp_path / "cut.pt"
     bad.write_bytes(artifacts[0].read_bytes()[:1000])
     with pytest.raises(ArtifactError, match="cut.pt"):
-        load_engine(bad)
+        load_runtime(bad)
 
 
 def test_missing_files_and_wrong_kinds(artifacts, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
-        load_engine(tmp_path / "nope.onnx")
+        load_runtime(tmp_path / "nope.onnx")
     with pytest.raises(ArtifactError, match="unknown model file type"):
-        load_engine(tmp_path / "model.tflite")
-    with pytest.raises(ValueError, match="engine torch needs a .pt"):
-        load_engine(artifacts[1], kind="torch")
-    with pytest.raises(ValueError, match="unknown engine kind"):
-        load_engine(artifacts[1], kind="openvino")
+        load_runtime(tmp_path / "model.tflite")
+    with pytest.raises(ValueError, match="the torch runtime needs a .pt"):
+        load_runtime(artifacts[1], kind="torch")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        load_runtime(artifacts[1], kind="openvino")
 
 
 def test_default_model_path():
     assert DEFAULT_MODEL.parts[-3:] == ("mex", "assets", "default.onnx")
     if DEFAULT_MODEL.is_file():
-        assert load_engine().info["classes"] == ["negative", "positive", "surprise"]
+        assert load_runtime().info["classes"] == ["negative", "positive", "surprise"]
     else:
         with pytest.raises(FileNotFoundError, match="mex-export"):
-            load_engine()
+            load_runtime()
 
 
-# --------------------------------------------------------- TensorRT engine: sidecar checks run without TensorRT
+# --------------------------------------------------------- TensorRT engine files: sidecar checks run without TensorRT
 def test_engine_without_sidecar_is_refused(tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\0" * 64)
     with pytest.raises(ArtifactError, match="sidecar model.engine.json is missing"):
-        TensorRTEngine(engine)
+        TensorRTRuntime(engine)
 
 
 def test_engine_with_corrupt_or_mismatching_sidecar_is_refused(tmp_path):
@@ -149,29 +149,29 @@ def test_engine_with_corrupt_or_mismatching_sidecar_is_refused(tmp_path):
     engine.write_bytes(b"\0" * 64)
     engine.with_name("model.engine.json").write_text('{"mex.format": "mex-artifact-v1", ')
     with pytest.raises(ArtifactError, match="unreadable engine sidecar"):
-        load_engine(engine)
+        load_runtime(engine)
     meta = artifact_metadata("ststnet", {}, {})
     write_sidecar(engine, {**meta, "mex.encoding_version": "old-v0"}, {"version": "10.9.0", "gpu": "NVIDIA H100"})
     with pytest.raises(ArtifactError, match="feature encoding 'old-v0'"):
-        load_engine(engine)
+        load_runtime(engine)
 
 
-def test_tensorrt_engine_matches_onnxruntime(artifacts, batch, tmp_path):
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA's index only): TensorRTEngine NOT run")
+def test_tensorrt_runtime_matches_onnxruntime(artifacts, batch, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA's index only): TensorRTRuntime NOT run")
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU: TensorRTEngine NOT run")
+        pytest.skip("no CUDA GPU: TensorRTRuntime NOT run")
     from export.tensorrt import build_engine
 
     onnx_path = artifacts[1]
     meta = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
     engine_path = tmp_path / "model.engine"
     build_engine(onnx_path, engine_path, meta, precision="fp32", cache_dir=tmp_path / "cache", log=lambda *_: None)
-    engine = load_engine(engine_path)
-    assert engine.name == "tensorrt-fp32"
-    assert np.abs(engine.probs(batch) - load_engine(onnx_path).probs(batch)).max() <= 1e-3
+    runtime = load_runtime(engine_path)
+    assert runtime.name == "tensorrt-fp32"
+    assert np.abs(runtime.probs(batch) - load_runtime(onnx_path).probs(batch)).max() <= 1e-3
 
 
-def test_engine_needs_tensorrt_when_absent(tmp_path):
+def test_engine_file_needs_tensorrt_when_absent(tmp_path):
     try:
         import tensorrt  # noqa: F401
 
@@ -182,29 +182,29 @@ def test_engine_needs_tensorrt_when_absent(tmp_path):
     engine.write_bytes(b"\0" * 64)
     write_sidecar(engine, artifact_metadata("ststnet", {}, {}), {"version": "10.9.0", "gpu": "NVIDIA H100"})
     with pytest.raises(ImportError, match="needs TensorRT"):
-        load_engine(engine)
+        load_runtime(engine)
 
 
 def test_torch_cuda_graph_matches_eager(artifacts, batch):
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU: TorchEngine CUDA eager and CUDA-graph paths NOT run")
-    eager = TorchEngine(artifacts[0], device="cuda", cuda_graph=False)
-    graphed = TorchEngine(artifacts[0], device="cuda", cuda_graph=True)
+        pytest.skip("no CUDA GPU: TorchRuntime CUDA eager and CUDA-graph paths NOT run")
+    eager = TorchRuntime(artifacts[0], device="cuda", cuda_graph=False)
+    graphed = TorchRuntime(artifacts[0], device="cuda", cuda_graph=True)
     assert graphed.name == "torch-cuda-graph"
     for n in (1, 7, 1):  # the second batch-1 call replays the captured graph
         assert np.abs(graphed.probs(batch[:n]) - eager.probs(batch[:n])).max() <= 1e-5
 
 
-def test_bench_engines_measures_what_is_present_and_lists_the_rest(artifacts, tmp_path):
+def test_bench_runtimes_measures_what_is_present_and_lists_the_rest(artifacts, tmp_path):
     from benchmarks.cli import main as bench
 
-    assert bench(["engines", "--model", str(artifacts[1]), "--iters", "20", "--warmup", "2", "--batch", "8",
+    assert bench(["runtimes", "--model", str(artifacts[1]), "--iters", "20", "--warmup", "2", "--batch", "8",
                   "--batch-iters", "2", "--out", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "engines.json").read_text())
-    measured = {r["engine"] for r in result["engines"]}
+    result = json.loads((tmp_path / "runtimes.json").read_text())
+    measured = {r["runtime"] for r in result["runtimes"]}
     assert {"onnxruntime-cpu", "torch-cpu"} <= measured
-    assert measured | {s["engine"] for s in result["skipped"]} >= {"torch-cuda", "torch-cuda-graph", "tensorrt-fp16"}
-    assert all(s["reason"] for s in result["skipped"]) and (tmp_path / "engines.md").is_file()
+    assert measured | {s["runtime"] for s in result["skipped"]} >= {"torch-cuda", "torch-cuda-graph", "tensorrt-fp16"}
+    assert all(s["reason"] for s in result["skipped"]) and (tmp_path / "runtimes.md").is_file()
     assert "same architecture, fresh weights" in result["model"]
 
 

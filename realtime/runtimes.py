@@ -1,7 +1,7 @@
-"""Inference engines for mex-live: ONNX Runtime CPU (the default), TensorRT, PyTorch.
+"""Inference runtimes for mex-live: ONNX Runtime CPU (the default), TensorRT, PyTorch.
 
-Every engine answers `probs(batch)`: float32 (n, 3, 28, 28) in [0, 1] -> (n, num_classes) softmax
-probabilities, and carries `.name` and `.info` (the artifact's parsed mex metadata). An engine is
+Every runtime answers `probs(batch)`: float32 (n, 3, 28, 28) in [0, 1] -> (n, num_classes) softmax
+probabilities, and carries `.name` and `.info` (the artifact's parsed mex metadata). A runtime is
 made only from an artifact whose metadata passes mex.artifact.check_metadata: a model made for
 another feature encoding, input shape or class list is refused, as is a corrupt or truncated file,
 with an ArtifactError naming the file. This module imports mex only, never the export app.
@@ -19,11 +19,11 @@ from mex.artifact import INPUT_NAME, OUTPUT_NAME, ArtifactError, artifact_metada
 from mex.labels import INPUT_SHAPE
 
 DEFAULT_MODEL = Path(mex.__file__).resolve().parent / "assets" / "default.onnx"
-KINDS = ("onnxruntime", "tensorrt", "torch")
-KIND_OF_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch", ".pth": "torch"}
+RUNTIMES = ("onnxruntime", "tensorrt", "torch")
+RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".pt": "torch", ".pth": "torch"}
 
 
-class Engine:
+class Runtime:
     """The interface; subclasses set name, info, path and implement logits()."""
 
     name: str
@@ -46,7 +46,7 @@ class Engine:
 def softmax(logits: np.ndarray) -> np.ndarray:
     if len(logits) == 1:
         # batch 1, the live case: plain Python floats on the one short row beat five numpy calls
-        # (~15 us of a ~0.5 ms ONNX Runtime call on the 2-core machine); same values to 3e-8
+        # (same values to 3e-8)
         row = logits[0].tolist()
         top = max(row)
         e = [math.exp(v - top) for v in row]
@@ -62,7 +62,7 @@ def require_file(path: Path) -> None:
         raise FileNotFoundError(f"{path}: no such model file; {hint}")
 
 
-class OnnxRuntimeEngine(Engine):
+class OnnxRuntime(Runtime):
     """ONNX Runtime on the CPU. One intra-op thread by default: at batch 1 a thread pool costs more
     than it saves, and the live pipeline's other stages need the remaining cores."""
 
@@ -102,11 +102,11 @@ def first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-class TensorRTEngine(Engine):
-    """A serialized TensorRT engine + its JSON sidecar (PATH.json, written by mex-export --format engine).
+class TensorRTRuntime(Runtime):
+    """TensorRT running a serialized engine + its JSON sidecar (PATH.json, written by mex-export --format engine).
 
-    NOT RUN: written against TensorRT's documented Python API (10.x); TensorRT was not installable where
-    this was written. Buffers are torch CUDA tensors, kept per batch size so the live loop allocates nothing.
+    Written against TensorRT's documented Python API (10.x) and not yet run (docs/results.md, "What has
+    run where"). Buffers are torch CUDA tensors, kept per batch size so the live loop allocates nothing.
     """
 
     def __init__(self, path: str | Path):
@@ -125,7 +125,7 @@ class TensorRTEngine(Engine):
             import tensorrt as trt
             import torch
         except ImportError as e:
-            raise ImportError(f"{path}: the tensorrt engine needs TensorRT and torch with CUDA ({e})") from None
+            raise ImportError(f"{path}: the tensorrt runtime needs TensorRT and torch with CUDA ({e})") from None
         if not torch.cuda.is_available():
             raise RuntimeError(f"{path}: a TensorRT engine needs a CUDA GPU; torch sees none")
         gpu = torch.cuda.get_device_name(0)
@@ -133,8 +133,8 @@ class TensorRTEngine(Engine):
             raise ArtifactError(f"{path}: built with TensorRT {build.get('version')} for {build.get('gpu')}, this machine has "
                                 f"TensorRT {trt.__version__} on {gpu}; rebuild it with mex-export --format engine")
         self.torch, self.trt = torch, trt
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        self.trt_runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept alive with the engine it made
+        self.engine = self.trt_runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise ArtifactError(f"{path}: TensorRT could not deserialize the engine (truncated or corrupt)")
         self.context = self.engine.create_execution_context()
@@ -168,7 +168,7 @@ class TensorRTEngine(Engine):
         return host_out.numpy().astype(np.float32)
 
 
-class TorchEngine(Engine):
+class TorchRuntime(Runtime):
     """A mex checkpoint (.pt) run by PyTorch: CUDA when present, else CPU.
 
     On CUDA with cuda_graph=True each batch size is captured once as a CUDA graph (up to MAX_GRAPHS
@@ -237,20 +237,20 @@ class TorchEngine(Engine):
         return graph, host_in, static_in, static_out, host_out
 
 
-def load_engine(path: str | Path | None = None, kind: str = "auto", **options) -> Engine:
-    """The engine for `path` (default: the shipped mex/assets/default.onnx).
+def load_runtime(path: str | Path | None = None, kind: str = "auto", **options) -> Runtime:
+    """The runtime that runs the model at `path` (default: the shipped mex/assets/default.onnx).
 
     kind "auto" picks by suffix: .onnx -> onnxruntime, .engine/.plan -> tensorrt, .pt/.pth -> torch.
-    `options` go to the engine (threads= for onnxruntime; device=, cuda_graph= for torch).
+    `options` go to the runtime (threads= for onnxruntime; device=, cuda_graph= for torch).
     """
     path = Path(path) if path is not None else DEFAULT_MODEL
-    if kind != "auto" and kind not in KINDS:
-        raise ValueError(f"unknown engine kind {kind!r}; choose auto or one of {', '.join(KINDS)}")
-    by_suffix = KIND_OF_SUFFIX.get(path.suffix.lower())
+    if kind != "auto" and kind not in RUNTIMES:
+        raise ValueError(f"unknown runtime {kind!r}; choose auto or one of {', '.join(RUNTIMES)}")
+    by_suffix = RUNTIME_OF_SUFFIX.get(path.suffix.lower())
     if by_suffix is None:
-        raise ArtifactError(f"{path}: unknown model file type {path.suffix!r}; expected one of {', '.join(KIND_OF_SUFFIX)}")
+        raise ArtifactError(f"{path}: unknown model file type {path.suffix!r}; expected one of {', '.join(RUNTIME_OF_SUFFIX)}")
     if kind != "auto" and kind != by_suffix:
-        wanted = [s for s, k in KIND_OF_SUFFIX.items() if k == kind]
-        raise ValueError(f"{path}: engine {kind} needs a {' or '.join(wanted)} file (this is a {by_suffix} file)")
-    engine_class = {"onnxruntime": OnnxRuntimeEngine, "tensorrt": TensorRTEngine, "torch": TorchEngine}[by_suffix]
-    return engine_class(path, **options)
+        wanted = [s for s, k in RUNTIME_OF_SUFFIX.items() if k == kind]
+        raise ValueError(f"{path}: the {kind} runtime needs a {' or '.join(wanted)} file (this is a {by_suffix} file)")
+    runtime_class = {"onnxruntime": OnnxRuntime, "tensorrt": TensorRTRuntime, "torch": TorchRuntime}[by_suffix]
+    return runtime_class(path, **options)
