@@ -461,9 +461,11 @@ class FaceTracker:
             box = _box(pts)
             if any(_overlap(box, f.box) > 0.3 for f in found):
                 continue
-            # cut by the frame's edge or by a face in front: its look is not its own
+            # cut by the frame's edge or by a face in front (one followed, or one lost a moment ago where
+            # faces cross): its look may not be its own
+            near = [f for f in self.faces if f in found or f.state != "no_face"]
             partial = (box[0] < 2 or box[1] < 2 or box[0] + box[2] > w - 2 or box[1] + box[3] > h - 2
-                       or any(_overlap(_grown(box), _grown(f.box)) > 0 for f in found))
+                       or any(_overlap(_grown(box), _grown(f.box)) > 0 for f in near))
             patch = framing.cut_patch(gray, self.backend.framing(pts))
             look = appearance(patch, bgr, box)
             face = self._identify(look, found, partial)
@@ -473,8 +475,9 @@ class FaceTracker:
             found[face] = self._place(face, pts, frame), patch, look
 
     def _identify(self, look: np.ndarray, found: dict[Face, tuple], partial: bool) -> Face | None:
-        """The missing face this look clearly is, else a new face; None (wait until it is seen whole)
-        for a partly seen face that matches no one clearly while some face is missing."""
+        """The missing face this look clearly is, else a new face; None (wait until it is seen whole, or
+        the faces near it have been gone for lost_s) for a partly seen face that matches no one clearly
+        while some face is missing."""
         scores = sorted(((similarity(look, f.look), f) for f in self.faces if f not in found),
                         key=lambda s: -s[0])
         if scores:

@@ -124,3 +124,35 @@ def test_another_face_coming_in_gets_a_new_id():
     ids, _ = run(spec, max_faces=1)
     one_id_each(ids, 2)
     assert ids[0] == Counter({0: ids[0][0]}) and ids[1] == Counter({1: ids[1][1]})
+
+
+def test_mex_live_finds_each_faces_events_and_attributes_them(tmp_path):
+    """Two faces side by side, each with two planted movements (and a blink on one): mex-live --max-faces 2
+    finds all four (MEGC rule) and gives each to the id of the face it was planted on."""
+    import json
+
+    from realtime import cli
+    from realtime.metrics import match, span
+    from realtime.synth import PlantedBlink, write_clip
+
+    spec = MultiClipSpec(faces=[
+        PlacedFace(ClipSpec(photo="astronaut.jpg", face_px=100, head_motion=0.3, seed=1, blinks=[PlantedBlink(2.6, 0.2)],
+                            events=[event("lip_corner_pull", 1.4), event("brow_raise", 3.3)]), ((0, 0.27, 0.5),)),
+        PlacedFace(ClipSpec(photo="grace_hopper.jpg", face_px=100, head_motion=0.3, seed=2,
+                            events=[event("brow_raise", 1.8), event("lip_corner_depress", 3.0)]), ((0, 0.73, 0.5),)),
+    ], fps=30, seconds=4.2, size=(800, 450))
+    gt = write_clip(tmp_path / "two.mp4", spec)
+    out, summary = tmp_path / "events.jsonl", tmp_path / "summary.json"
+    assert cli.main(["--video", str(tmp_path / "two.mp4"), "--max-faces", "2", "--events", str(out),
+                     "--summary", str(summary), "--display", "none"]) == 0
+    found = [json.loads(line) for line in out.read_text().splitlines()]
+    pairs = match([span(e["onset_frame"], e["apex_frame"], e["offset_frame"]) for e in found],
+                  [span(p["onset"], p["apex"], p["offset"]) for p in gt["events"]], 0.5)
+    assert len(pairs) == len(gt["events"]) == 4
+    ids = {}  # planted face -> the id its events came with
+    for i, j in pairs:
+        ids.setdefault(gt["events"][j]["face"], set()).add(found[i]["face_id"])
+    assert sorted(ids) == [0, 1] and all(len(v) == 1 for v in ids.values()) and ids[0] != ids[1]
+    faces = json.loads(summary.read_text())["faces"]
+    assert sorted(f["face_id"] for f in faces) == sorted(ids[0] | ids[1])
+    assert sum(f["events"] for f in faces) == len(found)
