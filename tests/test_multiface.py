@@ -136,7 +136,8 @@ def test_mex_live_finds_each_faces_events_and_attributes_them(tmp_path):
     from realtime.synth import PlantedBlink, write_clip
 
     spec = MultiClipSpec(faces=[
-        PlacedFace(ClipSpec(photo="astronaut.jpg", face_px=100, head_motion=0.3, seed=1, blinks=[PlantedBlink(2.6, 0.2)],
+        PlacedFace(ClipSpec(photo="astronaut.jpg", face_px=100, head_motion=0.3, seed=1,
+                            blinks=[PlantedBlink(2.6, 0.2)],
                             events=[event("lip_corner_pull", 1.4), event("brow_raise", 3.3)]), ((0, 0.27, 0.5),)),
         PlacedFace(ClipSpec(photo="grace_hopper.jpg", face_px=100, head_motion=0.3, seed=2,
                             events=[event("brow_raise", 1.8), event("lip_corner_depress", 3.0)]), ((0, 0.73, 0.5),)),
@@ -156,3 +157,17 @@ def test_mex_live_finds_each_faces_events_and_attributes_them(tmp_path):
     faces = json.loads(summary.read_text())["faces"]
     assert sorted(f["face_id"] for f in faces) == sorted(ids[0] | ids[1])
     assert sum(f["events"] for f in faces) == len(found)
+
+
+def test_bench_scores_an_event_on_the_wrong_face_as_a_miss_and_a_false_alarm():
+    from benchmarks.faces import score
+    from realtime.packets import Event
+
+    def ev(onset, face_id):
+        return Event(onset, onset + 4, onset + 9, 0, 0, 0, "positive", {}, 0, 0, face_id=face_id)
+
+    planted = [{"onset": 10, "apex": 14, "offset": 19, "face": 0}, {"onset": 40, "apex": 44, "offset": 49, "face": 1},
+               {"onset": 70, "apex": 74, "offset": 79, "face": 1}]
+    assert score([ev(10, 5), ev(40, 6), ev(70, 6)], planted)["f1"] == 1.0  # ids need not be the planted indices
+    wrong = score([ev(10, 5), ev(40, 6), ev(70, 5)], planted)  # the last one given to face 0's id
+    assert wrong["true_positives"] == 2 and wrong["f1"] == round(4 / 6, 3)
