@@ -59,6 +59,9 @@ def add_arguments(p) -> None:
     p.add_argument("--note", default=None, help="a line added to the report (e.g. how the run was made)")
     p.add_argument("--realtime", action="store_true",
                    help="play the clip at its own frame rate (camera-like; speculative features on); writes latency-realtime.*")
+    p.add_argument("--faces", default=None, metavar="1,2,4",
+                   help="per face count: N faces side by side, mex-live --max-faces N: fps, confirm -> label p95, "
+                        "spotting F1 per face (benchmarks/faces.py; writes latency-faces.*)")
     p.add_argument("--recognizer-only", type=int, default=0, metavar="N",
                    help="time only apex confirmed -> label on N synthetic candidates (no clip, no tracker)")
 
@@ -194,6 +197,10 @@ def recognizer_only(args) -> int:
 def run(args) -> int:
     if args.recognizer_only:
         return recognizer_only(args)
+    if args.faces:
+        from . import faces
+
+        return faces.run(args)
     from realtime.cli import make_pipeline, match_events, planted_events, warm_up
     from realtime.pipeline import PipelineConfig
     from realtime.runtimes import load_runtime

@@ -3,7 +3,8 @@ after another, for researchers with folders of recordings or database clip folde
 
 An input is a video file (VIDEO_SUFFIXES) or a folder holding frame images (a database clip). Each
 one's events go to DIR/<its path below PATH, '/' as '__'>.events.jsonl and one row per input to
-DIR/summary.csv (input, status, frames read, frames with a face, events, labels, warnings, error),
+DIR/summary.csv (input, status, frames read, frames with a face, events, labels, events per face id as
+"id=events ...", warnings, error),
 written as each input ends. A rerun skips the inputs whose row says "ok" and retries the others; an
 input that fails is recorded as "error" and the batch goes on.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 from .sources import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
-COLUMNS = ("input", "status", "frames_read", "face_frames", "events", "labels", "warnings", "error", "seconds")
+COLUMNS = ("input", "status", "frames_read", "face_frames", "events", "labels", "faces", "warnings", "error",
+           "seconds")
 
 
 def find_inputs(root: Path) -> list[Path]:
@@ -84,7 +86,7 @@ def run_batch(args, runtime, console) -> int:
             bar.update(task, now=name)
             t0 = time.monotonic()
             row = {"input": name, "status": "error", "frames_read": 0, "face_frames": 0, "events": 0, "labels": "",
-                   "warnings": "", "error": "", "seconds": ""}
+                   "faces": "", "warnings": "", "error": "", "seconds": ""}
             try:
                 source = recording(path, args.fps)
                 events = ListSink()
@@ -92,7 +94,7 @@ def run_batch(args, runtime, console) -> int:
                 config = PipelineConfig(queue_size=args.queue_size, max_frames=args.max_frames)
                 try:
                     pipe = make_pipeline(source, runtime, args.flow, args.tracker, args.segmented, [events, log],
-                                         config=config)
+                                         config=config, max_faces=args.max_faces)
                 except BaseException:
                     source.close()  # not handed to a pipeline
                     log.close()
@@ -101,6 +103,7 @@ def run_batch(args, runtime, console) -> int:
                 labels = Counter(e.label for e in events.events)
                 row.update(frames_read=summary["frames_read"], face_frames=summary["face_frames"],
                            events=summary["events"], labels=" ".join(f"{k}={v}" for k, v in sorted(labels.items())),
+                           faces=" ".join(f"{f['face_id']}={f['events']}" for f in summary["faces"]),
                            warnings="; ".join(shortfalls(summary, source, args.max_frames)),
                            error=summary["error"] or "", status="error" if summary["error"] else "ok")
             except (SourceError, ValueError, RuntimeError, OSError) as e:

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES], help="inference runtime (default auto: by the --model suffix)")
     m.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS], help="optical-flow backend (default auto)")
     m.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"], help="face tracker (default auto: mediapipe face mesh, else the Haar cascade)")
+    m.add_argument("--max-faces", type=int, default=1, metavar="N",
+                   help="follow up to N faces, each with its own id, spotter and events (default 1: the largest "
+                        "face). The work per frame grows with the faces; when a camera outpaces it, the display "
+                        "gives way first, then encoding ahead, then whole frames (every face misses the same "
+                        "frame); no face is dropped for another, no candidate is dropped")
     o = p.add_argument_group("output")
     o.add_argument("--record", metavar="OUT.mp4", help="write the annotated video")
     o.add_argument("--events", metavar="OUT.jsonl", help="write one JSON object per detected micro-expression")
@@ -161,16 +166,18 @@ def warm_up(runtime, flow: str) -> None:
 
 
 def make_pipeline(source, runtime, flow: str = "auto", tracker_backend: str = "auto", segmented: bool = False,
-                  event_sinks=(), frame_sinks=(), config=None, rejection_sinks=()):
+                  event_sinks=(), frame_sinks=(), config=None, rejection_sinks=(), max_faces: int = 1):
     """The live pipeline on `source`; it owns the source from here on (its run closes it)."""
+    from functools import partial
+
     from .pipeline import Pipeline
     from .recognizer import Recognizer
     from .spotting import ClipSpotter, Spotter
     from .tracking import FaceTracker
 
-    tracker = FaceTracker(backend=tracker_backend)
-    spotter = (ClipSpotter if segmented else Spotter)(source.fps)
-    return Pipeline(source, tracker, spotter, Recognizer(runtime, flow=flow), event_sinks, frame_sinks, config,
+    tracker = FaceTracker(backend=tracker_backend, max_faces=max_faces)
+    make_spotter = partial(ClipSpotter if segmented else Spotter, source.fps)
+    return Pipeline(source, tracker, make_spotter, Recognizer(runtime, flow=flow), event_sinks, frame_sinks, config,
                     rejection_sinks)
 
 
@@ -242,6 +249,9 @@ def print_summary(out, summary: dict, source, events) -> None:
     skipped = summary.get("skipped_candidates", 0)
     w(f"  events      {summary['events']} found ({summary['candidates']} candidates"
       + (f", {skipped} could not be encoded" if skipped else "") + ")\n")
+    if len(summary["faces"]) > 1:
+        w(f"  faces       {len(summary['faces'])}: "
+          + ", ".join(f"#{f['face_id']} {f['events']} events in {f['frames']} frames" for f in summary["faces"]) + "\n")
     if summary.get("rejected"):
         w(f"  not micro   {', '.join(f'{n} {k}' for k, n in summary['rejected'].items())} "
           "(movements seen and not reported; --rejections writes each with its reason)\n")
@@ -378,6 +388,10 @@ def check_shared_flags(args) -> None:
         raise CliError(f"--fps {args.fps:g}: a frame rate is between 1 and 1000")
     if args.queue_size < 1:
         raise CliError("--queue-size must be at least 1")
+    if not 1 <= args.max_faces <= 16:
+        raise CliError(f"--max-faces {args.max_faces}: between 1 and 16")
+    if args.segmented and args.max_faces > 1:
+        raise CliError("--segmented reads one pre-segmented clip of one face; it takes no --max-faces")
 
 
 def check_single_input(args) -> None:
@@ -460,7 +474,7 @@ def _run(args) -> int:
         config = PipelineConfig(queue_size=args.queue_size, display=display != "none", max_frames=args.max_frames)
         try:
             pipe = make_pipeline(source, runtime, args.flow, args.tracker, args.segmented, event_sinks, frame_sinks,
-                                 config, rejection_sinks)
+                                 config, rejection_sinks, max_faces=args.max_faces)
         except (ImportError, RuntimeError, ValueError) as e:
             raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None
     except BaseException:

@@ -1,9 +1,11 @@
 """What the user sees while it runs.
 
-- `TerminalOverlay`: a rich Live panel (face state, fps, per-stage latency, the motion signal, the
-  last events with class probabilities). Works in any terminal, tmux included.
-- `WindowOverlay`: an OpenCV window with the annotated frame (face box and landmarks, region motion,
-  label and probability bars, the signal plot). Opened only when a display is usable: this OpenCV is
+- `TerminalOverlay`: a rich Live panel (fps, per-stage latency, a row per face: id, state, its motion
+  signal and regions, its last label; the last events with face and class probabilities). Works in any
+  terminal, tmux included.
+- `WindowOverlay`: an OpenCV window with the annotated frame (every face's box, id, last label and
+  landmarks; with one face its region motion and signal plot, with several a small plot under each
+  box; the last event's label and probability bars). Opened only when a display is usable: this OpenCV is
   a Qt build, and `cv2.imshow` without a reachable display kills the process (no Python exception),
   so `display_usable()` checks first, in a throwaway subprocess.
 
@@ -144,8 +146,14 @@ class TerminalOverlay:
 
         st = pipeline.snapshot()
         c = st.counters or {}
-        face_state = st.face.state if st.face is not None else "waiting"
-        fcol = {"face": "green", "reacquired": "cyan", "lost": "yellow", "no_face": "red"}.get(face_state, "white")
+        colors = {"face": "green", "reacquired": "cyan", "lost": "yellow", "no_face": "red"}
+        if st.frame is None:
+            face_state = "waiting"
+        elif len(st.faces) <= 1:
+            face_state = st.faces[0].face.state if st.faces else "no_face"
+        else:
+            face_state = f"{len(st.faces)} faces"
+        fcol = colors.get(face_state, "white")
         scol = {"ok": "green", "reconnecting": "bold red", "eof": "blue"}.get(st.source_state, "white")
         head = Text.assemble(
             ("source ", "dim"), (f"{pipeline.source.name} ", "bold"), (f"[{st.source_state}]", scol),
@@ -162,19 +170,22 @@ class TerminalOverlay:
             lat.add_column(col, justify="right" if col != "stage" else "left")
         for name, p50, p95, p99 in _stage_rows(pipeline):
             lat.add_row(name, f"{p50:.2f}", f"{p95:.2f}", f"{p99:.2f}")
-        sig = Text("motion  ", style="dim")
-        if st.signal is not None:
-            sig.append(sparkline(st.signal, 64), style="cyan")
-        if st.regions:
-            sig.append("\nregions ", style="dim")
-            sig.append("  ".join(f"{k} {float(v):.2f}" for k, v in list(st.regions.items())[:8]))
+        sig = Table(title="faces", title_justify="left", expand=False, show_edge=False, pad_edge=False)
+        for col in ("id", "state", "motion", "regions", "last label"):
+            sig.add_column(col)
+        for v in st.faces:
+            regions = "  ".join(f"{k} {float(x):.2f}" for k, x in list((v.regions or {}).items())[:3])
+            sig.add_row(f"#{v.face.face_id}", Text(v.face.state, style=colors.get(v.face.state, "white")),
+                        Text(sparkline(v.signal, 48) if v.signal is not None else "", style="cyan"), regions,
+                        v.label or "-")
         ev = Table(title="last events", expand=False, show_edge=False, pad_edge=False)
-        for col in ("onset", "apex", "offset", "t (s)", "label", "probabilities", "latency ms"):
+        for col in ("face", "onset", "apex", "offset", "t (s)", "label", "probabilities", "latency ms"):
             ev.add_column(col)
         for e in reversed(st.events[-6:]):
             probs = "  ".join(f"{k[:3]} {v:.2f}" for k, v in e.probs.items())
-            ev.add_row(str(e.onset_frame), str(e.apex_frame), "-" if e.offset_frame is None else str(e.offset_frame),
-                       f"{e.apex_s:.2f}", e.label, probs, f"{e.latency_ms:.1f}")
+            ev.add_row(f"#{e.face_id}", str(e.onset_frame), str(e.apex_frame),
+                       "-" if e.offset_frame is None else str(e.offset_frame), f"{e.apex_s:.2f}", e.label, probs,
+                       f"{e.latency_ms:.1f}")
         return Panel(Group(head, Text(""), sig, Text(""), lat, Text(""), ev), title=self.title, border_style="blue")
 
 
@@ -207,14 +218,14 @@ class WindowOverlay:
             return
         self._last = now
         st = pipeline.snapshot()
-        ff = st.face
-        if ff is not None and ff.frame.image is not None and ff.frame.index != self._last_index:
-            self._last_index = ff.frame.index
+        frame = st.frame
+        if frame is not None and frame.image is not None and frame.index != self._last_index:
+            self._last_index = frame.index
             if not self._sized:
-                h, w = ff.frame.image.shape[:2]
+                h, w = frame.image.shape[:2]
                 cv2.resizeWindow(self.title, w, h)
                 self._sized = True
-            cv2.imshow(self.title, annotate(ff.frame.image, ff, st))
+            cv2.imshow(self.title, annotate(frame.image, st))
         key = cv2.waitKey(1) & 0xFF
         if key in (ord("q"), 27):
             pipeline.stop()

@@ -1,7 +1,7 @@
 """What flows between the live pipeline's stages. Each stage stamps its time on the packet.
 
-Source --Frame--> Tracker --FaceFrame--> Spotter --Candidate--> Recognizer --Event--> event sinks
-                                                  FaceFrame + DisplayState --> frame sinks, overlays
+Source --Frame--> Tracker --FrameFaces--> a Spotter per face --Candidate--> Recognizer --Event--> event sinks
+                                                      DisplayState --> frame sinks, overlays
 """
 from __future__ import annotations
 
@@ -29,11 +29,19 @@ class FaceFrame:
     landmarks: np.ndarray | None = None  # (K, 2) pixel coordinates in the frame
     crop: np.ndarray | None = None  # eye-aligned gray uint8 crop for spotting (canonical size), None without a face
     patch: FacePatch | None = None  # what recognition cuts its crops from (training framing), None without a face
+    face_id: int = 0  # the tracker's id of this face, stable while it is followed and when it comes back
 
     def without_image(self) -> FaceFrame:
         """The same face frame without the frame's picture (the stage times stay shared): what a stage that
         keeps face frames for a while holds, so memory does not grow with the frame size."""
         return replace(self, frame=replace(self.frame, image=None))
+
+
+@dataclass
+class FrameFaces:
+    """One frame and every face the tracker holds in it (tracked, or lost a moment ago), by id."""
+    frame: Frame
+    faces: list[FaceFrame]
 
 
 @dataclass
@@ -45,6 +53,10 @@ class Candidate:
     signal: np.ndarray  # motion signal over the window around onset..apex (for display)
     t_apex_confirmed: float  # monotonic time when the spotter decided this apex
     region: str | None = None  # face region that moved most at the apex: "brows" | "eyes" | "mouth"
+
+    @property
+    def face_id(self) -> int:
+        return self.onset.face_id
 
     @property
     def onset_s(self) -> float:
@@ -67,11 +79,12 @@ class Rejection:
     reason: str  # a key of realtime.spotting.REJECTIONS
     region: str | None = None  # the face region that moved most
     detail: dict[str, float] = field(default_factory=dict)  # the measurements the reason rests on
+    face_id: int = 0  # whose face (set by the pipeline, which holds a spotter per face)
 
     def to_json(self) -> dict:
-        return {"rejected": self.reason, "onset_frame": self.onset_index, "apex_frame": self.apex_index,
-                "offset_frame": self.offset_index, "onset_s": self.onset_s, "apex_s": self.apex_s,
-                "offset_s": self.offset_s, "region": self.region, "detail": self.detail}
+        return {"rejected": self.reason, "face_id": self.face_id, "onset_frame": self.onset_index,
+                "apex_frame": self.apex_index, "offset_frame": self.offset_index, "onset_s": self.onset_s,
+                "apex_s": self.apex_s, "offset_s": self.offset_s, "region": self.region, "detail": self.detail}
 
 
 @dataclass
@@ -86,19 +99,29 @@ class Event:
     probs: dict[str, float]
     latency_ms: float  # apex frame captured -> label emitted
     confirm_ms: float  # apex confirmed by the spotter -> label emitted
+    face_id: int = 0  # the tracker's id of the face it happened on
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 @dataclass
-class DisplayState:
-    """What overlays and frame sinks draw: the pipeline's state as of one face frame."""
+class FaceView:
+    """One face as overlays draw it."""
 
-    face: FaceFrame | None = None
-    signal: np.ndarray | None = None  # the spotter's motion signal, oldest first
-    regions: dict[str, float] | None = None  # the spotter's motion per face region
-    events: tuple[Event, ...] = ()  # the last few
+    face: FaceFrame
+    signal: np.ndarray | None = None  # its spotter's motion signal, oldest first
+    regions: dict[str, float] | None = None  # its spotter's motion per face region
+    label: str | None = None  # the label of its last event
+
+
+@dataclass
+class DisplayState:
+    """What overlays and frame sinks draw: the pipeline's state as of one frame."""
+
+    frame: Frame | None = None
+    faces: tuple[FaceView, ...] = ()  # by id
+    events: tuple[Event, ...] = ()  # the last few, all faces
     fps: float = 0.0
     source_state: str = "starting"
     counters: dict | None = None

@@ -1,11 +1,16 @@
 r"""The live pipeline: one thread per stage, connected by bounded channels, data flowing one way.
 
 ```
-capture thread     tracking thread    spotting thread   recognizer thread
-Source.frames() --> Tracker.track --> Spotter.push --> Recognizer (features + runtime) --> event sinks
-                frames            faces     |      candidates
-                                            \--frame-sinks--> frame-sink thread --> frame sinks (recorder)
+capture thread     tracking thread        spotting thread          recognizer thread
+Source.frames() --> Tracker.track_all --> Spotter.push per face --> Recognizer (features + runtime) --> event sinks
+                frames                faces        |            candidates
+                                                   \--frame-sinks--> frame-sink thread --> frame sinks (recorder)
 ```
+
+Faces: the tracker gives every face it holds in a frame with its id; each id has its own Spotter (made
+by `make_spotter` when the face first appears, dropped `forget_s` seconds after it was last seen), so
+each face has its own window and state and one face's crops never enter another's window. Candidates
+and events carry the face's id.
 
 Drop policy (explicit, per channel, counted in `Pipeline.counters()`):
 - frames (capture -> tracking): a live source (camera) never blocks: when the channel is full the
@@ -17,6 +22,12 @@ Drop policy (explicit, per channel, counted in `Pipeline.counters()`):
   the spotting thread, which for a camera turns into dropped frames upstream.
 - frame-sinks (spotting -> frame sinks): as frames (drop oldest for a camera, block for a file, so a
   recorded file has every frame).
+With several faces the work per frame grows with them (tracking: each face's crop and patch every
+frame, its mesh every few; spotting: each face's spotter). When a camera's frames come faster than
+that, what gives way, in order: the display (frame-sinks drop the oldest; overlays show the newest),
+then encoding ahead (one pair at a time for all faces, the newest offer wins), then whole frames (the
+frames channel drops the oldest: every face misses the same frame, a gap in each face's own window).
+No face is dropped in favour of another, and candidates are never dropped.
 
 For a paced source (a camera, or a file played in real time) the spotting thread hands the recognizer
 the pair an open interval would be confirmed with (`Recognizer.prefetch`) once its peak has held for a
@@ -43,7 +54,7 @@ from dataclasses import dataclass
 
 from . import stages
 from .channels import EOS, Aborted, Channel, RingStats
-from .packets import DisplayState, Event, FaceFrame
+from .packets import DisplayState, Event, FaceView, FrameFaces
 
 
 @dataclass
@@ -56,6 +67,7 @@ class PipelineConfig:
     keep_events: int = 10000  # the last events kept in memory (`Pipeline.events`)
     max_frames: int | None = None  # stop reading after this many frames
     prefetch: bool | None = None  # encode open intervals ahead; None: for a paced source
+    forget_s: float = 5.0  # a face's spotter is dropped this long after the face was last seen
 
 
 @dataclass
@@ -71,21 +83,26 @@ class StageFailure:
 
 
 class Pipeline:
-    """Source -> Tracker -> Spotter -> Recognizer -> sinks, on four threads (plus one with frame sinks).
+    """Source -> Tracker -> a Spotter per face -> Recognizer -> sinks, on four threads (plus one with frame
+    sinks). `make_spotter()` makes a face's spotter (a class or any callable).
 
-    The tracker and the spotter stamp their own time on the frame (`stage_ms["track"]`, `["spot"]`:
-    measured in one place, whether a pipeline runs them or not); the pipeline stamps what only it sees
-    (`wait`, `frame`).
+    The tracker and the spotters stamp their own time on the frame (`stage_ms["track"]`, `["spot"]`:
+    measured in one place, whether a pipeline runs them or not; "spot" is summed over the frame's faces);
+    the pipeline stamps what only it sees (`wait`, `frame`).
     """
 
-    def __init__(self, source: stages.Source, tracker: stages.Tracker, spotter: stages.Spotter,
+    def __init__(self, source: stages.Source, tracker: stages.Tracker, make_spotter: Callable[[], stages.Spotter],
                  recognizer: stages.Recognizer, event_sinks: Sequence[stages.EventSink] = (),
                  frame_sinks: Sequence[stages.FrameSink] = (), config: PipelineConfig | None = None,
                  rejection_sinks: Sequence[stages.RejectionSink] = ()):
         cfg = self.config = config or PipelineConfig()
         self.source = source
         self.tracker = tracker
-        self.spotter = spotter
+        self.make_spotter = make_spotter
+        self.spotters: dict[int, stages.Spotter] = {}  # face id -> its spotter (the spotting thread's)
+        self._last_seen: dict[int, float] = {}  # face id -> t_video it was last in a frame
+        self._labels: dict[int, str] = {}  # face id -> its last event's label
+        self.per_face: dict[int, dict[str, int]] = {}  # face id -> frames with its crop, events
         self.recognizer = recognizer
         self.event_sinks = list(event_sinks)
         self.frame_sinks = list(frame_sinks)
@@ -112,7 +129,8 @@ class Pipeline:
         self.face_frames = 0
         self.failure: StageFailure | None = None
         self._lock = threading.Lock()
-        self._state = DisplayState()
+        self._newest: FrameFaces | None = None
+        self._signals: dict[int, tuple] = {}  # face id -> (signal, regions), copied when a reader wants them
         self._signal_wanted = threading.Event()  # a reader took the spotter's signal: copy it anew
         self._signal_wanted.set()
         self._fps_times: deque[float] = deque(maxlen=61)
@@ -249,62 +267,85 @@ class Pipeline:
         try:
             while (frame := self._frames.get()) is not EOS:
                 frame.stage_ms["wait"] = (time.monotonic() - frame.t_capture) * 1000.0
-                self._faces.put(self.tracker.track(frame))  # the tracker stamps its own stage time
+                self._faces.put(FrameFaces(frame, self.tracker.track_all(frame)))  # it stamps its own time
         finally:
             self._faces.close()
 
     def _spot(self) -> None:
         try:
-            while (ff := self._faces.get()) is not EOS:
-                # the spotter keeps face frames for a while, and candidates carry them: without the picture
-                cands = self.spotter.push(ff.without_image())  # the spotter stamps its own stage time
+            while (packet := self._faces.get()) is not EOS:
+                frame, cands, spot_ms = packet.frame, [], 0.0
+                for ff in packet.faces:
+                    spotter = self.spotters.get(ff.face_id)
+                    if spotter is None:
+                        spotter = self.spotters[ff.face_id] = self.make_spotter()
+                        with self._lock:
+                            self.per_face.setdefault(ff.face_id, {"frames": 0, "events": 0})
+                    self._last_seen[ff.face_id] = frame.t_video
+                    # the spotter keeps face frames for a while, and candidates carry them: without the picture
+                    cands += spotter.push(ff.without_image())  # the spotter stamps its own stage time
+                    spot_ms += frame.stage_ms.get("spot", 0.0)
+                    if ff.crop is not None:
+                        self.per_face[ff.face_id]["frames"] += 1
+                frame.stage_ms["spot"] = spot_ms  # all faces
                 t_spotted = time.monotonic()
                 self._take_rejections()
+                self._forget(frame.t_video)
                 if self.prefetch and not cands:
-                    pair = self.spotter.provisional()
-                    # offered once the peak has held for a frame: while the motion still rises every
-                    # frame is a new peak, and encoding each would mostly be wasted
-                    if pair is not None and pair[1].frame.index < ff.frame.index:
-                        self.recognizer.prefetch(*pair, stats=self.stats)
+                    for ff in packet.faces:
+                        pair = self.spotters[ff.face_id].provisional()
+                        # offered once the peak has held for a frame: while the motion still rises every
+                        # frame is a new peak, and encoding each would mostly be wasted
+                        if pair is not None and pair[1].frame.index < frame.index:
+                            self.recognizer.prefetch(*pair, stats=self.stats)
                 for c in cands:
                     self.n_candidates += 1
                     self._candidates.put(c)
-                if ff.crop is not None:
+                if any(ff.crop is not None for ff in packet.faces):
                     self.face_frames += 1
                 self.frames_processed += 1
-                ff.frame.stage_ms["frame"] = (time.monotonic() - ff.frame.t_capture) * 1000.0
-                for k, v in ff.frame.stage_ms.items():
+                frame.stage_ms["frame"] = (time.monotonic() - frame.t_capture) * 1000.0
+                for k, v in frame.stage_ms.items():
                     self.stats.add(k, v)
                 self._fps_times.append(t_spotted)
                 if self.display:
-                    self._publish(ff)
+                    self._publish(packet)
                     if self.frame_sinks:
-                        self._sink_frames.put(ff)
-            for c in self.spotter.flush():
-                self.n_candidates += 1
-                self._candidates.put(c)
+                        self._sink_frames.put(packet)
+            for spotter in self.spotters.values():
+                for c in spotter.flush():
+                    self.n_candidates += 1
+                    self._candidates.put(c)
             self._take_rejections()
         finally:
             self._candidates.close()
             self._sink_frames.close()
 
-    def _take_rejections(self) -> None:
-        for r in self.spotter.take_rejections():
-            self.rejected[r.reason] = self.rejected.get(r.reason, 0) + 1
-            for sink in self.rejection_sinks:
-                sink.on_rejection(r)
+    def _forget(self, t: float) -> None:
+        """Drop the spotters of faces not seen for forget_s (the tracker has given their ids up by then)."""
+        for face_id, seen in list(self._last_seen.items()):
+            if t - seen > self.config.forget_s:
+                del self.spotters[face_id], self._last_seen[face_id]
 
-    def _publish(self, ff: FaceFrame) -> None:
-        """The newest face frame for overlays; the spotter's signal only when a reader took the last copy
-        (an overlay draws a few times a second, the spotter runs at the frame rate)."""
-        signal = regions = None
+    def _take_rejections(self) -> None:
+        for face_id, spotter in self.spotters.items():
+            for r in spotter.take_rejections():
+                r.face_id = face_id
+                self.rejected[r.reason] = self.rejected.get(r.reason, 0) + 1
+                for sink in self.rejection_sinks:
+                    sink.on_rejection(r)
+
+    def _publish(self, packet: FrameFaces) -> None:
+        """The newest frame for overlays; the spotters' signals only when a reader took the last copy
+        (an overlay draws a few times a second, the spotters run at the frame rate)."""
+        signals = None
         if self._signal_wanted.is_set():
             self._signal_wanted.clear()
-            signal, regions = self.spotter.signal_history(), self.spotter.region_motion()
+            signals = {i: (s.signal_history(), s.region_motion()) for i, s in self.spotters.items()}
         with self._lock:
-            self._state.face = ff
-            if signal is not None:
-                self._state.signal, self._state.regions = signal, regions
+            self._newest = packet
+            if signals is not None:
+                self._signals = signals
 
     def _recognize(self) -> None:
         try:
@@ -320,14 +361,16 @@ class Pipeline:
                     with self._lock:
                         self.events.append(ev)
                         self.n_events += 1
+                        self._labels[ev.face_id] = ev.label
+                        self.per_face.setdefault(ev.face_id, {"frames": 0, "events": 0})["events"] += 1
         finally:
             self.recognizer.close()  # no more candidates: nothing left to encode ahead
 
     def _feed_frame_sinks(self) -> None:
-        while (ff := self._sink_frames.get()) is not EOS:
-            state = self.snapshot(face=ff)
+        while (packet := self._sink_frames.get()) is not EOS:
+            state = self.snapshot(packet)
             for sink in self.frame_sinks:
-                sink.on_frame(ff, state)
+                sink.on_frame(state)
 
     # ------------------------------------------------------------------ reporting
     def fps(self) -> float:
@@ -337,6 +380,8 @@ class Pipeline:
         return (len(ts) - 1) / (ts[-1] - ts[0])
 
     def counters(self) -> dict:
+        with self._lock:
+            faces = [{"face_id": i, **n} for i, n in sorted(self.per_face.items())]
         return {
             "frames_read": self.frames_read,
             "frames_processed": self.frames_processed,
@@ -348,22 +393,24 @@ class Pipeline:
             "speculated": self.recognizer.prefetched,
             "speculation_used": self.recognizer.prefetch_used,
             "events": self.n_events,
+            "faces": faces,  # per face id: frames with its crop, events
             "rejected": dict(sorted(self.rejected.items())),
             "reconnects": self.source.reconnects,
             "read_failures": self.source.read_failures,
         }
 
-    def snapshot(self, face: FaceFrame | None = None) -> DisplayState:
-        """What an overlay or a frame sink draws: `face` (default: the newest) with the pipeline's state."""
+    def snapshot(self, packet: FrameFaces | None = None) -> DisplayState:
+        """What an overlay or a frame sink draws: `packet` (default: the newest frame) with its faces'
+        signals and last labels and the pipeline's state."""
         with self._lock:
-            st = self._state
             events = tuple(list(self.events)[-8:])
-            newest = st.face
-            signal, regions = st.signal, st.regions
+            newest, signals, labels = self._newest, self._signals, dict(self._labels)
         self._signal_wanted.set()
-        face = face if face is not None else newest
-        return DisplayState(face=face, signal=signal, regions=regions, events=events, fps=self.fps(),
-                            source_state=self.source.state, counters=self.counters(),
+        packet = packet if packet is not None else newest
+        faces = () if packet is None else tuple(
+            FaceView(ff, *signals.get(ff.face_id, (None, None)), labels.get(ff.face_id)) for ff in packet.faces)
+        return DisplayState(frame=None if packet is None else packet.frame, faces=faces, events=events,
+                            fps=self.fps(), source_state=self.source.state, counters=self.counters(),
                             stage_ms=dict(newest.frame.stage_ms) if newest is not None else None)
 
     def summary(self, interrupted: bool = False) -> dict:

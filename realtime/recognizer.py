@@ -2,12 +2,12 @@
 features through the one feature path (mex.features), probabilities from the runtime.
 
 Prefetch (paced sources): while the spotter holds an interval open, waiting for the motion to settle
-before it confirms the apex (3-4 frames at 30 fps), the pipeline passes the pair the interval would
-be confirmed with now (`prefetch(onset, apex)`). A background thread encodes one such pair at a time;
-only the newest offer waits (an offer not yet started is replaced). When the candidate arrives its
-features are taken if the pair is the one encoded (or waited for while it is being encoded), and
-encoded then otherwise. Features are a pure function of the two patches, so events are the same with
-and without it; only the time from confirmation to label changes.
+before it confirms the apex (3-4 frames at 30 fps), the pipeline passes the pair the interval would be
+confirmed with now (`prefetch(onset, apex)`). A background thread encodes one such pair at a time; only
+the newest offer waits (an offer not yet started is replaced, whichever face it is for). When the
+candidate arrives its features are taken if the pair is the one encoded (or waited for while it is being
+encoded), and encoded then otherwise. Features are a pure function of the two patches, so events are the
+same with and without it; only the time from confirmation to label changes.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .channels import RingStats
 from .framing import pair_crops
 from .packets import Candidate, Event, FaceFrame
 
-PairKey = tuple[int, int]  # (onset frame index, apex frame index)
+PairKey = tuple[int, int, int]  # (face id, onset frame index, apex frame index)
 
 
 class Recognizer:
@@ -112,7 +112,7 @@ class Recognizer:
             label=self.classes[int(np.argmax(row))],
             probs={name: round(float(v), 6) for name, v in zip(self.classes, row)},
             latency_ms=round((now - c.apex.frame.t_capture) * 1000.0, 3),
-            confirm_ms=round((now - c.t_apex_confirmed) * 1000.0, 3),
+            confirm_ms=round((now - c.t_apex_confirmed) * 1000.0, 3), face_id=int(c.face_id),
         ) for c, row in zip(cands, p)]
 
 
@@ -134,7 +134,7 @@ class _Prefetch:
         self.used = 0  # candidates that found their features ready (or being computed)
 
     def offer(self, onset: FaceFrame, apex: FaceFrame, stats: RingStats | None) -> None:
-        key = (onset.frame.index, apex.frame.index)
+        key = (onset.face_id, onset.frame.index, apex.frame.index)
         with self._cond:
             if self._closed or key in self._done or key == self._busy or (self._wanted and self._wanted[0] == key):
                 return
@@ -145,7 +145,7 @@ class _Prefetch:
             self._cond.notify_all()
 
     def take(self, onset: FaceFrame, apex: FaceFrame) -> np.ndarray | None:
-        key = (onset.frame.index, apex.frame.index)
+        key = (onset.face_id, onset.frame.index, apex.frame.index)
         with self._cond:
             if self._wanted is not None and self._wanted[0] == key:
                 self._wanted = None  # not started: the recognizer encodes it now instead

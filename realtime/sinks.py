@@ -11,7 +11,7 @@ import numpy as np
 
 from mex.labels import CLASSES
 
-from .packets import DisplayState, Event, FaceFrame, Rejection
+from .packets import DisplayState, Event, Rejection
 from .stages import EventSink, FrameSink
 
 
@@ -95,7 +95,7 @@ class PrintSink(EventSink):
         off = "-" if event.offset_frame is None else event.offset_frame
         frames = f"{event.onset_frame}-{event.apex_frame}-{off}"
         self.stream.write(
-            f"event  frames {frames:<16s} apex {event.apex_s:7.2f} s  "
+            f"event  face {event.face_id}  frames {frames:<16s} apex {event.apex_s:7.2f} s  "
             f"{event.label:<8s} [{p}]  latency {event.latency_ms:.1f} ms\n"
         )
         self.stream.flush()
@@ -121,33 +121,57 @@ def _panel(img, x0, y0, x1, y1, alpha=0.55):
         roi[:] = (roi * (1 - alpha)).astype(np.uint8)
 
 
-def annotate(image: np.ndarray, face: FaceFrame | None, state: DisplayState, show_event_s: float = 2.0) -> np.ndarray:
-    """A copy of `image` with the face box and landmarks, region motion, the last event's label and
-    probability bars, and the motion-signal plot."""
+def _plot(img, sig, x0: int, y0: int, x1: int, y1: int, color) -> None:
+    """A signal as a polyline in the box (x0, y0)-(x1, y1), scaled to its own range."""
+    import cv2
+
+    sig = np.asarray(sig, dtype=np.float64).ravel()
+    finite = np.isfinite(sig)
+    if sig.size < 2 or not finite.any() or x1 - x0 < 4:
+        return
+    lo, hi = float(np.min(sig[finite])), float(np.max(sig[finite]))
+    norm = (np.where(finite, sig, lo) - lo) / (hi - lo if hi > lo else 1.0)
+    pts = np.stack([np.linspace(x0, x1, len(sig)), y1 - norm * (y1 - y0)], 1).astype(np.int32).reshape(-1, 1, 2)
+    cv2.polylines(img, [pts], False, color, 1, cv2.LINE_AA)
+
+
+def annotate(image: np.ndarray, state: DisplayState, show_event_s: float = 2.0) -> np.ndarray:
+    """A copy of `image` with every face: its box, id and last label, its landmarks and a small plot of
+    its motion signal under the box; the header (faces, fps, frame); with one face its region motion and
+    the motion signal along the bottom; the last event's label and probability bars."""
     import cv2
 
     img = image.copy()
     h, w = img.shape[:2]
     s = max(0.35, min(1.0, w / 900))  # text scale follows the frame size
-    st = face.state if face is not None else "no_face"
-    color = _STATE_COLORS.get(st, (200, 200, 200))
-    if face is not None and face.box is not None:
-        x, y, bw, bh = (int(v) for v in face.box)
+    views = [v for v in state.faces if v.face.box is not None]
+    for v in views:
+        face = v.face
+        color = _STATE_COLORS.get(face.state, (200, 200, 200))
+        x, y, bw, bh = (int(q) for q in face.box)
         cv2.rectangle(img, (x, y), (x + bw, y + bh), color, 2)
-    if face is not None and face.landmarks is not None:
-        pts = np.asarray(face.landmarks)
-        step = max(1, len(pts) // 160)
-        for px, py in pts[::step, :2].astype(int):
-            cv2.circle(img, (int(px), int(py)), 1, (255, 255, 120), -1, cv2.LINE_AA)
+        if face.landmarks is not None:
+            pts = np.asarray(face.landmarks)
+            for px, py in pts[::max(1, len(pts) // 160), :2].astype(int):
+                cv2.circle(img, (int(px), int(py)), 1, (255, 255, 120), -1, cv2.LINE_AA)
+        tag = f"#{face.face_id}" + (f" {v.label}" if v.label else "")
+        _text(img, tag, (x, max(int(14 * s), y - 6)), 0.5 * s + 0.1, _CLASS_COLORS.get(v.label, color))
+        if v.signal is not None and len(views) > 1:
+            _plot(img, np.asarray(v.signal)[-120:], x, y + bh + 4, x + bw, y + bh + 4 + max(12, bh // 5),
+                  (80, 230, 255))
 
-    # header: state, fps, frame
+    # header: faces, fps, frame
+    first = state.faces[0].face.state if state.faces else "no_face"
+    head = first if len(state.faces) <= 1 else f"{len(views)} faces"
     _panel(img, 0, 0, int(330 * s) + 60, int(26 * s) + 12)
-    idx = face.frame.index if face is not None else -1
-    _text(img, f"{st}  {state.fps:5.1f} fps  frame {idx}", (6, int(22 * s) + 4), 0.6 * s + 0.1, color)
+    idx = state.frame.index if state.frame is not None else -1
+    color = _STATE_COLORS.get(first, (200, 200, 200)) if len(state.faces) <= 1 else (240, 240, 240)
+    _text(img, f"{head}  {state.fps:5.1f} fps  frame {idx}", (6, int(22 * s) + 4), 0.6 * s + 0.1, color)
 
-    # region motion bars (top right)
-    if state.regions:
-        items = list(state.regions.items())[:8]
+    one = state.faces[0] if len(state.faces) == 1 else None
+    # region motion bars (top right), one face
+    if one is not None and one.regions:
+        items = list(one.regions.items())[:8]
         vmax = max(1e-6, max(float(v) for _, v in items))
         bw_ = int(120 * s) + 40
         x0 = w - bw_ - int(90 * s) - 10
@@ -159,14 +183,15 @@ def annotate(image: np.ndarray, face: FaceFrame | None, state: DisplayState, sho
                           (200, 170, 60), -1)
             _text(img, str(name)[:10], (x0, y + int(12 * s) + 2), 0.45 * s + 0.05)
 
-    # last event: label and probability bars (left, under the header)
+    # last event: face, label and probability bars (left, under the header)
     ev = state.events[-1] if state.events else None
-    t_now = face.frame.t_video if face is not None else None
+    t_now = state.frame.t_video if state.frame is not None else None
     if ev is not None and (t_now is None or t_now - ev.apex_s <= show_event_s):
         y0 = int(26 * s) + 20
         lc = _CLASS_COLORS.get(ev.label, (255, 255, 255))
         _panel(img, 0, y0 - 4, int(260 * s) + 40, y0 + int(24 * s) + len(ev.probs) * (int(16 * s) + 6) + 10)
-        _text(img, f"{ev.label.upper()}  {ev.probs.get(ev.label, 0):.2f}", (6, y0 + int(20 * s)), 0.7 * s + 0.1, lc, 2)
+        _text(img, f"#{ev.face_id} {ev.label.upper()}  {ev.probs.get(ev.label, 0):.2f}", (6, y0 + int(20 * s)),
+              0.7 * s + 0.1, lc, 2)
         for i, name in enumerate(CLASSES if set(CLASSES) == set(ev.probs) else ev.probs):
             y = y0 + int(28 * s) + 4 + i * (int(16 * s) + 6)
             p = float(ev.probs.get(name, 0.0))
@@ -175,21 +200,11 @@ def annotate(image: np.ndarray, face: FaceFrame | None, state: DisplayState, sho
                           _CLASS_COLORS.get(name, (200, 200, 200)), -1)
             _text(img, name[:8], (6, y + int(12 * s) + 2), 0.45 * s + 0.05)
 
-    # signal plot (bottom strip)
-    sig = state.signal
-    if sig is not None and np.size(sig) > 1:
-        sig = np.asarray(sig, dtype=np.float64).ravel()
-        sig = sig[-min(len(sig), w // 2):]
+    # motion signal (bottom strip), one face
+    if one is not None and one.signal is not None and np.size(one.signal) > 1:
         sh = max(30, h // 8)
         _panel(img, 0, h - sh, w, h)
-        finite = np.isfinite(sig)
-        if finite.any():
-            lo, hi = float(np.min(sig[finite])), float(np.max(sig[finite]))
-            norm = (np.where(finite, sig, lo) - lo) / (hi - lo if hi > lo else 1.0)
-            xs = np.linspace(4, w - 4, len(sig))
-            ys = (h - 4) - norm * (sh - 8)
-            pts = np.stack([xs, ys], 1).astype(np.int32).reshape(-1, 1, 2)
-            cv2.polylines(img, [pts], False, (80, 230, 255), 1, cv2.LINE_AA)
+        _plot(img, np.asarray(one.signal).ravel()[-(w // 2):], 4, h - sh + 4, w - 4, h - 4, (80, 230, 255))
         _text(img, "motion", (6, h - sh + int(14 * s) + 2), 0.45 * s + 0.05)
     return img
 
@@ -228,13 +243,13 @@ class VideoRecorder(FrameSink):
             wr.release()
         raise SinkError(f"{self.flag} {self.path}: OpenCV cannot write this container (try .mp4 or .avi)")
 
-    def on_frame(self, face: FaceFrame, state: DisplayState) -> None:
-        img = face.frame.image
+    def on_frame(self, state: DisplayState) -> None:
+        img = state.frame.image
         if img is None:
             return
         if self._writer is None:
             self._writer = self._open(img.shape[1], img.shape[0])
-        self._writer.write(annotate(img, face, state))
+        self._writer.write(annotate(img, state))
         self.frames += 1
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """What the live pipeline needs of each stage (realtime/pipeline.py relies on these and on nothing else).
 
-Source --Frame--> Tracker --FaceFrame--> Spotter --Candidate--> Recognizer --Event--> EventSink
-                                           \\--FaceFrame + DisplayState--> FrameSink
+Source --Frame--> Tracker --FrameFaces--> a Spotter per face --Candidate--> Recognizer --Event--> EventSink
+                                                \\--DisplayState--> FrameSink
 
 The implementations: sources.VideoSource, FrameFolderSource, ArraySource, DemoSource, CameraSource;
 tracking.FaceTracker; spotting.Spotter, ClipSpotter; recognizer.Recognizer; sinks.EventLog, ListSink,
@@ -39,13 +39,16 @@ class Source(Protocol):
 
 
 class Tracker(Protocol):
-    def track(self, frame: Frame) -> FaceFrame:
-        """The face in the frame (or its absence); stamps `frame.stage_ms["track"]`."""
+    def track_all(self, frame: Frame) -> list[FaceFrame]:
+        """Every face in the frame, tracked or lost a moment ago, each with its `face_id` (stable while
+        the face is followed); stamps `frame.stage_ms["track"]`."""
 
     def close(self) -> None: ...
 
 
 class Spotter(Protocol):
+    """One face's spotter: the pipeline makes one per face id and pushes that face's frames only."""
+
     def push(self, face: FaceFrame) -> list[Candidate]:
         """Candidates confirmed by this frame; stamps `face.frame.stage_ms["spot"]`."""
 
@@ -99,9 +102,10 @@ class RejectionSink(Protocol):
 
 
 class FrameSink(Protocol):
-    """Gets every processed face frame (a file) or the newest ones (a camera) on the frame-sink thread."""
+    """Gets every processed frame (a file) or the newest ones (a camera) on the frame-sink thread, with
+    its faces and the pipeline's state (`state.frame` still has its picture)."""
 
-    def on_frame(self, face: FaceFrame, state: DisplayState) -> None: ...
+    def on_frame(self, state: DisplayState) -> None: ...
 
     def close(self) -> None:
         pass

@@ -11,13 +11,21 @@ lighting flicker) is written beside the clip as `<clip>.truth.json`.
     spec = ClipSpec(fps=100, seconds=8, events=4, blinks=2, head_motion=1.0, seed=3)
     truth = write_clip("clip.mp4", spec)        # clip.mp4 + clip.mp4.truth.json
     for bgr in render(spec): ...                # or frames in memory
+
+A multi-face clip (MultiClipSpec) places several such faces, each cut out as a head-shaped ellipse, on
+a plain wall; each follows its own path (crossing, passing in front of another, leaving and coming
+back) and has its own events and distractors. Its truth marks every event and distractor with `face`.
+
+    spec = MultiClipSpec([PlacedFace(ClipSpec(photo="astronaut.jpg", events=2, seed=1), ((0, 0.3, 0.5),)),
+                          PlacedFace(ClipSpec(photo="grace_hopper.jpg", events=2, seed=2), ((0, 0.7, 0.5),))])
 """
 from __future__ import annotations
 
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +33,7 @@ import cv2
 import numpy as np
 
 FACES = Path(__file__).resolve().parent.parent / "mex" / "assets" / "faces"
-PHOTOS = ("astronaut.jpg", "camera.png")
+PHOTOS = ("astronaut.jpg", "camera.png", "grace_hopper.jpg")
 
 # Face-mesh landmark indices of the points the warps are placed at (_l / _r: image left / right).
 KEYPOINTS = {
@@ -38,6 +46,7 @@ KEYPOINTS = {
 _SHIPPED_KEYPOINTS = {
     "astronaut.jpg": {"eye_l_out": (194.6, 100.8), "eye_l_in": (213.8, 103.6), "eye_r_in": (237.3, 104.8), "eye_r_out": (256.5, 104.3), "lid_l_up": (202.8, 97.7), "lid_l_lo": (204.4, 104.1), "lid_r_up": (248.7, 100.3), "lid_r_lo": (246.6, 106.3), "brow_l": (198.1, 86.5), "brow_l_in": (216.2, 89.1), "brow_r": (254.9, 89.8), "brow_r_in": (236.8, 90.3), "mouth_l": (201.7, 139.4), "mouth_r": (246.1, 142.2), "lip_up": (223.5, 142.8), "lip_lo": (223.1, 149.8), "nose": (224.0, 131.1)},  # noqa: E501
     "camera.png": {"eye_l_out": (227.2, 145.8), "eye_l_in": (239.8, 148.6), "eye_r_in": (251.7, 149.4), "eye_r_out": (255.9, 148.6), "lid_l_up": (233.9, 146.5), "lid_l_lo": (234.8, 149.2), "lid_r_up": (255.2, 148.6), "lid_r_lo": (253.9, 150.3), "brow_l": (235.6, 135.4), "brow_l_in": (248.7, 139.9), "brow_r": (262.1, 140.3), "brow_r_in": (258.4, 141.8), "mouth_l": (227.1, 181.3), "mouth_r": (244.4, 182.3), "lip_up": (242.5, 181.6), "lip_lo": (241.9, 185.2), "nose": (255.3, 171.7)},  # noqa: E501
+    "grace_hopper.jpg": {"eye_l_out": (201.6, 194.2), "eye_l_in": (240.0, 193.2), "eye_r_in": (288.4, 190.5), "eye_r_out": (326.4, 187.3), "lid_l_up": (217.4, 187.5), "lid_l_lo": (221.2, 197.3), "lid_r_up": (310.2, 182.4), "lid_r_lo": (307.5, 192.5), "brow_l": (204.2, 164.4), "brow_l_in": (242.0, 164.0), "brow_r": (321.1, 158.9), "brow_r_in": (284.2, 161.9), "mouth_l": (232.3, 277.3), "mouth_r": (304.7, 273.9), "lip_up": (268.7, 276.9), "lip_lo": (268.6, 277.2), "nose": (268.1, 245.6)},  # noqa: E501
 }
 
 # kind -> face region it moves (the spotter reports regions with the same names)
@@ -119,6 +128,7 @@ class ClipSpec:
     jpeg_quality: int | None = None  # per-frame JPEG round trip (None: off)
     face_px: float = 120.0  # brow-to-lower-lip height of the face in the frame
     second_face: str | None = None  # photo of a smaller, still face pasted in a corner (largest-face tests)
+    mirror: bool = False  # the photo flipped left-right (another face from the same photo)
     seed: int = 0
 
 
@@ -299,7 +309,14 @@ class _Plan:
         if spec.contrast != 1.0:
             mean = self.photo.mean()
             self.photo = np.clip(mean + spec.contrast * (self.photo - mean), 0, 255).astype(np.uint8)
-        self.face = _Face(keypoints(str(spec.photo)))
+        kp = keypoints(str(spec.photo))
+        if spec.mirror:  # image-left becomes image-right: flip x and swap the _l / _r names
+            self.photo = np.ascontiguousarray(self.photo[:, ::-1])
+            width = self.photo.shape[1]
+            swap = {"_l": "_r", "_r": "_l"}
+            kp = {re.sub(r"_[lr](?=_|$)", lambda m: swap[m.group()], k): np.array([width - v[0], v[1]], np.float32)
+                  for k, v in kp.items()}
+        self.face = _Face(kp)
         shape = self.photo.shape[:2]
         self.scale = spec.face_px / self.face.height  # photo px -> frame px
         busy: list[tuple[float, float]] = []  # seconds already taken by something planted (events first)
@@ -481,69 +498,235 @@ def _paste_second_face(frame: np.ndarray, photo: str) -> None:
     frame[:h, :h] = cv2.warpAffine(img, m, (h, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
 
 
-def render(spec: ClipSpec) -> Iterator[np.ndarray]:
+def _warped(plan: _Plan, i: int, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The photo with the local warps active at frame i (the bumps summed into one displacement field)."""
+    active = [(warp, warp.amplitude(i)) for warp in plan.warps]
+    active = [(warp, a) for warp, a in active if a != 0.0]
+    photo = plan.photo
+    if not active:
+        return photo
+    boxes = np.array([b.box for warp, _ in active for b in warp.bumps])
+    x0, y0 = boxes[:, :2].min(0)
+    x1, y1 = boxes[:, 2:].max(0)
+    dx = np.zeros((y1 - y0, x1 - x0), np.float32)
+    dy = np.zeros_like(dx)
+    for warp, a in active:
+        for b in warp.bumps:
+            bx0, by0, bx1, by1 = b.box
+            dx[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] += a * b.fx
+            dy[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] += a * b.fy
+    img = photo.copy()
+    # backward mapping: the pixel at p shows what was at p - d
+    grid_x, grid_y = grid
+    img[y0:y1, x0:x1] = cv2.remap(photo, grid_x[y0:y1, x0:x1] - dx, grid_y[y0:y1, x0:x1] - dy,
+                                  cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
+    return img
+
+
+def _grid(plan: _Plan) -> tuple[np.ndarray, np.ndarray]:
+    ph, pw = plan.photo.shape[:2]
+    return np.meshgrid(np.arange(pw, dtype=np.float32), np.arange(ph, dtype=np.float32))
+
+
+def _pose(plan: _Plan, i: int, cx: float, cy: float) -> np.ndarray:
+    """2x3 photo -> frame transform at frame i: the photo's face centre to (cx, cy), then the head's own motion."""
+    mx, my, rot, logs = plan.head_pose(i)
+    m = cv2.getRotationMatrix2D((float(plan.face.center[0]), float(plan.face.center[1])), rot,
+                                plan.scale * math.exp(logs))
+    m[:, 2] += np.array([cx + mx, cy + my]) - plan.face.center
+    sx, sy = plan.foreshortening(i)  # a turn in depth: narrower (or shorter) about the face's centre
+    m[0] = sx * m[0] + np.array([0, 0, (1 - sx) * (cx + mx)])
+    m[1] = sy * m[1] + np.array([0, 0, (1 - sy) * (cy + my)])
+    return m
+
+
+def _noise_pool(seed: int, noise: float, w: int, h: int):
+    """Sensor noise is drawn once as a field a little larger than the frame; each frame adds a random
+    window of it (drawing 640x480x3 normals per frame is slow)."""
+    rng = np.random.default_rng(seed + 1)
+    return rng, np.round(rng.normal(0, noise, (h + 64, w + 64, 3))).astype(np.int16)
+
+
+def _sensor(frame: np.ndarray, noise: float, jpeg_quality: int | None, rng, pool) -> np.ndarray:
+    """Sensor noise, then the JPEG round trip."""
+    h, w = frame.shape[:2]
+    if noise > 0:
+        oy, ox = rng.integers(0, 64, size=2)
+        frame = cv2.add(frame, pool[oy:oy + h, ox:ox + w], dtype=cv2.CV_8U)
+    if jpeg_quality:
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        frame = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return frame
+
+
+def render(spec: ClipSpec | MultiClipSpec) -> Iterator[np.ndarray]:
     """The clip's frames, BGR uint8 (H, W, 3), in order."""
+    if isinstance(spec, MultiClipSpec):
+        yield from _render_multi(spec)
+        return
     plan = _Plan(spec)
     w, h = spec.size
-    photo = plan.photo
-    ph, pw = photo.shape[:2]
-    grid_x, grid_y = np.meshgrid(np.arange(pw, dtype=np.float32), np.arange(ph, dtype=np.float32))
-    # sensor noise: random windows into one pre-drawn noise field (drawing 640x480x3 normals per frame is slow)
-    rng = np.random.default_rng(spec.seed + 1)
-    pool = np.round(rng.normal(0, spec.noise, (h + 64, w + 64, 3))).astype(np.int16)
+    grid = _grid(plan)
+    rng, pool = _noise_pool(spec.seed, spec.noise, w, h)
     for i in range(plan.n):
-        # local warps: sum the active bumps into one displacement field over their bounding box
-        active = [(warp, warp.amplitude(i)) for warp in plan.warps]
-        active = [(warp, a) for warp, a in active if a != 0.0]
-        img = photo
-        if active:
-            boxes = np.array([b.box for warp, _ in active for b in warp.bumps])
-            x0, y0 = boxes[:, :2].min(0)
-            x1, y1 = boxes[:, 2:].max(0)
-            dx = np.zeros((y1 - y0, x1 - x0), np.float32)
-            dy = np.zeros_like(dx)
-            for warp, a in active:
-                for b in warp.bumps:
-                    bx0, by0, bx1, by1 = b.box
-                    dx[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] += a * b.fx
-                    dy[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] += a * b.fy
-            img = photo.copy()
-            # backward mapping: the pixel at p shows what was at p - d
-            img[y0:y1, x0:x1] = cv2.remap(photo, grid_x[y0:y1, x0:x1] - dx, grid_y[y0:y1, x0:x1] - dy,
-                                          cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
-        # global head pose: photo face centre -> frame centre, then the head's own motion
-        mx, my, rot, logs = plan.head_pose(i)
-        m = cv2.getRotationMatrix2D((float(plan.face.center[0]), float(plan.face.center[1])), rot,
-                                    plan.scale * math.exp(logs))
-        m[:, 2] += np.array([w / 2 + mx, h / 2 + my]) - plan.face.center
-        late = i / max(1, plan.n - 1)  # the slow changes grow linearly through the clip
-        sx, sy = plan.foreshortening(i)  # a turn in depth: narrower (or shorter) about the face's centre
-        m[0] = sx * m[0] + np.array([0, 0, (1 - sx) * (w / 2 + mx)])
-        m[1] = sy * m[1] + np.array([0, 0, (1 - sy) * (h / 2 + my)])
-        frame = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        frame = cv2.warpAffine(_warped(plan, i, grid), _pose(plan, i, w / 2, h / 2), (w, h),
+                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         if spec.second_face:
             _paste_second_face(frame, spec.second_face)
         if spec.light:
+            late = i / max(1, plan.n - 1)  # the slow changes grow linearly through the clip
             ramp = np.linspace(-spec.light * late, spec.light * late, w, dtype=np.float32)[None, :, None]
             frame = np.clip(frame + ramp, 0, 255).astype(np.uint8)
         gain = plan.gain(i)
         if gain != 1.0:
             frame = cv2.convertScaleAbs(frame, alpha=gain)
-        if spec.noise > 0:
-            oy, ox = rng.integers(0, 64, size=2)
-            frame = cv2.add(frame, pool[oy:oy + h, ox:ox + w], dtype=cv2.CV_8U)
-        if spec.jpeg_quality:
-            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(spec.jpeg_quality)])
-            frame = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        yield frame
+        yield _sensor(frame, spec.noise, spec.jpeg_quality, rng, pool)
 
 
-def truth(spec: ClipSpec) -> dict:
-    """The ground truth of a spec without rendering it."""
-    return _Plan(spec).truth()
+@dataclass
+class PlacedFace:
+    """One person in a multi-face clip: what happens on the face (a ClipSpec: photo, mirror, contrast,
+    events, distractors, head motion, face size, seed; its fps, seconds, size, noise and JPEG are the
+    clip's; light and second_face are single-face only) and where the face is."""
+    face: ClipSpec
+    # (seconds, x, y): the face centre as fractions of the frame's width and height, linear in between and
+    # held before the first and after the last; beyond 0..1 the face is out of the frame
+    path: tuple[tuple[float, float, float], ...] = ((0.0, 0.5, 0.5),)
+    depth: int = 0  # a face with a larger depth is nearer: drawn over the others where they overlap
 
 
-def write_clip(path: str | Path, spec: ClipSpec) -> dict:
+@dataclass
+class MultiClipSpec:
+    """Several faces in one frame over a plain background, each with its own planted events and
+    distractors (truth per face: every event and distractor carries `face`, the index in `faces`)."""
+    faces: list[PlacedFace]
+    fps: float = 30.0
+    seconds: float = 10.0
+    size: tuple[int, int] = (960, 540)  # width, height
+    noise: float = 1.5
+    jpeg_quality: int | None = None
+    seed: int = 0  # the background and the sensor noise; each face draws from its own ClipSpec's seed
+
+
+# a face's head in photo coordinates: an ellipse about the face centre, in face heights (brow -> lower
+# lip): half-width, half-height, and how far above the centre it sits (forehead and hair)
+HEAD_ELLIPSE = (1.05, 1.35, 0.25)
+
+
+class _Placed:
+    """A face of a multi-face clip: its plan, its path in frame pixels and its head mask (photo pixels)."""
+
+    def __init__(self, placed: PlacedFace, spec: MultiClipSpec):
+        self.plan = _Plan(replace(placed.face, fps=spec.fps, seconds=spec.seconds, size=spec.size))
+        self.depth = placed.depth
+        t, x, y = np.array(placed.path, np.float64).T
+        times = np.arange(self.plan.n) / spec.fps
+        w, h = spec.size
+        self.centre = np.stack([np.interp(times, t, x) * w, np.interp(times, t, y) * h], 1)
+        face = self.plan.face
+        a, b, lift = HEAD_ELLIPSE
+        self.ellipse = (face.center + face.up * lift * face.height, a * face.height, b * face.height)
+        (cx, cy), ax, ay = self.ellipse
+        mask = np.zeros(self.plan.photo.shape[:2], np.float32)
+        angle = math.degrees(math.atan2(face.axis[1], face.axis[0]))
+        cv2.ellipse(mask, (round(cx), round(cy)), (round(ax), round(ay)), angle, 0, 360, 1.0, -1, cv2.LINE_AA)
+        self.mask = cv2.GaussianBlur(mask, (0, 0), 0.06 * face.height)
+        ys, xs = np.nonzero(self.mask > 1e-3)
+        self.box = np.array([[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.min(), ys.max()], [xs.max(), ys.max()]],
+                            np.float64)  # the mask's corners, photo px
+
+    def pose(self, i: int) -> np.ndarray:
+        return _pose(self.plan, i, *self.centre[i])
+
+    def covers(self, m: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Which of the frame points (N, 2) this face's head covers at pose m."""
+        inv = cv2.invertAffineTransform(m)
+        p = points @ inv[:, :2].T + inv[:, 2] - self.ellipse[0]
+        face = self.plan.face
+        return ((p @ face.axis) / self.ellipse[1]) ** 2 + ((p @ face.up) / self.ellipse[2]) ** 2 < 1
+
+
+def _background(spec: MultiClipSpec) -> np.ndarray:
+    """A plain wall: a soft vertical gradient with a few broad blotches."""
+    w, h = spec.size
+    rng = np.random.default_rng(spec.seed)
+    low = cv2.resize(rng.uniform(-12, 12, (6, 8, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    ramp = np.linspace(150, 110, h, dtype=np.float32)[:, None, None]
+    return np.clip(ramp + low + np.array([8, 0, -6], np.float32), 0, 255).astype(np.uint8)
+
+
+def visibility(spec: MultiClipSpec) -> np.ndarray:
+    """(faces, frames): the share of each face's 17 keypoints (eyes, lids, brows, mouth, nose) that is in
+    the frame and not behind a nearer face; faces in `spec.faces` order."""
+    w, h = spec.size
+    faces = [_Placed(p, spec) for p in spec.faces]
+    out = np.zeros((len(faces), faces[0].plan.n))
+    for i in range(out.shape[1]):
+        poses = [f.pose(i) for f in faces]
+        for k, f in enumerate(faces):
+            kp = np.array(list(f.plan.face.kp.values()), np.float64)
+            pts = kp @ poses[k][:, :2].T + poses[k][:, 2]
+            seen = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+            for j, g in enumerate(faces):
+                if g.depth > f.depth:
+                    seen &= ~g.covers(poses[j], pts)
+            out[k, i] = seen.mean()
+    return out
+
+
+def _spans(flags: np.ndarray) -> list[list[int]]:
+    """[first, last] frame of each run of True."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return [[int(a), int(b) - 1] for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+
+
+def _render_multi(spec: MultiClipSpec) -> Iterator[np.ndarray]:
+    w, h = spec.size
+    faces = sorted((_Placed(p, spec) for p in spec.faces), key=lambda f: f.depth)  # farthest drawn first
+    grids = [_grid(f.plan) for f in faces]
+    wall = _background(spec)
+    rng, pool = _noise_pool(spec.seed, spec.noise, w, h)
+    for i in range(faces[0].plan.n):
+        frame = wall.copy()
+        for f, grid in zip(faces, grids):
+            m = f.pose(i)
+            # only the head's box in the frame is warped and blended
+            corners = f.box @ m[:, :2].T + m[:, 2]
+            x0, y0 = np.clip(np.floor(corners.min(0)).astype(int), 0, (w, h))
+            x1, y1 = np.clip(np.ceil(corners.max(0)).astype(int) + 1, 0, (w, h))
+            if x1 <= x0 or y1 <= y0:
+                continue
+            m[:, 2] -= (x0, y0)
+            img = cv2.warpAffine(_warped(f.plan, i, grid), m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
+            alpha = cv2.warpAffine(f.mask, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR)[:, :, None]
+            part = frame[y0:y1, x0:x1].astype(np.float32)
+            frame[y0:y1, x0:x1] = np.clip(part + alpha * (img * f.plan.gain(i) - part), 0, 255)
+        yield _sensor(frame, spec.noise, spec.jpeg_quality, rng, pool)
+
+
+def truth(spec: ClipSpec | MultiClipSpec) -> dict:
+    """The ground truth of a spec without rendering it. A multi-face clip's events and distractors carry
+    `face` (the index in `spec.faces`), its events `visible` (the least share of the face seen from onset
+    to offset), and `faces` lists each face's photo and the frame spans where at least half of it is seen."""
+    if not isinstance(spec, MultiClipSpec):
+        return _Plan(spec).truth()
+    seen = visibility(spec)
+    events, distractors, faces = [], [], []
+    for k, placed in enumerate(spec.faces):
+        plan = _Placed(placed, spec).plan
+        for ev in plan.events:
+            events.append({**ev, "face": k, "visible": round(float(seen[k, ev["onset"]:ev["offset"] + 1].min()), 3)})
+        distractors += [{**d, "face": k} for d in plan.distractors]
+        faces.append({"face": k, "photo": str(placed.face.photo), "mirror": placed.face.mirror,
+                      "in_view": _spans(seen[k] >= 0.5)})
+    events.sort(key=lambda e: (e["onset"], e["face"]))
+    distractors.sort(key=lambda d: (d["start"], d["face"]))
+    return {"fps": spec.fps, "frames": seen.shape[1], "size": list(spec.size), "faces": faces,
+            "events": events, "distractors": distractors, "spec": asdict(spec)}
+
+
+def write_clip(path: str | Path, spec: ClipSpec | MultiClipSpec) -> dict:
     """Render `spec` to `path` (.mp4: mp4v, .avi: MJPG) and its ground truth to `<path>.truth.json`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

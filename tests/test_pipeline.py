@@ -12,7 +12,7 @@ import pytest
 
 from realtime.channels import Aborted, Channel, RingStats
 from realtime.framing import FacePatch
-from realtime.packets import Candidate, DisplayState, FaceFrame, Frame
+from realtime.packets import Candidate, DisplayState, FaceFrame, FaceView, Frame
 from realtime.pipeline import Pipeline, PipelineConfig
 from realtime.recognizer import Recognizer
 from realtime.sinks import EventLog, ListSink, VideoRecorder, annotate
@@ -40,6 +40,9 @@ class FakeTracker:
         crop = np.full((CROP, CROP), frame.index % 256, np.uint8)
         lm = np.array([[10.0, 10.0], [20.0, 20.0]])
         return FaceFrame(frame, "face", (4, 4, 24, 24), lm, crop, flat_patch(frame.index % 256))
+
+    def track_all(self, frame):
+        return [self.track(frame)]
 
     def close(self):
         self.closed = True
@@ -112,7 +115,8 @@ def images(n, h=48, w=64):
 
 def make(source, tracker=None, spotter=None, event_sinks=(), frame_sinks=(), **config):
     rec = Recognizer(FakeRuntime(), encode=fake_encode)
-    return Pipeline(source, tracker or FakeTracker(), spotter or FakeSpotter(), rec, event_sinks, frame_sinks,
+    make_spotter = FakeSpotter if spotter is None else (lambda: spotter)  # one face: one spotter
+    return Pipeline(source, tracker or FakeTracker(), make_spotter, rec, event_sinks, frame_sinks,
                     PipelineConfig(**config))
 
 
@@ -379,9 +383,9 @@ def test_annotate_and_record(tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 40
     cap.release()
     ff = FakeTracker().track(next(ArraySource(images(1, 240, 320), fps=30).frames()))
-    st = DisplayState(face=ff, signal=np.sin(np.arange(50)), regions={"brows": 1.0, "mouth": 0.5},
+    st = DisplayState(frame=ff.frame, faces=(FaceView(ff, np.sin(np.arange(50)), {"brows": 1.0, "mouth": 0.5}),),
                       events=tuple(lst.events), fps=30.0)
-    out = annotate(ff.frame.image, ff, st)
+    out = annotate(ff.frame.image, st)
     assert out.shape == ff.frame.image.shape and not np.array_equal(out, ff.frame.image)
 
 
@@ -431,7 +435,7 @@ def test_a_candidate_that_cannot_be_encoded_is_skipped_not_fatal():
         return fake_encode(onset, apex, flow)
 
     src = ArraySource(images(60), fps=30)
-    p = Pipeline(src, FakeTracker(), FakeSpotter(), Recognizer(FakeRuntime(), encode=picky))
+    p = Pipeline(src, FakeTracker(), FakeSpotter, Recognizer(FakeRuntime(), encode=picky))
     s = p.run()
     assert s["error"] is None and s["skipped_candidates"] == 1 and s["events"] == s["candidates"] - 1
 
@@ -578,4 +582,4 @@ def test_the_signal_is_copied_for_display_only_when_it_is_read():
     p.run()
     assert spotter.signal_copies == 1  # the first frame; no reader took it since
     st = p.snapshot()
-    assert st.face.frame.index == 59 and st.face.frame.image is not None and st.signal is not None
+    assert st.frame.index == 59 and st.frame.image is not None and st.faces[0].signal is not None

@@ -44,7 +44,8 @@ def test_alignment_puts_the_eyes_at_the_canonical_positions(angle, scale):
     true_eyes = eyes @ m[:, :2].T + m[:, 2]
     with FaceTracker(crop_size=128) as tracker:
         ff = tracker.track(frames_of([image])[0])
-        in_crop = true_eyes @ tracker.m[:, :2].T + tracker.m[:, 2]
+        m = tracker.faces[0].m
+        in_crop = true_eyes @ m[:, :2].T + m[:, 2]
     assert ff.state == "face"
     assert np.abs(in_crop - CANONICAL_EYES * 128).max() < 1.5
     # and the crop is upright: the eye line is horizontal
