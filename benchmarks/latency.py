@@ -46,7 +46,8 @@ TARGET_CONFIRM_P95_GPU = 5.0
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--seconds", type=float, default=20.0, help="length of the generated clip (default 20 s = 600 frames)")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="length of the generated clip (default 20 s = 600 frames)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames to push through (default: the clip once); more than the clip loops it and samples RSS")
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +59,8 @@ def add_arguments(p) -> None:
     p.add_argument("--clip", default=None, help="use this video instead of generating one")
     p.add_argument("--note", default=None, help="a line added to the report (e.g. how the run was made)")
     p.add_argument("--realtime", action="store_true",
-                   help="play the clip at its own frame rate (camera-like; speculative features on); writes latency-realtime.*")
+                   help="play the clip at its own frame rate (camera-like; speculative features on); "
+                        "writes latency-realtime.*")
     p.add_argument("--faces", default=None, metavar="1,2,4",
                    help="per face count: N faces side by side, mex-live --max-faces N: fps, confirm -> label p95, "
                         "spotting F1 per face (benchmarks/faces.py; writes latency-faces.*)")
@@ -112,7 +114,8 @@ def _plot(path: Path, summary: dict, rss: list[tuple[float, int, float]] | None,
     ax = axes[0, 0]
     xs = range(len(stages))
     for key, off, color in (("p50", -0.25, "#4c72b0"), ("p95", 0.0, "#dd8452"), ("p99", 0.25, "#c44e52")):
-        ax.bar([x + off for x in xs], [summary["stages_ms"][s][key] for s in stages], width=0.25, label=key, color=color)
+        ax.bar([x + off for x in xs], [summary["stages_ms"][s][key] for s in stages],
+               width=0.25, label=key, color=color)
     ax.set_xticks(list(xs), stages, rotation=30)
     ax.set_ylabel("ms")
     ax.set_yscale("log")
@@ -181,7 +184,8 @@ def recognizer_only(args) -> int:
         f"# mex-bench latency --recognizer-only ({env['machine']})", "",
         f"{env['when']}: {env['cpu']} x{env['cpu_count']}" + (f", GPU {env['gpu']}" if "gpu" in env else "")
         + f"; load average before/after {result['load_avg_before_after']}.", "",
-        f"{stats['n']} synthetic candidates ({CROP_SIZE} px crops, registered) through the live Recognizer one at a time; "
+        f"{stats['n']} synthetic candidates ({CROP_SIZE} px crops, registered) "
+        "through the live Recognizer one at a time; "
         f"flow {result['flow']}, runtime {result['runtime']}.", "",
         "| ms | p50 | p95 | p99 |", "|---|---|---|---|",
         *(f"| {name} | {summary[stage]['p50']} | {summary[stage]['p95']} | {summary[stage]['p99']} |"
@@ -276,7 +280,8 @@ def run(args) -> int:
     result = {
         "benchmark": "latency",
         "environment": env,
-        "clip": {"frames": clip_frames, "fps": fps, "width": size[0], "height": size[1], "generated": truth is not None},
+        "clip": {"frames": clip_frames, "fps": fps, "width": size[0], "height": size[1],
+                 "generated": truth is not None},
         "runtime": runtime.name,
         "runtime_info": runtime.info,
         "flow": args.flow,
@@ -294,8 +299,8 @@ def run(args) -> int:
         # 2 x decode_s x cores of CPU work; a pipeline that needs more cannot meet it by scheduling.
         "pipeline_cpu_s": round(cpu_s, 3),
         "cpu_budget_2x_decode_s": round(TARGET_DECODE_RATIO * decode_s * env["cpu_count"], 3),
-        "stage_wall_s": {k: round(st[k]["mean"] * st[k]["n"] / 1e3, 3) for k in ("track", "spot", "speculate", "encode", "infer")
-                        if k in st},
+        "stage_wall_s": {k: round(st[k]["mean"] * st[k]["n"] / 1e3, 3)
+                         for k in ("track", "spot", "speculate", "encode", "infer") if k in st},
         "stages_ms": {k: {m: round(v, 4) if isinstance(v, float) else v for m, v in d.items()} for k, d in st.items()},
         "confirm_to_label_p95_ms": None if confirm_p95 is None else round(confirm_p95, 3),
         "events": summary["events"],
@@ -358,7 +363,8 @@ def _markdown(r: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
         "",
         f"Clip: {r['clip']['frames']} frames {r['clip']['width']}x{r['clip']['height']} @ {r['clip']['fps']:g} fps "
-        f"({'generated' if r['clip']['generated'] else 'given'}); runtime {r['runtime']}, flow {r['flow']}, tracker {r['tracker']}; "
+        f"({'generated' if r['clip']['generated'] else 'given'}); "
+        f"runtime {r['runtime']}, flow {r['flow']}, tracker {r['tracker']}; "
         + (f"real-time mode (the file at its own {r['clip']['fps']:g} fps, as a camera delivers frames; features "
            f"computed speculatively while an apex awaits confirmation: {r['speculated']} pairs computed ahead, "
            f"{r['speculation_used']} candidates found theirs). " if r.get("realtime") else
@@ -390,9 +396,10 @@ def _markdown(r: dict) -> str:
         "Stages: capture = decode of one frame; wait = captured -> tracking starts (queueing); track = face "
         "tracking and alignment; spot = spotter push; frame = captured -> spotted; speculate = features of an "
         "open interval's onset and peak so far, computed ahead (real-time mode); encode = features "
-        "(mex.features.encode, per candidate; near zero when computed ahead); infer = inference per candidate; confirm = apex confirmed -> label "
-        "emitted; latency = apex frame captured -> label emitted (includes the frames the spotter must wait for "
-        "after the apex; in offline mode those arrive faster than real time).",
+        "(mex.features.encode, per candidate; near zero when computed ahead); infer = inference per candidate; "
+        "confirm = apex confirmed -> label emitted; latency = apex frame captured -> label emitted "
+        "(includes the frames the spotter must wait for after the apex; in offline mode those arrive "
+        "faster than real time).",
     ]
     if r.get("note"):
         lines += ["", f"Note: {r['note']}"]

@@ -144,7 +144,8 @@ def segmented_clip(spec, spotter=None, mesh_every: int = 4) -> dict:
     clip_spotter = (spotter or ClipSpotter)(spec.fps)
     with FaceTracker(mesh_every=mesh_every) as tracker:
         for i, image in enumerate(render(spec)):
-            clip_spotter.push(tracker.track(Frame(index=i, t_capture=time.monotonic(), t_video=i / spec.fps, image=image)))
+            clip_spotter.push(tracker.track(
+                Frame(index=i, t_capture=time.monotonic(), t_video=i / spec.fps, image=image)))
     found = clip_spotter.flush()
     event = truth(spec)["events"][0]
     apex = found[0].apex.frame.index if found else None
@@ -200,7 +201,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="one clip per condition, shorter neutral clips; one segmented clip per kind and fps")
     parser.add_argument("--only", choices=("online", "distractors", "segmented"), default=None,
-                        help="run one part: the online spotter's conditions, its distractors, or the segmented apex error")
+                        help="run one part: the online spotter's conditions, its distractors, "
+                             "or the segmented apex error")
     parser.add_argument("--seed", type=int, default=100, help="first clip seed")
     parser.add_argument("--mesh-every", type=int, default=4, help="tracker: face mesh on every Nth frame")
     long_video.add_arguments(parser)

@@ -32,16 +32,20 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mex-live", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="mex-live", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=version_line("mex-live"))
     src = p.add_argument_group("source (exactly one)")
     g = src.add_mutually_exclusive_group(required=True)
     g.add_argument("--camera", type=int, metavar="N", help="OpenCV camera index")
-    g.add_argument("--video", metavar="PATH", help="a video file, or a folder of numbered frame images with --fps "
-                   "(as fast as possible; --realtime for its own pace), or a live stream (rtsp://, http://, /dev/video0)")
-    g.add_argument("--batch", metavar="PATH", help="every video file and folder of frames under PATH, one after another, "
-                   "headless: events and a summary.csv row per input in --out DIR (a rerun skips the inputs done)")
-    g.add_argument("--demo", action="store_true", help="generated clip from the shipped face photo, micro-expressions planted at known frames")
+    g.add_argument("--video", metavar="PATH",
+                   help="a video file, or a folder of numbered frame images with --fps (as fast as possible; "
+                        "--realtime for its own pace), or a live stream (rtsp://, http://, /dev/video0)")
+    g.add_argument("--batch", metavar="PATH",
+                   help="every video file and folder of frames under PATH, one after another, headless: events "
+                        "and a summary.csv row per input in --out DIR (a rerun skips the inputs done)")
+    g.add_argument("--demo", action="store_true",
+                   help="generated clip from the shipped face photo, micro-expressions planted at known frames")
     src.add_argument("--width", type=int, help="camera capture width")
     src.add_argument("--height", type=int, help="camera capture height")
     src.add_argument("--fps", type=float, help="camera capture rate; the rate of a --video folder of frames; a video "
@@ -53,10 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "most unlike the onset when the clip ends at its peak), one event at the end")
     src.add_argument("--seed", type=int, default=0, help="demo clip seed (default 0)")
     m = p.add_argument_group("recognition")
-    m.add_argument("--model", metavar="PATH", help="exported model (.onnx, or .engine for TensorRT); default: the shipped mex/assets/default.onnx")
-    m.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES], help="inference runtime (default auto: by the --model suffix)")
-    m.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS], help="optical-flow backend (default auto)")
-    m.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"], help="face tracker (default auto: mediapipe face mesh, else the Haar cascade)")
+    m.add_argument("--model", metavar="PATH",
+                   help="exported model (.onnx, or .engine for TensorRT); default: the shipped mex/assets/default.onnx")
+    m.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES],
+                   help="inference runtime (default auto: by the --model suffix)")
+    m.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS],
+                   help="optical-flow backend (default auto)")
+    m.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"],
+                   help="face tracker (default auto: mediapipe face mesh, else the Haar cascade)")
     m.add_argument("--max-faces", type=int, default=1, metavar="N",
                    help="follow up to N faces, each with its own id, spotter and events (default 1: the largest "
                         "face). The work per frame grows with the faces; when a camera outpaces it, the display "
@@ -76,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let --events / --rejections / --record / --summary replace an existing file (never an input)")
     o.add_argument("--display", default="auto", choices=DISPLAYS,
                    help="what shows the run: window (the OpenCV window overlay, where a display is usable; else as "
-                        "auto), terminal (the rich overlay), none (one line per event, then the summary); default auto: "
-                        "terminal when stdout is a terminal, else none")
+                        "auto), terminal (the rich overlay), none (one line per event, then the summary); "
+                        "default auto: terminal when stdout is a terminal, else none")
     o.add_argument("--queue-size", type=int, default=8, help="frames buffered between stages (default 8)")
     o.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     return p
@@ -237,7 +245,8 @@ def print_summary(out, summary: dict, source, events) -> None:
       f"{summary['dropped_frames']} dropped, {summary['face_frames']} with a face\n")
     w(f"  speed       {summary['fps']:.1f} fps over {summary['wall_s']:.2f} s (whole pipeline)\n")
     st = summary["stages_ms"]
-    parts = [f"{k} {st[k]['p50']:.1f}/{st[k]['p95']:.1f}" for k in ("capture", "track", "spot", "encode", "infer") if k in st]
+    parts = [f"{k} {st[k]['p50']:.1f}/{st[k]['p95']:.1f}"
+             for k in ("capture", "track", "spot", "encode", "infer") if k in st]
     if parts:
         w(f"  stages ms   p50/p95: {', '.join(parts)}\n")
     if "confirm" in st:
@@ -266,7 +275,8 @@ def print_summary(out, summary: dict, source, events) -> None:
         for p in planted:
             hit = next((f for q, f in pairs if q is p), None)
             got = f"found {hit.onset_frame}-{hit.apex_frame}-{hit.offset_frame} {hit.label}" if hit else "missed"
-            w(f"              planted {p['onset']}-{p['apex']}-{p['offset']} {p['kind']} (usually {p['usual']}): {got}\n")
+            w(f"              planted {p['onset']}-{p['apex']}-{p['offset']} {p['kind']} "
+              f"(usually {p['usual']}): {got}\n")
         w("              (a planted movement is one facial action on a photo, not an acted emotion: the label is\n"
           "              the class the model finds closest; brow raises are usually coded surprise, brow lowering,\n"
           "              eyelid tightening and lip-corner depression negative, lip-corner pulls positive)\n")
@@ -476,7 +486,8 @@ def _run(args) -> int:
             pipe = make_pipeline(source, runtime, args.flow, args.tracker, args.segmented, event_sinks, frame_sinks,
                                  config, rejection_sinks, max_faces=args.max_faces)
         except (ImportError, RuntimeError, ValueError) as e:
-            raise CliError(f"--tracker {args.tracker}: cannot start the face tracker ({type(e).__name__}: {e})") from None
+            raise CliError(f"--tracker {args.tracker}: cannot start the face tracker "
+                           f"({type(e).__name__}: {e})") from None
     except BaseException:
         source.close()  # not handed to a pipeline yet
         raise

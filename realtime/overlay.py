@@ -63,7 +63,8 @@ def display_usable(probe: bool = True) -> tuple[bool, str]:
             return False, f"Wayland display {wayland} is not reachable"
     if not probe:
         return True, ""
-    code = "import cv2, numpy as np; cv2.namedWindow('p'); cv2.imshow('p', np.zeros((8,8,3),np.uint8)); cv2.waitKey(1); cv2.destroyAllWindows()"
+    code = ("import cv2, numpy as np; cv2.namedWindow('p'); cv2.imshow('p', np.zeros((8,8,3),np.uint8)); "
+            "cv2.waitKey(1); cv2.destroyAllWindows()")
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=20)
     except subprocess.TimeoutExpired:
@@ -165,7 +166,8 @@ class TerminalOverlay:
             ("  events ", "dim"), (str(c.get("events", 0)), "bold"),
             ("  reconnects ", "dim"), (str(c.get("reconnects", 0)), ""),
         )
-        lat = Table(title="stage latency, ms (last 300)", title_justify="left", expand=False, show_edge=False, pad_edge=False)
+        lat = Table(title="stage latency, ms (last 300)", title_justify="left", expand=False,
+                    show_edge=False, pad_edge=False)
         for col in ("stage", "p50", "p95", "p99"):
             lat.add_column(col, justify="right" if col != "stage" else "left")
         for name, p50, p95, p99 in _stage_rows(pipeline):

@@ -235,7 +235,8 @@ class VideoRecorder(FrameSink):
         fourccs = {".avi": ["MJPG", "XVID"], ".mkv": ["mp4v", "MJPG"], ".mp4": ["mp4v", "avc1"],
                    ".mov": ["mp4v", "avc1"]}.get(ext)
         if fourccs is None:
-            raise SinkError(f"{self.flag} {self.path}: unknown video container {ext or '(no suffix)'}; use .mp4, .avi, .mkv or .mov")
+            raise SinkError(f"{self.flag} {self.path}: unknown video container {ext or '(no suffix)'}; "
+                            "use .mp4, .avi, .mkv or .mov")
         for cc in fourccs:
             wr = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*cc), self.fps, (w, h))
             if wr.isOpened():

@@ -764,7 +764,8 @@ def database_spec(kind: str, fps: float, seed: int = 0, blinks: int = 1) -> Clip
     from one side (up to 6 gray levels at the face's edges) more and more by the end: changes that no
     registration removes and that grow through the clip, as in real clips."""
     rng = np.random.default_rng(seed)
-    lead, rise, hold, fall = rng.uniform(0, 0.02), rng.uniform(0.06, 0.2), rng.uniform(0.04, 0.15), rng.uniform(0.1, 0.25)
+    lead, rise, hold, fall = (rng.uniform(0, 0.02), rng.uniform(0.06, 0.2),
+                              rng.uniform(0.04, 0.15), rng.uniform(0.1, 0.25))
     seconds = lead + rise + hold + fall
     event = PlantedEvent(kind, onset_s=lead, duration_s=rise + hold + fall, amplitude_px=float(rng.uniform(1.5, 3.0)),
                          apex_frac=rise / (rise + fall), side=str(rng.choice(["both", "both", "left", "right"])),

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from realtime import cli, synth
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-
-from realtime import cli, synth
 
 DEFAULT_MODEL = ROOT / "mex" / "assets" / "default.onnx"
 # Runs that see faces need a tracker: mediapipe, or OpenCV 4's Haar cascade as the fallback. The GPU
@@ -67,7 +67,8 @@ def test_video_gives_the_same_events_twice(work, capsys):
     runs = []
     for k in range(2):
         out = d / f"events{k}.jsonl"
-        rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--events", str(out), "--display", "none"])
+        rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--events", str(out),
+                       "--display", "none"])
         text = capsys.readouterr().out
         assert rc == 0, text
         assert "120 processed / 120 read, 0 dropped" in text
@@ -85,8 +86,8 @@ def test_record_writes_the_annotated_video(work, capsys):
     import cv2
 
     out = work["dir"] / "rec.mp4"
-    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--record", str(out), "--display", "none",
-                   "--max-frames", "40"])
+    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--record", str(out),
+                   "--display", "none", "--max-frames", "40"])
     capsys.readouterr()
     assert rc == 0
     cap = cv2.VideoCapture(str(out))
@@ -194,7 +195,8 @@ def test_bad_frame_folders_name_the_problem(work, tmp_path, capsys):
     empty.mkdir()
     folder = tmp_path / "frames"
     _frame_folder(work["clip"], folder, ".jpg")
-    for argv, needle in [(["--video", str(folder)], "--fps"), (["--video", str(empty), "--fps", "200"], "no frame images")]:
+    for argv, needle in [(["--video", str(folder)], "--fps"),
+                         (["--video", str(empty), "--fps", "200"], "no frame images")]:
         assert cli.main([*argv, "--model", model, "--display", "none"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("mex-live: error:") and needle in err and str(argv[1]) in err, err
@@ -220,7 +222,8 @@ def test_segmented_clip_gives_one_event_at_the_planted_apex(work, tmp_path, caps
     found = {}
     for mode in ([], ["--segmented"]):
         out = tmp_path / f"events{len(found)}.jsonl"
-        assert cli.main(["--video", str(clip), "--model", str(work["model"]), "--events", str(out), "--display", "none", *mode]) == 0
+        assert cli.main(["--video", str(clip), "--model", str(work["model"]), "--events", str(out),
+                         "--display", "none", *mode]) == 0
         capsys.readouterr()
         found[bool(mode)] = _events(out)
     assert found[False] == []
@@ -286,7 +289,8 @@ def test_demo_runs_end_to_end_and_reports_planted_events(capsys):
 def test_cut_demo_scores_what_it_saw_and_never_imports_torch():
     """The CPU path (OpenCV flow, ONNX Runtime) needs no torch: importing it costs seconds of start-up.
     A run cut short is scored on the planted events inside the frames it read, not on the whole clip."""
-    code = ("import sys; from realtime.cli import main; rc = main(['--demo', '--display', 'none', '--max-frames', '120']); "
+    code = ("import sys; from realtime.cli import main; "
+            "rc = main(['--demo', '--display', 'none', '--max-frames', '120']); "
             "print('torch imported:', 'torch' in sys.modules); sys.exit(rc)")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -375,7 +379,8 @@ def test_window_without_a_display_falls_back_and_does_not_crash(work, monkeypatc
     if Path("/tmp/.X11-unix/X93").exists():
         pytest.skip("display :93 exists here")
     monkeypatch.setenv("DISPLAY", ":93")  # set but unreachable: must be detected before any cv2 window call
-    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--display", "window", "--max-frames", "20"])
+    rc = cli.main(["--video", str(work["clip"]), "--model", str(work["model"]), "--display", "window",
+                   "--max-frames", "20"])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "window overlay not available" in err and ":93" in err

@@ -68,7 +68,8 @@ class FakeSpotter:
         for due, (on, ap) in list(self.pending):
             if i >= due:
                 self.pending.remove((due, (on, ap)))
-                off = next(f.frame for f in self.hist if f.frame.index >= ap.frame.index + 2)  # a live source drops frames
+                # a live source drops frames
+                off = next(f.frame for f in self.hist if f.frame.index >= ap.frame.index + 2)
                 out.append(Candidate(on, ap, off.index, off.t_video, np.zeros(8), time.monotonic()))
         return out
 
@@ -462,8 +463,8 @@ class ProvisionalSpotter(FakeSpotter):
 
 
 def face(index: int, value: int = 0) -> FaceFrame:
-    return FaceFrame(Frame(index, time.monotonic(), index / 30, None), "face", crop=np.full((CROP, CROP), value, np.uint8),
-                     patch=flat_patch(value))
+    return FaceFrame(Frame(index, time.monotonic(), index / 30, None), "face",
+                     crop=np.full((CROP, CROP), value, np.uint8), patch=flat_patch(value))
 
 
 def wait_for(predicate, timeout_s: float = 10.0) -> None:
