@@ -240,7 +240,7 @@ class Spotter:
 
         Phase correlation gives the shift, Gauss-Newton (Lucas-Kanade) steps refine shift, rotation and
         scale, with Huber weights so the few pixels where the face itself moved do not pull the fit.
-        The gain is the median ratio of the moved crop to ref at each step (the moving brow or lip corner
+        The gain is the median ratio of the moved crop to ref after the first step (the moving brow or lip corner
         is a few pixels of many, and a least-squares gain would take some of its change for light), and
         0 when under `min_gain`: a movement of the face's own parts shifts that median by about as much,
         and light changing less leaves less than the noise."""
@@ -253,12 +253,14 @@ class Spotter:
         g = self.grid
         gx, gy = gx[g].ravel(), gy[g].ravel()
         ref_g = ref[g].ravel()
-        lit = ref_g > 32  # the gain from pixels bright enough for a ratio to mean something
+        lit = np.flatnonzero(ref_g > 32)  # the gain from pixels bright enough for a ratio to mean something
         jac = np.stack([gx, gy, gx * self.xc + gy * self.yc, gy * self.xc - gx * self.yc])  # (4, N)
-        for _ in range(self.cfg.lk_steps):
+        for step in range(self.cfg.lk_steps):
             moved = self._warp(cur, p, on_grid=True).ravel()
-            gain = float(np.median(moved[lit] / ref_g[lit])) - 1.0 if lit.any() else 0.0
-            p[4] = gain if abs(gain) > self.cfg.min_gain else 0.0
+            if step == 0 and len(lit):  # the median ratio (np.partition: np.median's overhead is most of its cost)
+                ratio = moved[lit] / ref_g[lit]
+                gain = float(np.partition(ratio, len(ratio) // 2)[len(ratio) // 2]) - 1.0
+                p[4] = gain if abs(gain) > self.cfg.min_gain else 0.0
             r = moved - (1 + p[4]) * ref_g
             jw = jac * np.minimum(1.0, self.cfg.huber_gray / (np.abs(r) + 1e-6))
             ok, step = cv2.solve(jw @ jac.T + self.ridge, jw @ r, flags=cv2.DECOMP_CHOLESKY)
