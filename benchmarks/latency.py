@@ -205,83 +205,112 @@ def run(args) -> int:
         from . import faces
 
         return faces.run(args)
-    from realtime.cli import make_pipeline, match_events, planted_events, warm_up
+    env = environment()
+    load_before = os.getloadavg()
+    out = results_dir(args.out)
+    with tempfile.TemporaryDirectory(prefix="mex-bench-latency-") as tmp:
+        clip, truth, frames, info = _clip(args, Path(tmp))
+        measured = _measure(args, clip, frames)
+    if measured["summary"]["error"]:
+        print(f"pipeline failed: {measured['summary']['error']}")
+        return 1
+    result = _result(args, env, load_before, info, truth, frames, measured)
+    memory_mode = frames is not None
+    stem = "latency-memory" if memory_mode else "latency-realtime" if args.realtime else "latency"
+    write_json(out / f"{stem}.json", result)
+    title = (f"mex-bench latency, {env['machine']} ({env['cpu_count']} cpu), {result['runtime']}, "
+             f"{result['frames']} frames: {result['pipeline_fps']:.0f} fps")
+    _plot(out / f"{stem}.png", measured["summary"], measured["rss"] if memory_mode else None, title)
+    md = _markdown(result)
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"results in {out}/{stem}.json (.md, .png)")
+    return 0
+
+
+def _clip(args, tmp: Path) -> tuple[Path, dict | None, int | None, dict]:
+    """The clip to run (--clip, or a generated one in tmp with its truth), for a --frames run longer
+    than the clip (memory mode) how many frames to loop it to, and the clip's frames, fps and size."""
+    from realtime.sources import VideoSource
+
+    t0 = time.perf_counter()
+    clip, truth = (Path(args.clip), None) if args.clip else _make_clip(tmp, args.seconds, args.seed)
+    t_gen = time.perf_counter() - t0
+    probe = VideoSource(clip)
+    n, fps, w, h = probe.total_frames, probe.fps, probe.width, probe.height
+    probe.close()
+    frames = args.frames if args.frames and args.frames > (n or 0) else None
+    if frames is not None and args.realtime:
+        raise SystemExit("--realtime and a --frames run (memory mode) do not combine: pick one")
+    print(f"clip {clip.name}: {n} frames {w}x{h} @ {fps:g} fps (made in {t_gen:.1f} s)"
+          + (f"; looping to {frames} frames" if frames else ""), flush=True)
+    info = {"frames": n, "fps": fps, "width": w, "height": h, "generated": truth is not None}
+    return clip, truth, frames, info
+
+
+def _measure(args, clip: Path, frames: int | None) -> dict:
+    """The pipeline over the clip, with decode-only runs before and after it; in memory mode the RSS
+    sampled once a second."""
+    from realtime.cli import make_pipeline, warm_up
     from realtime.pipeline import PipelineConfig
     from realtime.runtimes import load_runtime
     from realtime.sinks import ListSink
     from realtime.sources import VideoSource
 
-    env = environment()
-    load_before = os.getloadavg()
-    out = results_dir(args.out)
-    with tempfile.TemporaryDirectory(prefix="mex-bench-latency-") as tmp:
-        tmp = Path(tmp)
-        t0 = time.perf_counter()
-        if args.clip:
-            clip, truth = Path(args.clip), None
-        else:
-            clip, truth = _make_clip(tmp, args.seconds, args.seed)
-        t_gen = time.perf_counter() - t0
-        probe = VideoSource(clip)
-        clip_frames, fps, size = probe.total_frames, probe.fps, (probe.width, probe.height)
-        probe.close()
-        frames = args.frames if args.frames and args.frames > (clip_frames or 0) else None
-        memory_mode = frames is not None
-        if memory_mode and args.realtime:
-            raise SystemExit("--realtime and a --frames run (memory mode) do not combine: pick one")
-        print(f"clip {clip.name}: {clip_frames} frames {size[0]}x{size[1]} @ {fps:g} fps (made in {t_gen:.1f} s)"
-              + (f"; looping to {frames} frames" if frames else ""), flush=True)
+    memory_mode = frames is not None
+    runtime = load_runtime(args.model, kind=args.runtime)
+    warm_up(runtime, args.flow)
+    dec_before, n_dec = _decode_only(clip, frames)
+    print(f"decode only: {n_dec} frames in {dec_before:.2f} s ({n_dec / dec_before:.0f} fps)", flush=True)
+    source = VideoSource(clip, loop_frames=frames, realtime=args.realtime)
+    keep = ListSink()
+    pipe = make_pipeline(source, runtime, args.flow, args.tracker, event_sinks=[keep],
+                         config=PipelineConfig(queue_size=args.queue_size))
+    rss: list[tuple[float, int, float]] = []
+    stop = threading.Event()
 
-        runtime = load_runtime(args.model, kind=args.runtime)
-        warm_up(runtime, args.flow)
-        dec_before, n_dec = _decode_only(clip, frames)
-        print(f"decode only: {n_dec} frames in {dec_before:.2f} s ({n_dec / dec_before:.0f} fps)", flush=True)
+    def sample():
+        t_start = time.monotonic()
+        while not stop.is_set():
+            rss.append((time.monotonic() - t_start, pipe.frames_processed, _rss_mb()))
+            stop.wait(1.0)
 
-        source = VideoSource(clip, loop_frames=frames, realtime=args.realtime)
-        keep = ListSink()
-        pipe = make_pipeline(source, runtime, args.flow, args.tracker, event_sinks=[keep],
-                             config=PipelineConfig(queue_size=args.queue_size))
-        rss: list[tuple[float, int, float]] = []
-        stop = threading.Event()
+    sampler = threading.Thread(target=sample, daemon=True) if memory_mode else None
+    if sampler:
+        sampler.start()
+    last = [time.monotonic()]
 
-        def sample():
-            t_start = time.monotonic()
-            while not stop.is_set():
-                rss.append((time.monotonic() - t_start, pipe.frames_processed, _rss_mb()))
-                stop.wait(1.0)
+    def tick(p):
+        if memory_mode and time.monotonic() - last[0] > 10:
+            last[0] = time.monotonic()
+            print(f"  {p.frames_processed} frames, {p.fps():.0f} fps, RSS {_rss_mb():.0f} MiB", flush=True)
 
-        sampler = threading.Thread(target=sample, daemon=True) if memory_mode else None
-        if sampler:
-            sampler.start()
-        last = [time.monotonic()]
+    cpu0 = time.process_time()  # every thread of this process: tracker, spotter, recognizer, mediapipe's own
+    summary = pipe.run(on_tick=tick)
+    cpu_s = time.process_time() - cpu0
+    stop.set()
+    if sampler:
+        sampler.join()
+    rss_after = _rss_mb()
+    dec_after, _ = _decode_only(clip, frames)
+    return {"runtime": runtime, "summary": summary, "events": keep.events, "cpu_s": cpu_s, "rss": rss,
+            "rss_after": rss_after, "decode_runs_s": (dec_before, dec_after)}
 
-        def tick(p):
-            if memory_mode and time.monotonic() - last[0] > 10:
-                last[0] = time.monotonic()
-                print(f"  {p.frames_processed} frames, {p.fps():.0f} fps, RSS {_rss_mb():.0f} MiB", flush=True)
 
-        cpu0 = time.process_time()  # every thread of this process: tracker, spotter, recognizer, mediapipe's own
-        summary = pipe.run(on_tick=tick)
-        cpu_s = time.process_time() - cpu0
-        stop.set()
-        if sampler:
-            sampler.join()
-        rss_after = _rss_mb()
-        dec_after, _ = _decode_only(clip, frames)
-    if summary["error"]:
-        print(f"pipeline failed: {summary['error']}")
-        return 1
+def _result(args, env: dict, load_before, clip: dict, truth: dict | None, frames: int | None, m: dict) -> dict:
+    """What latency.json holds: the run's speed, stage times, events and the targets met."""
+    from realtime.cli import match_events, planted_events
 
+    summary, runtime = m["summary"], m["runtime"]
+    dec_before, dec_after = m["decode_runs_s"]
     decode_s = (dec_before + dec_after) / 2
     n = summary["frames_processed"]
     st = summary["stages_ms"]
-    gpu = "gpu" in env
     confirm_p95 = st.get("confirm", {}).get("p95")
     result = {
         "benchmark": "latency",
         "environment": env,
-        "clip": {"frames": clip_frames, "fps": fps, "width": size[0], "height": size[1],
-                 "generated": truth is not None},
+        "clip": clip,
         "runtime": runtime.name,
         "runtime_info": runtime.info,
         "flow": args.flow,
@@ -297,7 +326,7 @@ def run(args) -> int:
         "pipeline_over_decode": round(summary["wall_s"] / decode_s, 3) if decode_s else None,
         # The 2x-decode target as work: in 2x the decode-only time the machine's cores can do at most
         # 2 x decode_s x cores of CPU work; a pipeline that needs more cannot meet it by scheduling.
-        "pipeline_cpu_s": round(cpu_s, 3),
+        "pipeline_cpu_s": round(m["cpu_s"], 3),
         "cpu_budget_2x_decode_s": round(TARGET_DECODE_RATIO * decode_s * env["cpu_count"], 3),
         "stage_wall_s": {k: round(st[k]["mean"] * st[k]["n"] / 1e3, 3)
                          for k in ("track", "spot", "speculate", "encode", "infer") if k in st},
@@ -310,28 +339,20 @@ def run(args) -> int:
         "speculation_used": summary["speculation_used"],
         "note": args.note,
     }
+    memory_mode = frames is not None
     if truth is not None and not memory_mode:  # the truth covers one pass of the clip
         planted = planted_events(truth)
-        tp, _ = match_events(keep.events, planted)
-        result["spotting"] = {"planted": len(planted), "found": len(keep.events), "true_positives": tp}
-    limit_confirm = TARGET_CONFIRM_P95_GPU if gpu else TARGET_CONFIRM_P95_CPU
+        tp, _ = match_events(m["events"], planted)
+        result["spotting"] = {"planted": len(planted), "found": len(m["events"]), "true_positives": tp}
+    limit_confirm = TARGET_CONFIRM_P95_GPU if "gpu" in env else TARGET_CONFIRM_P95_CPU
     result["targets"] = {} if args.realtime else {  # at the clip's pace throughput is the clip's
         "fps>=200": result["pipeline_fps"] >= TARGET_FPS,
         "pipeline<=2x_decode": (result["pipeline_over_decode"] or 99) <= TARGET_DECODE_RATIO,
     }
     result["targets"][f"confirm_p95<={limit_confirm:g}ms"] = confirm_p95 is not None and confirm_p95 <= limit_confirm
     if memory_mode:
-        result["memory"] = memory_summary(rss, n, rss_after)
-    stem = "latency-memory" if memory_mode else "latency-realtime" if args.realtime else "latency"
-    write_json(out / f"{stem}.json", result)
-    title = (f"mex-bench latency, {env['machine']} ({env['cpu_count']} cpu), {result['runtime']}, "
-             f"{n} frames: {result['pipeline_fps']:.0f} fps")
-    _plot(out / f"{stem}.png", summary, rss if memory_mode else None, title)
-    md = _markdown(result)
-    (out / f"{stem}.md").write_text(md)
-    print(md)
-    print(f"results in {out}/{stem}.json (.md, .png)")
-    return 0
+        result["memory"] = memory_summary(m["rss"], n, m["rss_after"])
+    return result
 
 
 def memory_summary(rss: list, n: int, rss_after: float | None = None) -> dict:
