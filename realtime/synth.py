@@ -297,47 +297,89 @@ def _frames(seconds: float, fps: float) -> int:
     return int(round(seconds * fps))
 
 
+def _photo_and_face(spec: ClipSpec) -> tuple[np.ndarray, _Face]:
+    """The spec's photo (contrast and mirror applied) and its face's geometry."""
+    photo = _photo(str(spec.photo))
+    if spec.contrast != 1.0:
+        mean = photo.mean()
+        photo = np.clip(mean + spec.contrast * (photo - mean), 0, 255).astype(np.uint8)
+    kp = keypoints(str(spec.photo))
+    if spec.mirror:  # image-left becomes image-right: flip x and swap the _l / _r names
+        photo = np.ascontiguousarray(photo[:, ::-1])
+        width = photo.shape[1]
+        swap = {"_l": "_r", "_r": "_l"}
+        kp = {re.sub(r"_[lr](?=_|$)", lambda m: swap[m.group()], k): np.array([width - v[0], v[1]], np.float32)
+              for k, v in kp.items()}
+    return photo, _Face(kp)
+
+
 class _Plan:
-    """Everything a spec decides before the first frame: warps, head path, ground truth."""
+    """Everything a spec decides before the first frame: warps, head path, ground truth. Events are
+    drawn first, then each kind of distractor in turn, then the drift, all from one generator seeded
+    by the spec (the same spec always plans the same clip)."""
 
     def __init__(self, spec: ClipSpec):
         self.spec = spec
-        rng = np.random.default_rng(spec.seed)
-        fps, n = spec.fps, _frames(spec.seconds, spec.fps)
-        self.n = n
-        self.photo = _photo(str(spec.photo))
-        if spec.contrast != 1.0:
-            mean = self.photo.mean()
-            self.photo = np.clip(mean + spec.contrast * (self.photo - mean), 0, 255).astype(np.uint8)
-        kp = keypoints(str(spec.photo))
-        if spec.mirror:  # image-left becomes image-right: flip x and swap the _l / _r names
-            self.photo = np.ascontiguousarray(self.photo[:, ::-1])
-            width = self.photo.shape[1]
-            swap = {"_l": "_r", "_r": "_l"}
-            kp = {re.sub(r"_[lr](?=_|$)", lambda m: swap[m.group()], k): np.array([width - v[0], v[1]], np.float32)
-                  for k, v in kp.items()}
-        self.face = _Face(kp)
-        shape = self.photo.shape[:2]
+        self.rng = np.random.default_rng(spec.seed)
+        self.n = _frames(spec.seconds, spec.fps)
+        self.photo, self.face = _photo_and_face(spec)
+        self.shape = self.photo.shape[:2]
         self.scale = spec.face_px / self.face.height  # photo px -> frame px
-        busy: list[tuple[float, float]] = []  # seconds already taken by something planted (events first)
-
-        def free_slot(length: float, margin: float) -> float | None:
-            if spec.seconds - length - 1.6 <= 0:
-                return None
-            for _ in range(200):  # the first second stays neutral: spotters learn the noise level there
-                t0 = rng.uniform(1.0, spec.seconds - length - 0.6)
-                if all(t0 + length + margin < a or t0 > b + margin for a, b in busy):
-                    busy.append((t0, t0 + length))
-                    return t0
-            return None
-
+        self.busy: list[tuple[float, float]] = []  # seconds already taken by something planted (events first)
         self.warps: list[_Warp] = []
+        self.events: list[dict] = []
+        self.distractors: list[dict] = []
+        self.head_moves = []  # (start frame, end frame, dx px, dy px, rotation deg)
+        self.turns = []  # (start frame, end frame, horizontal factor, vertical factor) at the peak
+        self.flickers = []  # (start frame, end frame, relative amplitude, cycles per frame)
+        self._plant_events()
+        self._plant_head_moves()
+        self._plant_blinks()
+        self._plant_gaze_shifts()
+        self._plant_speech()
+        self._plant_head_turns()
+        self._plant_flicker()
+        # slow drift: two sinusoids per degree of freedom with random phases
+        self.drift = self.rng.uniform(0, 2 * math.pi, size=(4, 2)), self.rng.uniform(0.08, 0.5, size=(4, 2))
+
+    def _free_slot(self, length: float, margin: float) -> float | None:
+        """A start time (s) for something `length` long, `margin` away from everything planted so far."""
+        seconds = self.spec.seconds
+        if seconds - length - 1.6 <= 0:
+            return None
+        for _ in range(200):  # the first second stays neutral: spotters learn the noise level there
+            t0 = self.rng.uniform(1.0, seconds - length - 0.6)
+            if all(t0 + length + margin < a or t0 > b + margin for a, b in self.busy):
+                self.busy.append((t0, t0 + length))
+                return t0
+        return None
+
+    def _slot(self, kind: str, length: float, margin: float = 0.5, **extra) -> tuple[int, int] | None:
+        """A free slot for a distractor, in frames, written to the truth."""
+        t0 = self._free_slot(length, margin)
+        if t0 is None:
+            return None
+        a, b = _frames(t0, self.spec.fps), _frames(t0 + length, self.spec.fps)
+        b = max(a + 2, b)
+        self.distractors.append({"kind": kind, "start": a, "end": b, **extra})
+        return a, b
+
+    def _blink(self, kind: str, b: PlantedBlink) -> None:
+        a = _frames(b.start_s, self.spec.fps)
+        e = max(a + 2, _frames(b.start_s + b.duration_s, self.spec.fps))
+        apex = a + max(1, round((e - a) * 0.4))  # closing is faster than opening
+        self.warps.append(_Warp(_blink_bumps(self.face, self.shape, b.side), a, min(apex, e - 1), e, b.closure))
+        self.distractors.append({"kind": kind, "start": a, "end": e, "closure": round(b.closure, 3),
+                                 "side": b.side})
+
+    def _plant_events(self) -> None:
+        spec, rng, fps = self.spec, self.rng, self.spec.fps
         planted = spec.events
         if isinstance(planted, int):
             drawn = []
             for _ in range(planted):
                 dur = float(rng.uniform(*spec.duration_s))
-                t0 = free_slot(dur, 0.7)
+                t0 = self._free_slot(dur, 0.7)
                 if t0 is None:
                     break
                 drawn.append(PlantedEvent(
@@ -345,7 +387,6 @@ class _Plan:
                     amplitude_px=float(rng.uniform(*spec.amplitude_px)), apex_frac=float(rng.uniform(0.35, 0.65)),
                     side=str(rng.choice(["both", "both", "left", "right"]))))
             planted = drawn
-        self.events: list[dict] = []
         for ev in sorted(planted, key=lambda e: e.onset_s):
             onset = _frames(ev.onset_s, fps)
             offset = max(onset + 2, _frames(ev.onset_s + ev.duration_s, fps))  # at least one moving frame
@@ -353,103 +394,95 @@ class _Plan:
             start = min(offset - 1, max(onset + 1, onset + round((offset - onset - hold) * ev.apex_frac)))
             end = min(offset - 1, start + hold)  # the hold: the peak from frame `start` to `end`
             peak = ev.amplitude_px / self.scale
-            bumps = _event_bumps(self.face, ev.kind, ev.side, shape)
+            bumps = _event_bumps(self.face, ev.kind, ev.side, self.shape)
             self.warps.append(_Warp(bumps, onset, start, offset, peak, hold_end=end))
             # the apex of a held movement is the hold's middle frame
             self.events.append({"onset": onset, "apex": (start + end) // 2, "apex_span": [start, end],
                                 "offset": offset, "region": KINDS[ev.kind], "kind": ev.kind, "side": ev.side,
                                 "amplitude_px": round(ev.amplitude_px, 3)})
 
-        self.distractors: list[dict] = []
-        self.head_moves = []  # (start frame, end frame, dx px, dy px, rotation deg)
-        self.turns = []  # (start frame, end frame, horizontal factor, vertical factor) at the peak
-        self.flickers = []  # (start frame, end frame, relative amplitude, cycles per frame)
-
-        def slot(kind: str, length: float, margin: float = 0.5, **extra) -> tuple[int, int] | None:
-            t0 = free_slot(length, margin)
-            if t0 is None:
-                return None
-            a, b = _frames(t0, fps), _frames(t0 + length, fps)
-            b = max(a + 2, b)
-            self.distractors.append({"kind": kind, "start": a, "end": b, **extra})
-            return a, b
-
-        def blink(kind: str, b: PlantedBlink) -> None:
-            a = _frames(b.start_s, fps)
-            e = max(a + 2, _frames(b.start_s + b.duration_s, fps))
-            apex = a + max(1, round((e - a) * 0.4))  # closing is faster than opening
-            self.warps.append(_Warp(_blink_bumps(self.face, shape, b.side), a, min(apex, e - 1), e, b.closure))
-            self.distractors.append({"kind": kind, "start": a, "end": e, "closure": round(b.closure, 3),
-                                     "side": b.side})
-
+    def _plant_head_moves(self) -> None:
+        spec, rng = self.spec, self.rng
         for _ in range(spec.head_moves):
-            got = slot("head_move", rng.uniform(0.3, 0.8))
+            got = self._slot("head_move", rng.uniform(0.3, 0.8))
             if got is None:
                 break
             ang, mag = rng.uniform(0, 2 * math.pi), rng.uniform(6, 15)
             self.head_moves.append((*got, mag * math.cos(ang), mag * math.sin(ang), rng.uniform(-3, 3)))
 
+    def _plant_blinks(self) -> None:
+        spec, rng = self.spec, self.rng
         blinks = spec.blinks
         if isinstance(blinks, int):
             drawn = []
             for _ in range(blinks):
                 length = rng.uniform(0.1, 0.3)
-                t0 = free_slot(length, 0.5)
+                t0 = self._free_slot(length, 0.5)
                 if t0 is None:
                     break
                 drawn.append(PlantedBlink(t0, length))
             blinks = drawn
         for b in blinks:
-            blink("blink" if b.closure >= 1 else "partial_blink", b)
+            self._blink("blink" if b.closure >= 1 else "partial_blink", b)
         for _ in range(spec.partial_blinks):
             length = rng.uniform(0.1, 0.25)
-            t0 = free_slot(length, 0.5)
+            t0 = self._free_slot(length, 0.5)
             if t0 is None:
                 break
             side = str(rng.choice(["left", "right"])) if rng.random() < 0.25 else "both"
-            blink("partial_blink", PlantedBlink(t0, length, float(rng.uniform(0.2, 0.8)), side))
+            self._blink("partial_blink", PlantedBlink(t0, length, float(rng.uniform(0.2, 0.8)), side))
         for _ in range(spec.blink_bursts):
             count = int(rng.integers(2, 4))
             lengths = rng.uniform(0.1, 0.2, count)
             gaps = rng.uniform(0.15, 0.3, count - 1)
-            t0 = free_slot(float(lengths.sum() + gaps.sum()), 0.5)
+            t0 = self._free_slot(float(lengths.sum() + gaps.sum()), 0.5)
             if t0 is None:
                 break
             for k in range(count):
                 start = t0 + float(lengths[:k].sum() + gaps[:k].sum())
-                blink("blink_burst", PlantedBlink(start, float(lengths[k]), float(min(1.0, rng.uniform(0.3, 1.3)))))
+                closure = float(min(1.0, rng.uniform(0.3, 1.3)))
+                self._blink("blink_burst", PlantedBlink(start, float(lengths[k]), closure))
+
+    def _plant_gaze_shifts(self) -> None:
+        spec, rng, fps = self.spec, self.rng, self.spec.fps
         for _ in range(spec.gaze_shifts):
             saccade, hold = rng.uniform(0.03, 0.06), rng.uniform(0.15, 1.2)
             direction = str(rng.choice(["left", "right", "left", "right", "down", "up"]))
-            got = slot("gaze", 2 * saccade + hold, direction=direction)
+            got = self._slot("gaze", 2 * saccade + hold, direction=direction)
             if got is None:
                 break
             a, b = got
             jump = max(1, _frames(saccade, fps))
-            self.warps.append(_Warp(_gaze_bumps(self.face, shape, direction), a, a + jump, b, 1.0,
+            self.warps.append(_Warp(_gaze_bumps(self.face, self.shape, direction), a, a + jump, b, 1.0,
                                     hold_end=max(a + jump, b - jump)))
+
+    def _plant_speech(self) -> None:
+        spec, rng, fps = self.spec, self.rng, self.spec.fps
         for _ in range(spec.speech):
-            got = slot("speech", rng.uniform(0.4, 2.5))
+            got = self._slot("speech", rng.uniform(0.4, 2.5))
             if got is None:
                 break
             rate = rng.uniform(3, 6) / fps
-            self.warps.append(_Utterance(_speech_bumps(self.face, shape), *got,
+            self.warps.append(_Utterance(_speech_bumps(self.face, self.shape), *got,
                                          rng.uniform(1.5, 4.0) / self.scale, rate))
+
+    def _plant_head_turns(self) -> None:
+        spec, rng = self.spec, self.rng
         for _ in range(spec.head_turns):
             nod = rng.random() < 0.4
-            got = slot("nod" if nod else "head_turn", rng.uniform(0.4, 1.2))
+            got = self._slot("nod" if nod else "head_turn", rng.uniform(0.4, 1.2))
             if got is None:
                 break
             f = 1 - rng.uniform(0.04, 0.12)
             self.turns.append((*got, 1.0, f) if nod else (*got, f, 1.0))
+
+    def _plant_flicker(self) -> None:
+        spec, rng, fps = self.spec, self.rng, self.spec.fps
         for _ in range(spec.flicker):
-            got = slot("flicker", rng.uniform(0.5, 2.0))
+            got = self._slot("flicker", rng.uniform(0.5, 2.0))
             if got is None:
                 break
             self.flickers.append((*got, rng.uniform(0.02, 0.06), rng.uniform(5, 15) / fps))
-
-        # slow drift: two sinusoids per degree of freedom with random phases
-        self.drift = rng.uniform(0, 2 * math.pi, size=(4, 2)), rng.uniform(0.08, 0.5, size=(4, 2))
 
     def head_pose(self, i: int) -> tuple[float, float, float, float]:
         """dx, dy (frame px), rotation (deg), log-scale of the head at frame i."""
