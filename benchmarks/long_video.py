@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mex.composite import DataError
+from train.datasets import sheet_rows
 
 FPS = {"casme2-long": 30.0, "samm-lv": 200.0}
 TITLES = {"casme2-long": "CAS(ME)^2 long videos", "samm-lv": "SAMM Long Videos"}
@@ -98,33 +99,6 @@ class LongReading:
 
 
 # -- sheets -----------------------------------------------------------------------------------------
-def sheet_rows(path: Path, index: int = 0) -> list[list]:
-    """The cell values of worksheet `index` (a .csv is one worksheet)."""
-    if not path.is_file():
-        raise DataError(f"{path}: spreadsheet is missing")
-    try:
-        if path.suffix.lower() == ".csv":
-            if index:
-                raise DataError(f"{path}: a .csv holds one worksheet; worksheet {index + 1} is needed (use the .xlsx)")
-            import csv
-
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                return [list(r) for r in csv.reader(f)]
-        import openpyxl
-
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-        try:
-            if index >= len(wb.worksheets):
-                raise DataError(f"{path}: has {len(wb.worksheets)} worksheet(s); worksheet {index + 1} is needed")
-            return [list(r) for r in wb.worksheets[index].iter_rows(values_only=True)]
-        finally:
-            wb.close()
-    except DataError:
-        raise
-    except Exception as e:  # zip/xml/decoding errors of a damaged file
-        raise DataError(f"{path}: unreadable spreadsheet ({type(e).__name__}: {e})") from None
-
-
 def find_sheet(root: Path, pattern: str, example: str) -> Path:
     found = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(("~$", "."))
                    and re.fullmatch(pattern, p.name, re.IGNORECASE))

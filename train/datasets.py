@@ -167,12 +167,16 @@ class _Sheet:
         return value.strip() if isinstance(value, str) else value
 
 
-def _raw_rows(path: Path) -> list[list]:
+def sheet_rows(path: Path, index: int = 0) -> list[list]:
+    """The cell values of worksheet `index` of a .xlsx / .xlsm, or of a .csv (one worksheet)."""
     if not path.is_file():
         raise DataError(f"{path}: spreadsheet is missing")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
+            if index:
+                raise DataError(f"{path}: a .csv holds one worksheet; worksheet {index + 1} is needed "
+                                "(use the .xlsx)")
             with path.open(newline="", encoding="utf-8-sig") as f:
                 return [list(r) for r in csv.reader(f)]
         if suffix in (".xlsx", ".xlsm"):
@@ -182,7 +186,10 @@ def _raw_rows(path: Path) -> list[list]:
                 raise DataError(f"{path}: reading .xlsx needs openpyxl (pip install openpyxl)") from None
             wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
             try:
-                return [list(r) for r in wb.worksheets[0].iter_rows(values_only=True)]
+                if index >= len(wb.worksheets):
+                    raise DataError(f"{path}: has {len(wb.worksheets)} worksheet(s); worksheet {index + 1} "
+                                    "is needed")
+                return [list(r) for r in wb.worksheets[index].iter_rows(values_only=True)]
             finally:
                 wb.close()
     except DataError:
@@ -195,7 +202,7 @@ def _raw_rows(path: Path) -> list[list]:
 def _read_sheet(path: Path, required: Sequence[str], optional: Sequence[str] = (), search_rows: int = 40) -> _Sheet:
     """The first row (within `search_rows`) holding Subject and Filename is the header (SAMM has a
     title block above it); rows after it are data, fully empty rows ignored."""
-    raw = _raw_rows(path)
+    raw = sheet_rows(path)
     header_at = None
     for i, cells in enumerate(raw[:search_rows]):
         names = {_norm(c) for c in cells}
