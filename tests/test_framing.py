@@ -58,7 +58,7 @@ def test_recognition_crop_frames_the_face_as_the_training_crops_do():
 def test_a_pure_head_move_between_onset_and_apex_leaves_almost_no_flow():
     still = list(render(ClipSpec(seconds=0.1, fps=30, events=0, noise=0.0)))[0]
     onset, apex = track([still, moved(still, 1.4, -0.9, deg=1.5, scale=1.015)])
-    raw = flow_px(*framing.pair_crops(onset.patch, apex.patch, registered=False))
+    raw = flow_px(*framing.pair_crops(onset.patch, apex.patch, registration="own"))
     reg = flow_px(*framing.pair_crops(onset.patch, apex.patch))
     assert raw.mean() > 0.5  # each crop cut with its own landmarks: the move (and jitter) is all flow
     assert reg.mean() < 0.1 and np.percentile(reg, 95) < 0.2
@@ -76,6 +76,32 @@ def test_the_face_own_movement_survives_registration():
     brows = mag[int(0.05 * n):int(0.25 * n), :]  # brows sit above the eye corners (y 0.28)
     nose = mag[int(0.35 * n):int(0.55 * n), int(0.4 * n):int(0.6 * n)]
     assert np.percentile(brows, 95) > 1.2 and nose.mean() < 0.06
+
+
+@pytest.mark.parametrize("kind", ["brow_lower", "lip_corner_pull"])
+def test_a_still_head_keeps_its_facial_movement_whole(kind):
+    """Head still: the fit stays under MIN_HEAD_PX, so the live crops are the two frames as cut (the
+    registration is not applied and cannot take part of a frown or a smile for head motion)."""
+    event = PlantedEvent(kind, onset_s=0.2, duration_s=0.4, amplitude_px=2.5, apex_frac=0.5)
+    spec = ClipSpec(seconds=0.8, fps=30, events=[event], noise=1.0, head_motion=0.0, head_moves=0)
+    images = list(render(spec))
+    gt = truth(spec)["events"][0]
+    onset, apex = track([images[gt["onset"]], images[gt["apex"]]])
+    live, off = framing.pair_crops(onset.patch, apex.patch), framing.pair_crops(onset.patch, apex.patch, "off")
+    assert np.array_equal(live[1], off[1])
+    assert flow_px(*live).max() > 1.0  # the movement is there
+
+
+def test_registration_is_applied_only_where_the_head_moved():
+    still = list(render(ClipSpec(seconds=0.1, fps=30, events=0, noise=0.0)))[0]
+    for dx, applied in ((0.05, False), (1.4, True)):
+        onset, apex = track([still, moved(still, dx, -0.5 * dx)])
+        live = framing.pair_crops(onset.patch, apex.patch)[1]
+        off = framing.pair_crops(onset.patch, apex.patch, "off")[1]
+        always = framing.pair_crops(onset.patch, apex.patch, "always")[1]
+        assert np.array_equal(live, always if applied else off), dx
+    with pytest.raises(ValueError, match="registration must be one of"):
+        framing.pair_crops(onset.patch, apex.patch, "maybe")
 
 
 def test_registration_recovers_a_known_similarity():
@@ -119,9 +145,9 @@ def test_a_patch_is_oversampled_where_the_face_is_larger_than_the_crop(det):
     assert np.abs(crop[inner].astype(float) - want[inner]).mean() < 3.0
     other = framing.cut_patch(frame, to_crop * np.array([[1.0], [1.0]]) * (1.3 if det < 1 else 0.7), size=96)
     assert other.oversample != patch.oversample
-    a, b = framing.pair_crops(patch, other, registered=False)
+    a, b = framing.pair_crops(patch, other, registration="own")
     assert a.shape == b.shape == (96, 96)
-    _, b1 = framing.pair_crops(other, other, registered=False)
+    _, b1 = framing.pair_crops(other, other, registration="own")
     assert np.abs(b[inner].astype(float) - b1[inner]).mean() < 1.5
 
 
