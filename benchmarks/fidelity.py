@@ -18,9 +18,9 @@ spotting`. Three ways to cut the live crops are compared:
 - `eye crop`: the spotting crop (eye-aligned similarity, smoothed landmarks) reused as the
   recognition crop.
 
-Per way, head condition and movement kind: the mean Pearson correlation of each channel (u, v, strain) over the 28 x 28 grid with the
-ideal features, and how often the shipped model gives the ideal features' label. Writes
-fidelity.json and fidelity.md to the results folder.
+Per way, head condition and movement kind: the mean Pearson correlation of each channel (u, v,
+strain) over the 28 x 28 grid with the ideal features, and how often the shipped model gives the
+ideal features' label. Writes fidelity.json and fidelity.md to the results folder.
 """
 from __future__ import annotations
 
@@ -171,7 +171,8 @@ def run(args) -> int:
 def summarise(rows: list[dict], rates: list[float], heads: list[str]) -> list[dict]:
     from realtime.synth import KINDS
 
-    groups = [(f"{head} head, {fps:g} fps {mode}", [r for r in rows if (r["head"], r["fps"], r["mode"]) == (head, fps, mode)])
+    groups = [(f"{head} head, {fps:g} fps {mode}",
+               [r for r in rows if (r["head"], r["fps"], r["mode"]) == (head, fps, mode)])
               for head in heads for fps in rates for mode in ("online", "segmented")]
     groups += [(f"{head} head, {kind}", [r for r in rows if (r["head"], r["kind"]) == (head, kind)])
                for head in heads for kind in KINDS]
@@ -198,8 +199,8 @@ def markdown(summary: list[dict], env: dict, wall: float, args) -> str:
         "# Live-path fidelity on generated clips",
         "",
         f"Machine `{env['machine']}` ({env['cpu_count']} CPUs, {env['cpu']}), {env['when']}, {wall:.0f} s. "
-        f"`mex-bench fidelity --clips {args.clips} --fps {args.fps} --seed {args.seed} --heads {args.heads}`: {args.clips} clip(s) per "
-        f"movement kind ({len(KINDS)} kinds), frame rate, mode and head condition (`--heads {args.heads}`: sway about "
+        f"`mex-bench fidelity --clips {args.clips} --fps {args.fps} --seed {args.seed} --heads {args.heads}`: "
+        f"{args.clips} clip(s) per movement kind ({len(KINDS)} kinds), frame rate, mode and head condition (`--heads {args.heads}`: sway about "
         "±8 px, ±2°, ±2 %, or a still head), with noise and JPEG. "
         "Each matched candidate's features against the ideal features of the same two frames (still head, clean, "
         "one transform): mean (min) correlation per channel, and the share of candidates the shipped model "
