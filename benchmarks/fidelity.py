@@ -200,8 +200,8 @@ def markdown(summary: list[dict], env: dict, wall: float, args) -> str:
         "",
         f"Machine `{env['machine']}` ({env['cpu_count']} CPUs, {env['cpu']}), {env['when']}, {wall:.0f} s. "
         f"`mex-bench fidelity --clips {args.clips} --fps {args.fps} --seed {args.seed} --heads {args.heads}`: "
-        f"{args.clips} clip(s) per movement kind ({len(KINDS)} kinds), frame rate, mode and head condition (`--heads {args.heads}`: sway about "
-        "±8 px, ±2°, ±2 %, or a still head), with noise and JPEG. "
+        f"{args.clips} clip(s) per movement kind ({len(KINDS)} kinds), frame rate, mode and head condition (sway "
+        "about ±8 px, ±2°, ±2 %, or a still head), with noise and JPEG. "
         "Each matched candidate's features against the ideal features of the same two frames (still head, clean, "
         "one transform): mean (min) correlation per channel, and the share of candidates the shipped model "
         "labels as it labels the ideal features.",
