@@ -76,6 +76,7 @@ REJECTIONS = {
              "brows and mouth moved (partial blinks, one eye, a downward glance)",
     "gaze": "a glance: the eyes moved sideways or up, the brows and mouth still",
     "speech": "talking: the lower lip and jaw moved more than the lip corners",
+    "return": "the face going back to how it was before a movement that ended settled elsewhere (return_s)",
     "head": "the head moved: registration had to move the crop by more than max_motion_px, or the nose moved "
             "against the face after it (a turn or a nod in depth)",
 }
@@ -87,6 +88,11 @@ class SpotterConfig:
     max_event_s: float = 0.5  # longer movements are not micro-expressions
     max_macro_s: float = 4.0  # longer movements are followed to their end up to this long (then cut)
     quiet_s: float = 0.02  # the signal stays at the floor this long (at least one frame) to end an interval
+    still_lag_s: float = 0.05  # the face's change is also measured against the crop this long before ...
+    still_s: float = 0.1  # ... and an interval ends when that change has stayed under z_still this long
+    z_still: float = 1.5  # regional z of that short-lag change taken as "the face has stopped changing"
+    return_s: float = 1.0  # an interval this soon after a reported one that takes the face back is its return
+    return_share: float = 0.6  # ... when the face at its apex is this close (share of the change) to before it
     stats_s: float = 3.0  # time constant of each region's running noise level
     warmup_s: float = 0.7  # noise statistics are learnt this long before anything is spotted
     z_on: float = 5.0  # regional z that opens an interval
@@ -114,6 +120,8 @@ class Spotter:
         self.cfg = c = config or SpotterConfig()
         frames = lambda s: max(1, int(round(s * self.fps)))  # noqa: E731 - seconds -> frames at this fps
         self.lag, self.max_len, self.quiet = frames(c.ref_lag_s), frames(c.max_event_s), frames(c.quiet_s)
+        self.still_lag, self.still = min(frames(c.still_lag_s), self.lag), frames(c.still_s)
+        self.return_len = frames(c.return_s)
         self.max_macro = frames(c.max_macro_s)
         self.warmup, self.alpha = frames(c.warmup_s), 1.0 / frames(c.stats_s)
         n = c.work_px
@@ -131,15 +139,17 @@ class Spotter:
         ys, xs = np.mgrid[0:n, 0:n].astype(np.float32) - np.float32(n / 2)
         self.xc, self.yc = xs[self.grid].ravel(), ys[self.grid].ravel()
         # ring buffers over the span an interval can need: lag before it, the interval, and the quiet tail
-        keep = self.lag + self.max_len + self.quiet + 2
+        keep = self.lag + self.max_len + max(self.quiet, self.still) + 2
         self.crops: deque[tuple[int, np.ndarray]] = deque(maxlen=keep)  # (index, work crop)
         self.faces: deque[FaceFrame] = deque(maxlen=keep)
         self.signal: deque[tuple[int, float, int]] = deque(maxlen=keep)  # (index, z, argmax region)
+        self.change: deque[float] = deque(maxlen=keep)  # largest regional z against the crop still_lag before
         self.eye_gray: deque[float] = deque(maxlen=keep)  # min over both eyes of the raw change
         self.motion: deque[float] = deque(maxlen=keep)  # how far the registration had to move the crop
         self.history: deque[float] = deque(maxlen=max(2, int(c.history_s * self.fps)))
-        self.mu = np.zeros(len(REGIONS), np.float32)
-        self.var = np.zeros(len(REGIONS), np.float32)
+        # running noise level per region of the change against the reference, then against the crop still_lag before
+        self.mu = np.zeros(2 * len(REGIONS), np.float32)
+        self.var = np.zeros(2 * len(REGIONS), np.float32)
         self.seen = 0  # frames with a face since the last reset
         self.frozen: tuple[int, np.ndarray] | None = None  # reference held over an interval
         self.frozen_face: FaceFrame | None = None  # its face frame
@@ -149,6 +159,10 @@ class Spotter:
         self.block_until = -1  # no interval opens up to this frame (after a too-long movement)
         self.last_z = np.zeros(len(REGIONS), np.float32)
         self.rejections: list[Rejection] = []  # since the last take_rejections()
+        # the last reported interval that ended with the face settled away from where it started:
+        # (offset index, the work crop before it), to tell its return from a new movement
+        self.settled: tuple[int, np.ndarray] | None = None
+        self.spoke_at: int | None = None  # offset of the last interval rejected as speech
 
     # -- per frame -------------------------------------------------------------------------------
     def push(self, ff: FaceFrame) -> list[Candidate]:
@@ -173,18 +187,25 @@ class Spotter:
             self.history.append(0.0)
             return []
         d, eye_gray, motion = self._difference(ref[1], work)
+        recent = self.crops[-1 - self.still_lag]
+        # no consecutive crop that far back (a gap in the frames): the change is unknown, taken as large
+        dv = self._difference(recent[1], work)[0] if recent[0] == i - self.still_lag else np.full_like(d, np.inf)
+        both = np.concatenate([d, dv])
         if self.seen <= self.lag + self.warmup:  # learn the noise level first
-            self._learn(d, first=self.seen == self.lag + 1)
+            self._learn(both, first=self.seen == self.lag + 1)
             self.history.append(0.0)
             return []
         # the noise level has a floor: on a clean, still clip the running spread gets so small that
         # sub-gray-level interpolation residue would count as motion
-        z = (d - self.mu) / np.maximum(np.sqrt(self.var), self.cfg.noise_floor_gray)
-        z -= sorted(z.tolist())[len(z) // 2]  # whole-face change (lighting, residual misalignment) is not local motion
+        z_both = (both - self.mu) / np.maximum(np.sqrt(self.var), self.cfg.noise_floor_gray)
+        n = len(REGIONS)
+        # whole-face change (lighting, residual misalignment) is not local motion
+        z, zv = (q - sorted(q.tolist())[n // 2] for q in (z_both[:n], z_both[n:]))
         self.last_z = z
         k = int(np.argmax(np.where(FACE, z, -np.inf)))
         s = float(z[k])
         self.signal.append((i, s, k))
+        self.change.append(float(zv[FACE].max()))
         self.eye_gray.append(eye_gray)
         self.motion.append(motion)
         self.history.append(s)
@@ -194,8 +215,8 @@ class Spotter:
                 if ref is not self.frozen:  # its face frame, for explaining the interval (it may leave `faces`)
                     self.frozen_face = next(f for f in reversed(self.faces) if f.frame.index == ref[0])
                 self.frozen = ref
-            elif self.frozen is None or i > self.hold_until:
-                self._learn(d)
+            elif (self.frozen is None or i > self.hold_until) and np.isfinite(dv).all():
+                self._learn(both)
             return []
         return self._follow(i)
 
@@ -301,7 +322,11 @@ class Spotter:
 
     # -- intervals -------------------------------------------------------------------------------
     def _follow(self, i: int) -> list[Candidate]:
-        """An interval is open: close it when the signal has been at the floor for `quiet` frames."""
+        """An interval is open: it ends when the face is back (the signal at the floor for `quiet` frames
+        after its peak) or has stopped changing (the change against the crop `still_lag_s` before under
+        `z_still` for `still_s`, and the signal no longer growing): a real face settles near, not at, where
+        it started (drift, residual tone, posture), so waiting for it to come back would follow most
+        micro-expressions as long."""
         if self.long is not None:
             return self._follow_long(i)
         sig = [(j, s, k) for j, s, k in self.signal if j >= self.open]
@@ -312,12 +337,23 @@ class Spotter:
             if s > self.cfg.z_floor:
                 break
             quiet += 1
-        if quiet < self.quiet:
-            if i - self.open >= self.max_len:  # too long for a micro-expression: followed to its end, not reported
-                self.long, self.frozen = [self._onset(self.open), *sig[peak]], None
-            return []
-        offset = tail[len(tail) - quiet][0]
-        return self._close(i, offset)
+        if quiet >= self.quiet:
+            return self._close(i, tail[len(tail) - quiet][0])
+        still = 0
+        for (j, _, _), v in zip(reversed(self.signal), reversed(self.change)):
+            if j <= self.open or v > self.cfg.z_still:
+                break
+            still += 1
+        if still >= self.still:
+            # and the signal is not still growing: a slow movement changes little from frame to frame
+            recent = [s for j, s, _ in sig if j > i - self.still]
+            earlier = [s for j, s, _ in sig if j <= i - self.still]
+            if earlier and max(recent) <= max(earlier) + self.cfg.z_still:
+                return self._close(i, i - still + 1, settled=True)
+        onset = self._onset(self.open)
+        if i - max(quiet, still) - onset >= self.max_len:  # moving for too long for a micro-expression:
+            self.long, self.frozen = [onset, *sig[peak]], None  # followed to its end, not reported
+        return []
 
     def _follow_long(self, i: int) -> list[Candidate]:
         """A movement longer than `max_event_s`, compared from then on with the crop `ref_lag_s` before
@@ -362,10 +398,16 @@ class Spotter:
             return None
         return faces[onset], faces[apex]
 
-    def _close(self, i: int, offset: int) -> list[Candidate]:
-        trigger = self.open
+    def _close(self, i: int, offset: int, settled: bool = False) -> list[Candidate]:
+        """End the open interval at `offset` (frame i is the latest): a candidate, or a rejection.
+        `settled`: the face stopped changing away from where it started; from now on it is compared with
+        how it settled (held for the lag window as the pre-interval reference is after a return), so staying
+        there is no movement, and moving back soon after is this interval's return, not a new one."""
+        trigger, before, before_face = self.open, self.frozen, self.frozen_face
         self.open = None
-        self.hold_until = i  # keep the pre-interval reference until the interval leaves the lag window
+        self.hold_until = i  # keep the reference until the interval leaves the lag window
+        if settled:
+            self.frozen, self.frozen_face = self.crops[-1], self.faces[-1]
         history = list(self.signal)
         onset = self._onset(trigger)
         span = [h for h in history if onset <= h[0] <= offset]
@@ -376,12 +418,24 @@ class Spotter:
         inside = [(g, m) for (j, _, _), g, m in zip(history, self.eye_gray, self.motion) if onset <= j <= offset]
         eye_gray = max((g for g, _ in inside), default=0.0)
         motion = max((m for _, m in inside), default=0.0)
-        if eye_gray > self.cfg.blink_gray:  # both eyes changed far more than an eyelid micro-movement can
+        if offset - onset > self.max_len:  # it ended, but later than a micro-expression does
+            reason, detail = "long", {"seconds": (offset - onset) / self.fps}
+        elif eye_gray > self.cfg.blink_gray:  # both eyes changed far more than an eyelid micro-movement can
             reason, detail = "blink", {"eye_gray": eye_gray}
         elif motion > self.cfg.max_motion_px:  # what registration leaves then is not told from a micro-expression
             reason, detail = "head", {"motion_px": motion}
+        elif (back := self._returning(onset, apex)) is not None:
+            reason, detail = "return", {"share": back}
         else:
-            reason, detail = self._explain(self.frozen_face, faces[apex])
+            reason, detail = self._explain(before_face, faces[apex], onset)
+        # a chain of movements each ending settled (speech, a glance and its way back) keeps the face as it
+        # was before the first: the way back to it is told from there; a face that came back ends the chain
+        if not settled:
+            self.settled = None
+        elif self.settled is None or onset - self.settled[0] > self.return_len:
+            self.settled = (offset, before[1])
+        else:
+            self.settled = (offset, self.settled[1])
         if reason is not None:
             self._reject(reason, onset, apex, offset, region, detail)
             return []
@@ -391,7 +445,25 @@ class Spotter:
                           offset_s=faces[offset].frame.t_video, signal=signal, t_apex_confirmed=time.monotonic(),
                           region=self.names[region].split("_")[0])]
 
-    def _explain(self, ref: FaceFrame, apex: FaceFrame) -> tuple[str | None, dict[str, float]]:
+    def _returning(self, onset: int, apex: int) -> float | None:
+        """Soon after an interval that ended with the face settled elsewhere: how close the apex is to the
+        face before that interval, as a share of how far the onset was from it; None when it is not a
+        return (no such interval, too late, or the apex is not closer by `return_share`)."""
+        if self.settled is None or onset - self.settled[0] > self.return_len:
+            return None
+        crops = dict(self.crops)
+        if onset not in crops or apex not in crops:
+            return None
+        before = self.settled[1]
+
+        def away(j: int) -> float:
+            d, _, _ = self._difference(before, crops[j])
+            return float((d - np.median(d))[FACE].max())
+
+        share = away(apex) / max(away(onset), 1e-6)
+        return share if share <= self.cfg.return_share else None
+
+    def _explain(self, ref: FaceFrame, apex: FaceFrame, onset: int) -> tuple[str | None, dict[str, float]]:
         """Why an interval is not a micro-expression, from where the face moved between the reference
         (before the interval) and the apex (`motion_parts`); None: nothing rules it out.
 
@@ -402,7 +474,8 @@ class Spotter:
           upper lid (with the iris) down (a blink, full or partial, or a downward glance), sideways, or
           up as much as its lower lid (a glance up; a lid tightener moves the lower lid alone);
         - speech: the jaw (lower lip and chin) dropped, `jaw_dominance` times more than the lip
-          corners moved (a smile or a frown moves the corners, not the jaw)."""
+          corners moved (a smile or a frown moves the corners, not the jaw); within `return_s` of
+          speech, closing counts too (alone, the lower lip and chin going up is a chin raise)."""
         c = self.cfg
         parts = self.motion_parts(ref.crop, apex.crop)
         mag = {k: float(np.hypot(*v)) for k, v in parts.items()}
@@ -422,7 +495,10 @@ class Spotter:
             if abs(lx) > abs(ly) or mag[f"lid_{eye}"] >= 0.6 * mag[f"low_{eye}"]:
                 return "gaze", detail
         jaw_dx, jaw_dy = parts["jaw"]
-        if (mag["jaw"] >= c.min_part_px and jaw_dy > abs(jaw_dx)
+        # the jaw dropping; while talking (speech rejected return_s before) also closing, which alone would be
+        # a chin raise
+        talking = self.spoke_at is not None and onset - self.spoke_at <= self.return_len
+        if (mag["jaw"] >= c.min_part_px and (jaw_dy if not talking else abs(jaw_dy)) > abs(jaw_dx)
                 and mag["jaw"] >= c.jaw_dominance * max(mag["corner_l"], mag["corner_r"])):
             return "speech", detail
         return None, detail
@@ -446,6 +522,8 @@ class Spotter:
         return out
 
     def _reject(self, reason: str, onset: int, apex: int, offset: int, region: int, detail: dict) -> None:
+        if reason == "speech":
+            self.spoke_at = offset
         t = {f.frame.index: f.frame.t_video for f in self.faces}
         when = [round(t.get(j, j / self.fps), 4) for j in (onset, apex, offset)]
         self.rejections.append(Rejection(onset, apex, offset, *when, reason, self.names[region].split("_")[0],
@@ -463,7 +541,8 @@ class Spotter:
         self.eye_gray.clear()
         self.motion.clear()
         self.seen, self.frozen, self.hold_until, self.open, self.block_until = 0, None, -1, None, -1
-        self.long = None
+        self.long, self.settled, self.spoke_at = None, None, None
+        self.change.clear()
 
     # -- end of stream and display ---------------------------------------------------------------
     def flush(self) -> list[Candidate]:

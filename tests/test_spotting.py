@@ -123,9 +123,10 @@ def _within(r, distractors):
 
 @pytest.mark.parametrize("kind, reasons, contrast", [
     ("partial_blinks", {"blink"}, 0.5),  # a dim, flat face: the lids change the gray levels little
-    ("gaze_shifts", {"gaze", "blink", "long"}, 1.0),  # a glance down moves the lids as a blink; a held one is long
+    # a glance down moves the lids as a blink; a held one settles, and its way back is its return
+    ("gaze_shifts", {"gaze", "blink", "long", "return"}, 1.0),
     ("speech", {"speech", "long"}, 1.0),
-    ("head_turns", {"head", "long"}, 1.0),
+    ("head_turns", {"head", "long", "return"}, 1.0),
 ])
 def test_distractors_are_rejected_with_their_reason(kind, reasons, contrast):
     spec = ClipSpec(fps=30, seconds=9.0, events=0, head_motion=0.5, contrast=contrast, seed=2, **{kind: 3})
