@@ -1,16 +1,18 @@
 """Raw CASME II, SAMM and SMIC-HS as their owners distribute them -> composite-format flow folders.
 
 One reader per database turns its coding spreadsheet and frame folders into clip records (dataset,
-composite subject id, clip, emotion word, 3-class label, onset and apex frame paths). `prepare`
-encodes each clip's onset -> apex pair with `mex.features.encode` (the one feature path, shared with
-mex-live) and writes `labels.csv` + `flow/<subject>_<clip>.png`, the format `mex.composite`
-reads. docs/datasets.md describes the layouts, the mapping, the exclusions and the cache.
+composite subject id, clip, emotion word, 3-class label, onset and apex frame paths, the frames from
+onset to offset). `prepare` encodes each clip's onset -> apex pair with `mex.features.encode` (the one
+feature path, shared with mex-live) and writes `labels.csv` + `flow/<subject>_<clip>.png`, the format
+`mex.composite` reads; `mex-bench live-loso` plays each clip's frames through the live pipeline.
+docs/datasets.md describes the layouts, the mapping, the exclusions and the cache.
 
 Layouts (ROOT is what `--root` names):
 
 - casme2: ROOT/CASME2-coding-20140508.xlsx (any single CASME2-coding-*.xlsx) with columns Subject,
   Filename, OnsetFrame, ApexFrame, OffsetFrame, Estimated Emotion; frames
-  ROOT/Cropped/sub01/EP02_01f/reg_img46.jpg (img46.jpg accepted; reg_img preferred when both exist).
+  ROOT/Cropped/sub01/EP02_01f/reg_img46.jpg (img46.jpg accepted; reg_img preferred when both exist), or
+  another frame folder in that layout (read_casme2's frame_folder: the raw CASME2_RAW_selected/.../img46.jpg).
 - samm: ROOT/SAMM_Micro_FACS_Codes_v2.xlsx (any single SAMM*Micro_FACS_Codes*.xlsx): title rows,
   then a header row with Subject, Filename, Onset Frame, Apex Frame, Offset Frame, ..., Estimated
   Emotion; frames ROOT/006/006_1_2/006_05562.jpg (`<subject>_<frame>.jpg`, any zero padding).
