@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mex.features.backends import BACKENDS as FLOW_BACKENDS
 from mex.labels import CLASSES, DATASETS
 
 from .common import environment, results_dir, write_json
@@ -49,7 +50,7 @@ def add_arguments(p) -> None:
                    help="casme2: the frame folder under RAW (default Cropped: subNN/EPxx/reg_imgN.jpg; the raw camera "
                         "frames: CASME2_RAW_selected)")
     p.add_argument("--fps", type=float, help="the clips' frame rate (default: casme2 and samm 200, smic 100)")
-    p.add_argument("--flow", default="auto", help="optical-flow backend, as mex-live --flow")
+    p.add_argument("--flow", default="auto", choices=["auto", *FLOW_BACKENDS], help="as mex-live --flow")
     p.add_argument("--tracker", default="auto", choices=["auto", "mediapipe", "haar"], help="as mex-live --tracker")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N clips (a quick check)")
 
@@ -231,6 +232,9 @@ def run(args) -> int:
     console = Console(stderr=True)
     if args.limit is not None and args.limit < 1:
         console.print("mex-bench live-loso: --limit must be at least 1")
+        return 2
+    if args.fps is not None and not 1 <= args.fps <= 1000:
+        console.print(f"mex-bench live-loso: --fps {args.fps:g}: a frame rate is between 1 and 1000")
         return 2
     try:
         run_dir, seeds, paired, data, unpaired = clips_to_play(args)

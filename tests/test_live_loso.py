@@ -145,6 +145,19 @@ def test_a_run_without_fold_models_says_how_to_get_them(run, tmp_path, capsys):
     assert "--keep-models" in " ".join(capsys.readouterr().err.split())
 
 
+def test_a_folder_that_is_no_loso_run_is_refused_naming_it(run, tmp_path, capsys):
+    from benchmarks.cli import main as bench_main
+
+    root, _, _, _ = run
+    fit = tmp_path / "fit"
+    fit.mkdir()
+    (fit / "run.json").write_text(json.dumps({"schema": 1, "fit": True}))
+    for folder, message in ((tmp_path, "no run.json"), (fit, "not a LOSO run")):
+        assert bench_main(["live-loso", "--dataset", "casme2", "--root", str(root), "--run", str(folder),
+                           "--out", str(tmp_path / "bench")]) == 2
+        assert f"--run {folder}: {message}" in " ".join(capsys.readouterr().err.split())
+
+
 def test_several_seeds_per_fold_average_as_the_run_does(run, tmp_path):
     from benchmarks.live_loso import load_fold_model
     from mex.composite import load_flow_folder
