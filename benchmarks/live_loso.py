@@ -239,15 +239,15 @@ def run(args) -> int:
     try:
         run_dir, seeds, paired, data, unpaired = clips_to_play(args)
         # every fold model checked before anything is played (ArtifactError is a ValueError)
-        models = {subject: load_fold_model(run_dir, subject, seeds) for subject in dict.fromkeys(c.subject
-                                                                                                 for c, _ in paired)}
+        subjects = dict.fromkeys(clip.subject for clip, _ in paired)
+        models = {subject: load_fold_model(run_dir, subject, seeds) for subject in subjects}
     except (ValueError, DataError) as e:
         console.print(f"mex-bench live-loso: {e}", highlight=False, soft_wrap=True)
         return 2
     fps = args.fps or FPS[args.dataset]
     out = results_dir(args.out)
     table = out / f"live-loso-{args.dataset}.csv"
-    console.print(f"live-loso {args.dataset}: {len(paired)} clips of {len({c.subject for c, _ in paired})} subjects "
+    console.print(f"live-loso {args.dataset}: {len(paired)} clips of {len(subjects)} subjects "
                   f"at {fps:g} fps, fold models of {run_dir}; {len(unpaired)} clips of the database are not in "
                   f"{data.root} and are not played", highlight=False, soft_wrap=True)
     start = time.perf_counter()
