@@ -28,6 +28,9 @@ BENCHMARKS = {
                  "LOSO scored on the composite images and on mex.features.encode's encodings of the same clips"),
     "encoding": ("benchmarks.encoding",
                  "mex.features on raw clips (mex-train prepare) against the composite set's images"),
+    "live-loso": ("benchmarks.live_loso",
+                  "raw database clips through mex-live --segmented with their LOSO fold's model, beside the same "
+                  "models on the composite images"),
 }
 
 

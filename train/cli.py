@@ -130,7 +130,7 @@ def cmd_loso(args) -> int:
         results = run_loso(
             data, prof, out, device, seed=args.seed, eval_every=args.eval_every, progress=progress,
             save_every_s=args.save_every,
-            precision=args.precision, live=_live(args, prof),
+            precision=args.precision, live=_live(args, prof), keep_models=args.keep_models,
         )
     write_reports(out)
     p = results["pooled"]
@@ -139,7 +139,8 @@ def cmd_loso(args) -> int:
         + "  ".join(f"{k}: {v['uf1']:.4f}/{v['uar']:.4f}" for k, v in p.items())
         + f"  ({results['wall_s']} s)"
     )
-    console.print(f"wrote {out}/predictions.csv, results.json, curve.csv, report.md, confusion.png, curve.png")
+    console.print(f"wrote {out}/predictions.csv, results.json, curve.csv, report.md, confusion.png, curve.png"
+                  + (f", folds/ ({len(data.subjects)} fold models)" if args.keep_models else ""))
     return 0
 
 
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(p)
     _add_live(p)
     p.add_argument("--eval-every", type=int, default=10, help="epochs between points of the UF1/UAR curve")
+    p.add_argument("--keep-models", action="store_true",
+                   help="also write every fold's final weights to OUT/folds/<subject>.pt (mex checkpoints; "
+                        "<subject>-seed<k>.pt with several seeds), for mex-bench live-loso")
     p.set_defaults(func=cmd_loso)
     p = sub.add_parser("fit", help="train on all clips with the profile's recipe; writes a checkpoint")
     _add_common(p)

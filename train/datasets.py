@@ -1,16 +1,18 @@
 """Raw CASME II, SAMM and SMIC-HS as their owners distribute them -> composite-format flow folders.
 
 One reader per database turns its coding spreadsheet and frame folders into clip records (dataset,
-composite subject id, clip, emotion word, 3-class label, onset and apex frame paths). `prepare`
-encodes each clip's onset -> apex pair with `mex.features.encode` (the one feature path, shared with
-mex-live) and writes `labels.csv` + `flow/<subject>_<clip>.png`, the format `mex.composite`
-reads. docs/datasets.md describes the layouts, the mapping, the exclusions and the cache.
+composite subject id, clip, emotion word, 3-class label, onset and apex frame paths, the frames from
+onset to offset). `prepare` encodes each clip's onset -> apex pair with `mex.features.encode` (the one
+feature path, shared with mex-live) and writes `labels.csv` + `flow/<subject>_<clip>.png`, the format
+`mex.composite` reads; `mex-bench live-loso` plays each clip's frames through the live pipeline.
+docs/datasets.md describes the layouts, the mapping, the exclusions and the cache.
 
 Layouts (ROOT is what `--root` names):
 
 - casme2: ROOT/CASME2-coding-20140508.xlsx (any single CASME2-coding-*.xlsx) with columns Subject,
   Filename, OnsetFrame, ApexFrame, OffsetFrame, Estimated Emotion; frames
-  ROOT/Cropped/sub01/EP02_01f/reg_img46.jpg (img46.jpg accepted; reg_img preferred when both exist).
+  ROOT/Cropped/sub01/EP02_01f/reg_img46.jpg (img46.jpg accepted; reg_img preferred when both exist), or
+  another frame folder in that layout (read_casme2's frame_folder: the raw CASME2_RAW_selected/.../img46.jpg).
 - samm: ROOT/SAMM_Micro_FACS_Codes_v2.xlsx (any single SAMM*Micro_FACS_Codes*.xlsx): title rows,
   then a header row with Subject, Filename, Onset Frame, Apex Frame, Offset Frame, ..., Estimated
   Emotion; frames ROOT/006/006_1_2/006_05562.jpg (`<subject>_<frame>.jpg`, any zero padding).
@@ -79,6 +81,8 @@ class Clip:
     apex: Path
     source: str  # where it was coded: "<sheet>, row N" (messages, manifest)
     apex_rule: str = "annotated"  # or "middle" (apex missing in the sheet)
+    # the clip's frame files from the onset to the offset (what `mex-bench live-loso` plays), see _onset_apex
+    frames: tuple[Path, ...] = ()
 
     @property
     def file(self) -> str:
@@ -320,21 +324,27 @@ def _frames_of(cache: dict, folder: Path, pattern: str, where: str, preferred=la
     return cache[folder]
 
 
-def _onset_apex(sheet: _Sheet, cells: list, where: str, frames: _Frames, expected: Callable[[int], str]):
+def _onset_apex(sheet: _Sheet, cells: list, where: str, frames: _Frames, expected: Callable[[int], str]) -> dict:
+    """The Clip fields a sheet row gives: onset, apex (and the rule that chose it) and the frames from the
+    onset to the offset, the sheet's offset or, where it is missing, 0 or before the apex, the folder's last
+    frame (numbers the folder lacks in between are skipped)."""
     onset = _frame_number(sheet.get(cells, "onset"), where, "onset frame")
     apex = _frame_number(sheet.get(cells, "apex"), where, "apex frame", allow_absent=True)
+    offset = _frame_number(sheet.get(cells, "offset"), where, "offset frame", allow_absent=True)
     rule = "annotated"
     if apex is None:
-        offset = _frame_number(sheet.get(cells, "offset"), where, "offset frame", allow_absent=True)
-        if offset is None or offset == 0:
-            offset = frames.last
-        if offset is None or offset < onset:
+        end = frames.last if offset is None or offset == 0 else offset
+        if end is None or end < onset:
             raise DataError(f"{where}: apex frame is missing and no offset frame >= onset {onset} to take the "
                             f"middle frame from (folder {frames.folder})")
-        apex, rule = onset + (offset - onset) // 2, "middle"
+        apex, rule = onset + (end - onset) // 2, "middle"
     if apex <= onset:  # no onset -> apex motion to encode (the encoding would be all zeros)
         raise DataError(f"{where}: apex frame {apex} is not after onset frame {onset}")
-    return (frames.get(onset, where, "onset", expected(onset)), frames.get(apex, where, "apex", expected(apex)), rule)
+    if offset is None or offset < apex:
+        offset = frames.last
+    return dict(onset=frames.get(onset, where, "onset", expected(onset)),
+                apex=frames.get(apex, where, "apex", expected(apex)), apex_rule=rule,
+                frames=tuple(frames.by_number[n] for n in sorted(frames.by_number) if onset <= n <= offset))
 
 
 def _subject_folders(parent: Path, pattern: str, what: str) -> list[Path]:
@@ -365,13 +375,15 @@ def _int_id(value, where: str, column: str, pattern: str = r"(?:sub|s)?0*(\d+)")
 
 
 # ------------------------------------------------------------------------------------------ readers
-def read_casme2(root: str | Path) -> Reading:
-    """CASME II: CASME2-coding-20140508.xlsx + Cropped/subNN/<Filename>/reg_img<N>.jpg."""
+def read_casme2(root: str | Path, frame_folder: str = "Cropped") -> Reading:
+    """CASME II: CASME2-coding-20140508.xlsx + Cropped/subNN/<Filename>/reg_img<N>.jpg; `frame_folder` names
+    another folder under ROOT in that layout, e.g. the raw frames: CASME2_RAW_selected/subNN/<Filename>/img<N>.jpg.
+    """
     root = Path(root)
     sheet = _read_sheet(_find_sheet([root], "CASME2-coding-20140508.xlsx", r"CASME2-coding.*\.(xlsx|csv)",
                                     "CASME II coding"),
                         ["subject", "filename", "onset", "apex", "emotion"], ["offset"])
-    cropped = root / "Cropped"
+    cropped = root / frame_folder
     subjects = _subject_folders(cropped, r"sub\d+", "sub01")
     reading = Reading("casme2", sheet=sheet.path)
     seen: dict = {}
@@ -392,9 +404,8 @@ def read_casme2(root: str | Path) -> Reading:
             continue
         fr = _frames_of(frames, cropped / sub / name, pattern, where,
                         lambda n: 0 if n.lower().startswith("reg_") else 1)
-        onset, apex, rule = _onset_apex(sheet, cells, where, fr, lambda n: f"reg_img{n}.jpg")
-        reading.clips.append(Clip("casme2", f"casme2_{sub}", name, word.strip().lower(), label, onset, apex, where,
-                                  rule))
+        reading.clips.append(Clip("casme2", f"casme2_{sub}", name, word.strip().lower(), label, source=where,
+                                  **_onset_apex(sheet, cells, where, fr, lambda n: f"reg_img{n}.jpg")))
     reading.unlisted = [c for s in subjects
                         for c in sorted(s.iterdir()) if c.is_dir() and (s.name.lower(), c.name) not in seen]
     return reading
@@ -426,8 +437,8 @@ def read_samm(root: str | Path) -> Reading:
             reading.excluded.append((where, f"{sub}/{name}", word.strip().lower()))
             continue
         fr = _frames_of(frames, root / sub / name, rf"{sub}_(\d+)\.{_IMAGE_EXT}", where)
-        onset, apex, rule = _onset_apex(sheet, cells, where, fr, lambda n: f"{sub}_{n:05d}.jpg")
-        reading.clips.append(Clip("samm", f"samm_{sub}", name, word.strip().lower(), label, onset, apex, where, rule))
+        reading.clips.append(Clip("samm", f"samm_{sub}", name, word.strip().lower(), label, source=where,
+                                  **_onset_apex(sheet, cells, where, fr, lambda n: f"{sub}_{n:05d}.jpg")))
     reading.unlisted = [c for s in subjects for c in sorted(s.iterdir()) if c.is_dir() and (s.name, c.name) not in seen]
     return reading
 
@@ -493,8 +504,8 @@ def read_smic(root: str | Path) -> Reading:
             reading.excluded.append((where, f"s{n:02d}/{clip}", word.lower()))
             continue
         fr = _frames_of(frames, folder, rf"image(\d+)\.{_IMAGE_EXT}", where)
-        onset, apex, rule = _onset_apex(sheet, cells, where, fr, lambda k: f"image{k:06d}.bmp")
-        reading.clips.append(Clip("smic", subject, clip, word.lower(), label, onset, apex, where, rule))
+        reading.clips.append(Clip("smic", subject, clip, word.lower(), label, source=where,
+                                  **_onset_apex(sheet, cells, where, fr, lambda k: f"image{k:06d}.bmp")))
     uncoded = [folders[c][0] for c in folders if c not in coded]
     if uncoded:
         raise DataError(f"{uncoded[0]}: no row in the annotation sheet {sheet.path} (onset/apex unknown)"
@@ -505,13 +516,19 @@ def read_smic(root: str | Path) -> Reading:
 READERS: dict[str, Callable[[str | Path], Reading]] = {"casme2": read_casme2, "samm": read_samm, "smic": read_smic}
 
 
-def read_dataset(dataset: str, root: str | Path) -> Reading:
+def read_dataset(dataset: str, root: str | Path, frame_folder: str | None = None) -> Reading:
+    """`frame_folder`: CASME II's frames from another folder under ROOT (see read_casme2)."""
     if dataset not in READERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(READERS)}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: {dataset} root folder does not exist")
-    return READERS[dataset](root)
+    if frame_folder is None:
+        return READERS[dataset](root)
+    if dataset != "casme2":
+        raise ValueError(f"a frame folder other than the distributed one is a CASME II option; {dataset} has one "
+                         "layout")
+    return read_casme2(root, frame_folder)
 
 
 # ------------------------------------------------------------------------------------------ prepare

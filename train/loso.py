@@ -46,12 +46,14 @@ def run_loso(
     precision: str = "auto",
     live: FlowSet | None = None,
     predict_also: dict[str, FlowSet] | None = None,
+    keep_models: bool = False,
 ) -> dict:
     """Train and score; writes OUT/predictions.csv, OUT/curve.csv, OUT/results.json. Returns results.
 
     `live`: live-encoded clips to train on when the recipe's `live_clips` is on (see `training_clips`).
     `predict_also`: name -> clips of the folds' subjects, each predicted by the fold model that held out
     its subject, written to OUT/predictions-NAME.csv (scored by whoever asked for them).
+    `keep_models`: also write every fold's evaluated weights (see `save_fold_models`).
     """
     out.mkdir(parents=True, exist_ok=True)
     subjects, fold_of = loso_folds(data)
@@ -80,9 +82,38 @@ def run_loso(
         other_probs = predict(members, params, torch.from_numpy(other.x).to(device), other_idx, n_seeds, tta)
         write_csv(out / f"predictions-{name}.csv", prediction_rows(other, other_probs, other_idx))
     write_csv(out / "curve.csv", log.curve, ["epoch", "loss", "uf1", "uar"])
+    if keep_models:
+        save_fold_models(out, members, params, subjects, profile, seed)
     results = {**score_rows(rows), **_about(profile, setup, n_folds, log)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+FOLDS = "folds"
+
+
+def fold_model_paths(out: Path, subject: str, n_seeds: int) -> list[Path]:
+    """The checkpoints of the fold that held out `subject`: OUT/folds/<subject>.pt, or with several seeds
+    OUT/folds/<subject>-seed<k>.pt, k = 0 .. n_seeds - 1 (their probabilities averaged are the fold's)."""
+    if n_seeds == 1:
+        return [out / FOLDS / f"{subject}.pt"]
+    return [out / FOLDS / f"{subject}-seed{k}.pt" for k in range(n_seeds)]
+
+
+def save_fold_models(out: Path, members, params: dict, subjects: list[str], profile: Profile, seed: int) -> None:
+    """Every fold's weights as evaluated (the EMA when the recipe keeps one) in mex.checkpoint's format, which
+    mex-export and the torch runtime read; each one's meta names the subject it held out."""
+    from mex.checkpoint import save_checkpoint
+
+    def make():
+        return build_model(profile.model, **profile.model_config)
+
+    n_seeds = profile.recipe.seeds
+    for f, subject in enumerate(subjects):
+        for k, path in enumerate(fold_model_paths(out, subject, n_seeds)):
+            meta = {"held_out": subject, "fold": f, "fold_seed": k, "seeds": n_seeds, "run": str(out.resolve()),
+                    "seed": seed, "tta_flip": profile.recipe.tta_flip, "profile": profile.to_dict()}
+            save_checkpoint(path, profile.model, members.member(f * n_seeds + k, params, make=make), meta)
 
 
 def _about(profile: Profile, setup: RunSetup, n_folds: int, log) -> dict:

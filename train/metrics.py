@@ -18,10 +18,13 @@ def uf1_uar(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     Pooled over all folds every class is present, so this is the plain 3-class mean (the headline).
     A single subject often lacks a class; averaging only over present classes is the usual
     convention for per-fold numbers (a class with no samples has no recall to average).
+    A prediction of -1 is "no label" (a clip the live path gave no event): a miss of its class, a false
+    alarm of none.
     """
-    cm = confusion(y, pred)
+    y, pred = np.asarray(y), np.asarray(pred)
+    cm = confusion(y[pred >= 0], pred[pred >= 0])
     tp = np.diag(cm).astype(float)
-    support = cm.sum(1)
+    support = np.bincount(y, minlength=NUM_CLASSES)
     predicted = cm.sum(0)
     present = support > 0
     f1 = 2 * tp / np.maximum(support + predicted, 1)
