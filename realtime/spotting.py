@@ -11,13 +11,16 @@ Per frame (a fraction of a millisecond; no future frames needed):
    the largest local mean absolute difference (over `cell_px` squares) becomes a z-score against that
    region's own running noise level; the median z over all regions is subtracted, so what changes
    the whole face (lighting, residual misalignment) cancels and only local motion remains.
-4. The motion signal is the largest regional z. It crossing `z_on` opens an interval; the offset is
-   the first frame after the peak back at `z_floor` (for `quiet_s`), the onset the last frame before
-   the crossing at the floor, the apex the peak between them.
+4. The motion signal is the largest regional z. It crossing `z_on` opens an interval; the onset is
+   the last frame before the crossing at the floor, the apex the peak. The offset is the first frame
+   after the peak back at `z_floor` (for `quiet_s`), or the first frame from which the face stopped
+   changing (the same z against the crop `still_lag_s` before under `z_still` for `still_s`): a real
+   face settles near, not at, where it started.
 The reference is frozen from the crossing until the interval has slid out of the lag window, so the
 reference never shows the movement itself (no echo `ref_lag_s` later).
 
 Rejected intervals (each recorded with its reason, REJECTIONS; `take_rejections()`):
+- the way back of a movement that ended settled (`return`);
 - longer than `max_event_s`: an expression, a pose change, speech or a held glance, not a micro one;
   followed to its end and recorded as one interval ("long": MEGC's macro-expressions);
 - blinks: both eyes changing by more than `blink_gray` gray levels (a closing lid covers the iris,
@@ -28,8 +31,8 @@ Rejected intervals (each recorded with its reason, REJECTIONS; `take_rejections(
   dense flow per face part): a turn or nod in depth, the upper lids coming down (partial blinks, on
   a dim face too), the eyes moving alone (a glance), the jaw dropping (speech).
 
-Delay: a candidate (onset, apex and offset together) is emitted `quiet_s` after its offset, and at
-most `max_event_s` (0.5 s) after the signal first crossed `z_on`, whatever the fps. Spotting starts
+Delay: a candidate (onset, apex and offset together) is emitted `quiet_s` or `still_s` after its
+offset, at most `max_event_s + still_s` (0.6 s) after its onset, whatever the fps. Spotting starts
 `ref_lag_s + warmup_s` (1.0 s) after a face appears.
 """
 from __future__ import annotations
