@@ -31,8 +31,9 @@ Rejected intervals (each recorded with its reason, REJECTIONS; `take_rejections(
   dense flow per face part): a turn or nod in depth, the upper lids coming down (partial blinks, on
   a dim face too), the eyes moving alone (a glance), the jaw dropping (speech).
 
-Delay: a candidate (onset, apex and offset together) is emitted `quiet_s` or `still_s` after its
-offset, at most `max_event_s + still_s` (0.6 s) after its onset, whatever the fps. Spotting starts
+Delay: a candidate (onset, apex and offset together) is emitted `quiet_s` or `still_s + pause_s`
+after its offset (a movement that ended settled is held `pause_s` in case it goes on), at most
+`max_event_s + still_s + pause_s` (0.85 s) after its onset, whatever the fps. Spotting starts
 `ref_lag_s + warmup_s` (1.0 s) after a face appears.
 """
 from __future__ import annotations
@@ -93,7 +94,9 @@ class SpotterConfig:
     quiet_s: float = 0.02  # the signal stays at the floor this long (at least one frame) to end an interval
     still_lag_s: float = 0.05  # the face's change is also measured against the crop this long before ...
     still_s: float = 0.1  # ... and an interval ends when that change has stayed under z_still this long
-    z_still: float = 1.5  # regional z of that short-lag change taken as "the face has stopped changing"
+    settle_drop: float = 0.0  # ... having come down from its peak by this share (a pause at the apex is no end)
+    z_still: float = 2.0  # median regional z of that short-lag change taken as "the face has stopped changing"
+    pause_s: float = 0.25  # a movement that ended settled is held this long: one starting by then continues it
     return_s: float = 1.0  # an interval this soon after a reported one that takes the face back is its return
     return_share: float = 0.6  # ... when the face at its apex is this close (share of the change) to before it
     stats_s: float = 3.0  # time constant of each region's running noise level
@@ -124,7 +127,7 @@ class Spotter:
         frames = lambda s: max(1, int(round(s * self.fps)))  # noqa: E731 - seconds -> frames at this fps
         self.lag, self.max_len, self.quiet = frames(c.ref_lag_s), frames(c.max_event_s), frames(c.quiet_s)
         self.still_lag, self.still = min(frames(c.still_lag_s), self.lag), frames(c.still_s)
-        self.return_len = frames(c.return_s)
+        self.return_len, self.pause = frames(c.return_s), frames(c.pause_s)
         self.max_macro = frames(c.max_macro_s)
         self.warmup, self.alpha = frames(c.warmup_s), 1.0 / frames(c.stats_s)
         n = c.work_px
@@ -147,12 +150,13 @@ class Spotter:
         self.faces: deque[FaceFrame] = deque(maxlen=keep)
         self.signal: deque[tuple[int, float, int]] = deque(maxlen=keep)  # (index, z, argmax region)
         self.change: deque[float] = deque(maxlen=keep)  # largest regional z against the crop still_lag before
+        # (index, its reference's index, the crop registered onto that reference)
+        self.aligned: deque[tuple[int, int, np.ndarray]] = deque(maxlen=self.still_lag + 1)
         self.eye_gray: deque[float] = deque(maxlen=keep)  # min over both eyes of the raw change
         self.motion: deque[float] = deque(maxlen=keep)  # how far the registration had to move the crop
         self.history: deque[float] = deque(maxlen=max(2, int(c.history_s * self.fps)))
-        # running noise level per region of the change against the reference, then against the crop still_lag before
-        self.mu = np.zeros(2 * len(REGIONS), np.float32)
-        self.var = np.zeros(2 * len(REGIONS), np.float32)
+        self.mu = np.zeros(len(REGIONS), np.float32)
+        self.var = np.zeros(len(REGIONS), np.float32)
         self.seen = 0  # frames with a face since the last reset
         self.frozen: tuple[int, np.ndarray] | None = None  # reference held over an interval
         self.frozen_face: FaceFrame | None = None  # its face frame
@@ -166,6 +170,7 @@ class Spotter:
         # (offset index, the work crop before it), to tell its return from a new movement
         self.settled: tuple[int, np.ndarray] | None = None
         self.spoke_at: int | None = None  # offset of the last interval rejected as speech
+        self.pending: Candidate | None = None  # ended settled, held for pause_s in case the movement goes on
 
     # -- per frame -------------------------------------------------------------------------------
     def push(self, ff: FaceFrame) -> list[Candidate]:
@@ -175,6 +180,21 @@ class Spotter:
         return out
 
     def _push(self, ff: FaceFrame) -> list[Candidate]:
+        out = self._step(ff)
+        i = ff.frame.index
+        if self.pending is not None and (self.long is not None or ff.crop is None or (
+                self.open is None and i - self.pending.offset_index > self.pause)):
+            out = self._release() + out  # no movement continued it (or none can now)
+        return out
+
+    def _release(self) -> list[Candidate]:
+        """The held candidate, if any, confirmed now."""
+        if self.pending is None:
+            return []
+        cand, self.pending = replace(self.pending, t_apex_confirmed=time.monotonic()), None
+        return [cand]
+
+    def _step(self, ff: FaceFrame) -> list[Candidate]:
         if ff.crop is None:  # no face: whatever was open cannot be finished, start over when it is back
             self.history.append(0.0)
             self.last_z[:] = 0
@@ -189,26 +209,32 @@ class Spotter:
         if ref is None:
             self.history.append(0.0)
             return []
-        d, eye_gray, motion = self._difference(ref[1], work)
-        recent = self.crops[-1 - self.still_lag]
-        # no consecutive crop that far back (a gap in the frames): the change is unknown, taken as large
-        dv = self._difference(recent[1], work)[0] if recent[0] == i - self.still_lag else np.full_like(d, np.inf)
-        both = np.concatenate([d, dv])
+        aligned, motion = self._register(ref[1], work)
+        d = self._regions(cv2.absdiff(aligned, ref[1]))
+        eye_gray = float(d[EYES].min())
         if self.seen <= self.lag + self.warmup:  # learn the noise level first
-            self._learn(both, first=self.seen == self.lag + 1)
+            self._learn(d, first=self.seen == self.lag + 1)
             self.history.append(0.0)
             return []
         # the noise level has a floor: on a clean, still clip the running spread gets so small that
         # sub-gray-level interpolation residue would count as motion
-        z_both = (both - self.mu) / np.maximum(np.sqrt(self.var), self.cfg.noise_floor_gray)
-        n = len(REGIONS)
-        # whole-face change (lighting, residual misalignment) is not local motion
-        z, zv = (q - sorted(q.tolist())[n // 2] for q in (z_both[:n], z_both[n:]))
+        sd = np.maximum(np.sqrt(self.var), self.cfg.noise_floor_gray)
+        z = (d - self.mu) / sd
+        z -= sorted(z.tolist())[len(z) // 2]  # whole-face change (lighting, residual misalignment) is not local motion
+        # while an interval is open every crop is registered onto the same frozen reference, so the change
+        # from the crop still_lag before is a difference of two registered crops (no second registration);
+        # the reference's noise level (which includes `ref_lag_s` of drift) errs towards "still"
+        self.aligned.append((i, ref[0], aligned))
+        j, ref_j, before = self.aligned[0]
+        if len(self.aligned) > self.still_lag and j == i - self.still_lag and ref_j == ref[0]:
+            zv = (self._regions(cv2.absdiff(aligned, before)) - self.mu) / sd
+            self.change.append(float((zv - sorted(zv.tolist())[len(zv) // 2])[FACE].max()))
+        else:
+            self.change.append(np.inf)  # not measured (no common reference): not still
         self.last_z = z
         k = int(np.argmax(np.where(FACE, z, -np.inf)))
         s = float(z[k])
         self.signal.append((i, s, k))
-        self.change.append(float(zv[FACE].max()))
         self.eye_gray.append(eye_gray)
         self.motion.append(motion)
         self.history.append(s)
@@ -218,8 +244,8 @@ class Spotter:
                 if ref is not self.frozen:  # its face frame, for explaining the interval (it may leave `faces`)
                     self.frozen_face = next(f for f in reversed(self.faces) if f.frame.index == ref[0])
                 self.frozen = ref
-            elif (self.frozen is None or i > self.hold_until) and np.isfinite(dv).all():
-                self._learn(both)
+            elif self.frozen is None or i > self.hold_until:
+                self._learn(d)
             return []
         return self._follow(i)
 
@@ -342,19 +368,18 @@ class Spotter:
             quiet += 1
         if quiet >= self.quiet:
             return self._close(i, tail[len(tail) - quiet][0])
-        still = 0
-        for (j, _, _), v in zip(reversed(self.signal), reversed(self.change)):
-            if j <= self.open or v > self.cfg.z_still:
-                break
-            still += 1
-        if still >= self.still:
-            # and the signal is not still growing: a slow movement changes little from frame to frame
-            recent = [s for j, s, _ in sig if j > i - self.still]
+        # the face has stopped changing: over the last still_s (all after the crossing) the short-lag change's
+        # median is under z_still (one frame's largest regional z is noisy), and the signal is not growing
+        # (a slow movement changes little from frame to frame)
+        recent = [(j, s, v) for (j, s, _), v in zip(sig, list(self.change)[-len(sig):]) if j > i - self.still]
+        if len(recent) == self.still and recent[0][0] > self.open:
             earlier = [s for j, s, _ in sig if j <= i - self.still]
-            if earlier and max(recent) <= max(earlier) + self.cfg.z_still:
-                return self._close(i, i - still + 1, settled=True)
+            if (np.median([v for _, _, v in recent]) <= self.cfg.z_still
+                    and max(s for _, s, _ in recent) <= max(earlier) + self.cfg.z_still
+                    and np.median([s for _, s, _ in recent]) <= (1 - self.cfg.settle_drop) * sig[peak][1]):
+                return self._close(i, recent[0][0], settled=True)
         onset = self._onset(self.open)
-        if i - max(quiet, still) - onset >= self.max_len:  # moving for too long for a micro-expression:
+        if i - quiet - onset >= self.max_len + self.still:  # moving for too long for a micro-expression:
             self.long, self.frozen = [onset, *sig[peak]], None  # followed to its end, not reported
         return []
 
@@ -433,20 +458,37 @@ class Spotter:
             reason, detail = self._explain(before_face, faces[apex], onset)
         # a chain of movements each ending settled (speech, a glance and its way back) keeps the face as it
         # was before the first: the way back to it is told from there; a face that came back ends the chain
-        if not settled:
-            self.settled = None
-        elif self.settled is None or onset - self.settled[0] > self.return_len:
-            self.settled = (offset, before[1])
-        else:
-            self.settled = (offset, self.settled[1])
+        chained = self.settled is not None and onset - self.settled[0] <= self.return_len
+        origin = self.settled[1] if chained else before[1]
+        self.settled = (offset, origin) if settled else None
         if reason is not None:
             self._reject(reason, onset, apex, offset, region, detail)
-            return []
+            return self._release()  # what was held is complete: this was something else
+        region_name = self.names[region].split("_")[0]
+        first = self.pending
+        if first is not None and offset - first.onset.frame.index <= self.max_len:  # one movement, with a pause
+            onset = first.onset.frame.index
+            faces.setdefault(onset, first.onset)
+            if self._away(origin, first.apex) >= self._away(origin, faces[apex]):  # the apex: furthest from before
+                apex, region_name = first.apex.frame.index, first.region
+                faces.setdefault(apex, first.apex)
+            self.pending = None
+        out = self._release()
         lo = onset - self.lag
         signal = np.array([s for j, s, _ in history if lo <= j <= offset + self.quiet], np.float32)
-        return [Candidate(onset=faces[onset], apex=faces[apex], offset_index=offset,
-                          offset_s=faces[offset].frame.t_video, signal=signal, t_apex_confirmed=time.monotonic(),
-                          region=self.names[region].split("_")[0])]
+        cand = Candidate(onset=faces[onset], apex=faces[apex], offset_index=offset,
+                         offset_s=faces[offset].frame.t_video, signal=signal, t_apex_confirmed=time.monotonic(),
+                         region=region_name)
+        if settled:  # the face may go on moving after a pause: held for pause_s
+            self.pending = cand
+            return out
+        return out + [cand]
+
+    def _away(self, before: np.ndarray, face: FaceFrame) -> float:
+        """How far a face frame's crop has moved from `before` (a working crop): the largest face region's
+        change above the median region's."""
+        d, _, _ = self._difference(before, self._work(face.crop))
+        return float((d - np.median(d))[FACE].max())
 
     def _returning(self, onset: int, apex: int) -> float | None:
         """Soon after an interval that ended with the face settled elsewhere: how close the apex is to the
@@ -454,16 +496,8 @@ class Spotter:
         return (no such interval, too late, or the apex is not closer by `return_share`)."""
         if self.settled is None or onset - self.settled[0] > self.return_len:
             return None
-        crops = dict(self.crops)
-        if onset not in crops or apex not in crops:
-            return None
-        before = self.settled[1]
-
-        def away(j: int) -> float:
-            d, _, _ = self._difference(before, crops[j])
-            return float((d - np.median(d))[FACE].max())
-
-        share = away(apex) / max(away(onset), 1e-6)
+        faces = {f.frame.index: f for f in self.faces}
+        share = self._away(self.settled[1], faces[apex]) / max(self._away(self.settled[1], faces[onset]), 1e-6)
         return share if share <= self.cfg.return_share else None
 
     def _explain(self, ref: FaceFrame, apex: FaceFrame, onset: int) -> tuple[str | None, dict[str, float]]:
@@ -546,19 +580,20 @@ class Spotter:
         self.seen, self.frozen, self.hold_until, self.open, self.block_until = 0, None, -1, None, -1
         self.long, self.settled, self.spoke_at = None, None, None
         self.change.clear()
+        self.aligned.clear()
 
     # -- end of stream and display ---------------------------------------------------------------
     def flush(self) -> list[Candidate]:
-        """End of stream: an interval still open ends at the last frame."""
+        """End of stream: an interval still open ends at the last frame; a held candidate is confirmed."""
         if self.open is None or not self.signal:
-            return []
+            return self._release()
         last = self.signal[-1][0]
         if self.long is not None:
             onset, peak, _, region = self.long
             self._reject("long", onset, peak, last, region, {"seconds": (last - onset) / self.fps})
             self.open, self.long = None, None
-            return []
-        return self._close(last, last)
+            return self._release()
+        return self._close(last, last) + self._release()
 
     def signal_history(self) -> np.ndarray:
         """The motion signal (largest regional z, after removing whole-face change), oldest first."""
