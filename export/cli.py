@@ -4,7 +4,7 @@ ONNX: exported, checked, metadata inside, parity against PyTorch on the composit
 engine: the ONNX above, then a TensorRT engine + JSON sidecar, parity against ONNX Runtime.
 Outputs sit next to the checkpoint by default (runs/x/best.pt -> runs/x/best.onnx, best.engine),
 each with PATH.parity.json. The calibrated temperature mex-live divides the logits by comes from
---calibration (written by mex-train calibrate), else from the checkpoint's own, else none (T = 1).
+--calibration (written by mex-train calibrate); without it T = 1.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", metavar="PATH", help="output file (default: CKPT with the format's suffix)")
     p.add_argument("--calibration", type=calibration_file, metavar="FILE",
                    help="calibration.json of mex-train calibrate: its temperature goes into the artifact "
-                        "(default: the checkpoint's, if any)")
+                        "(default: none, T = 1)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help=f"parity images in the composite format (default {DEFAULT_DATA})")
     p.add_argument("--opset", type=int, default=None,
@@ -120,13 +120,13 @@ def export(args: argparse.Namespace, console: Console) -> bool:
     images = load_flow_folder(resolve_data(args.data))
     out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
     onnx_path = out if args.format == "onnx" else out.with_suffix(".onnx")
-    meta = info.get("meta", {})
-    metadata = artifact_metadata(info["model"], info["config"], meta, args.calibration or meta.get("calibration"))
+    metadata = artifact_metadata(info["model"], info["config"], info.get("meta", {}), args.calibration)
     metadata["mex.export"] = json.dumps(provenance(checkpoint, args))
 
     console.print(f"exporting {checkpoint} ({info['model']}) -> {onnx_path}")
     console.print(f"metadata: encoding {metadata['mex.encoding_version']}, classes {metadata['mex.classes']}, "
-                  f"training keys {sorted(meta)}, calibration {metadata.get('mex.calibration', 'none (T = 1)')}")
+                  f"training keys {sorted(info.get('meta', {}))}, "
+                  f"calibration {metadata.get('mex.calibration', 'none (T = 1)')}")
     proto = export_onnx(model, metadata, opset=args.opset)
     summary = graph_summary(proto)
     save_onnx(proto, onnx_path)

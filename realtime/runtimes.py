@@ -205,9 +205,8 @@ class TorchRuntime(Runtime):
         except RuntimeError as e:  # load_state_dict: weights saved by a different version of the model code
             raise ArtifactError(f"{path}: weights do not fit this code's model "
                                 f"({str(e).strip().splitlines()[-1].strip()})") from None
-        meta = ckpt.get("meta", {})
-        self.info = check_metadata(artifact_metadata(ckpt["model"], ckpt["config"], meta, meta.get("calibration")),
-                                   str(path))
+        # a checkpoint carries no calibration (mex-export --calibration adds it to the artifact): T = 1
+        self.info = check_metadata(artifact_metadata(ckpt["model"], ckpt["config"], ckpt.get("meta", {})), str(path))
         self.torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
