@@ -186,7 +186,8 @@ class TerminalOverlay:
         for e in reversed(st.events[-6:]):
             probs = "  ".join(f"{k[:3]} {v:.2f}" for k, v in e.probs.items())
             ev.add_row(f"#{e.face_id}", str(e.onset_frame), str(e.apex_frame),
-                       "-" if e.offset_frame is None else str(e.offset_frame), f"{e.apex_s:.2f}", e.label, probs,
+                       "-" if e.offset_frame is None else str(e.offset_frame), f"{e.apex_s:.2f}",
+                       Text(f"{e.label} (uncertain)", style="dim") if e.uncertain else e.label, probs,
                        f"{e.latency_ms:.1f}")
         return Panel(Group(head, Text(""), sig, Text(""), lat, Text(""), ev), title=self.title, border_style="blue")
 
