@@ -15,7 +15,7 @@ FORMAT = "mex-artifact-v1"
 INPUT_NAME = "flow"  # (batch, 3, 28, 28) float32 in [0, 1]
 OUTPUT_NAME = "logits"  # (batch, num_classes)
 # an event whose calibrated top probability is under this is marked uncertain: LOSO predictions under it are
-# right about half the time (mex/assets/MODEL_CARD.md, "How sure it is")
+# right about half the time (mex/assets/MODEL_CARD.md, "Uncertain events")
 UNCERTAIN_BELOW = 0.6
 
 

@@ -114,8 +114,9 @@ def read_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 
 def judged(probs: np.ndarray, y: np.ndarray, calibrated: np.ndarray, datasets: np.ndarray) -> dict:
-    """ECE / NLL before and after (all rows, and each dataset's), and what the uncertain rule (top calibrated
-    probability < UNCERTAIN_BELOW) picks out: its share of the rows and the accuracy under and over it."""
+    """ECE / NLL before and after (all rows, and each dataset's), the reliability bins after, and what the
+    uncertain rule (top calibrated probability < UNCERTAIN_BELOW) picks out: its share of the rows and the
+    accuracy under and over it."""
     right = calibrated.argmax(axis=1) == y
     under = calibrated.max(axis=1) < UNCERTAIN_BELOW
     return {"rows": len(y), "accuracy": float(right.mean()),
@@ -124,6 +125,7 @@ def judged(probs: np.ndarray, y: np.ndarray, calibrated: np.ndarray, datasets: n
             "uncertain": {"below": UNCERTAIN_BELOW, "share": float(under.mean()),
                           "accuracy_under": float(right[under].mean()) if under.any() else None,
                           "accuracy_over": float(right[~under].mean()) if (~under).any() else None},
+            "reliability_after": reliability(calibrated, y),
             "by_dataset": {d: {"rows": int(m.sum()), "accuracy": float(right[m].mean()),
                                "mean_top_before": float(probs[m].max(axis=1).mean()),
                                "mean_top_after": float(calibrated[m].max(axis=1).mean()),
