@@ -2,13 +2,13 @@
 
 - `TerminalOverlay`: a rich Live panel (fps, per-stage latency, a row per face: id, state, its motion
   signal and regions, its last label; the last events with face and class probabilities, an uncertain
-  one's label dim and marked "(uncertain)"). Works in any
-  terminal, tmux included.
+  one's label dim and marked "(uncertain)"). Works in any terminal, tmux included.
 - `WindowOverlay`: an OpenCV window with the annotated frame (every face's box, id, last label and
   landmarks; with one face its region motion and signal plot, with several a small plot under each
-  box; the last event's label and probability bars, grey and marked "uncertain" when it is). Opened only when a display is usable: this OpenCV is
-  a Qt build, and `cv2.imshow` without a reachable display kills the process (no Python exception),
-  so `display_usable()` checks first, in a throwaway subprocess.
+  box; the last event's label and probability bars, grey and marked "uncertain" when it is). Opened
+  only when a display is usable: this OpenCV is a Qt build, and `cv2.imshow` without a reachable
+  display kills the process (no Python exception), so `display_usable()` checks first, in a throwaway
+  subprocess.
 
 Both are driven from the main thread by `update(pipeline)`.
 """

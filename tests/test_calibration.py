@@ -100,3 +100,18 @@ def test_calibrate_names_the_bad_file(tmp_path, capsys, damage, message):
     assert train_main(["calibrate", "--run", str(run), "--out", str(tmp_path / "out")]) == 2
     err = "".join(capsys.readouterr().err.split())  # rich wraps long paths anywhere
     assert "predictions.csv" in err and message.replace(" ", "") in err
+
+
+def test_the_committed_calibration_is_its_runs_recomputed_and_the_shipped_models_temperature(tmp_path):
+    from pathlib import Path
+
+    from realtime.runtimes import load_runtime
+    from train.calibration import calibrate, rounded
+
+    root = Path(__file__).resolve().parents[1]
+    committed = json.loads((root / "benchmarks/results/h200/calibration-live/calibration.json").read_text())
+    again = rounded(calibrate([root / r["run"] for r in committed["runs"]], tmp_path))
+    for old, new in zip(committed["runs"], again["runs"]):
+        assert {**old, "run": None} == {**new, "run": None}
+    assert again["temperature"] == committed["temperature"] == load_runtime().info["calibration"]["temperature"]
+    assert f"T = {committed['temperature']:.3f}" in (root / "mex/assets/MODEL_CARD.md").read_text()
