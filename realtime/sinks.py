@@ -191,9 +191,11 @@ def annotate(image: np.ndarray, state: DisplayState, show_event_s: float = 2.0) 
     if ev is not None and (t_now is None or t_now - ev.apex_s <= show_event_s):
         y0 = int(26 * s) + 20
         lc = _UNCERTAIN_COLOR if ev.uncertain else _CLASS_COLORS.get(ev.label, (255, 255, 255))
-        _panel(img, 0, y0 - 4, int(330 * s) + 40, y0 + int(24 * s) + len(ev.probs) * (int(16 * s) + 6) + 10)
-        _text(img, f"#{ev.face_id} {ev.label.upper()}  {ev.probs.get(ev.label, 0):.2f}"
-              + ("  uncertain" if ev.uncertain else ""), (6, y0 + int(20 * s)), 0.7 * s + 0.1, lc, 2)
+        title = f"#{ev.face_id} {ev.label.upper()}  {ev.probs.get(ev.label, 0):.2f}" + ("  uncertain" * ev.uncertain)
+        title_w = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.7 * s + 0.1, 2)[0][0]
+        _panel(img, 0, y0 - 4, max(int(260 * s) + 40, title_w + 16),
+               y0 + int(24 * s) + len(ev.probs) * (int(16 * s) + 6) + 10)
+        _text(img, title, (6, y0 + int(20 * s)), 0.7 * s + 0.1, lc, 2)
         for i, name in enumerate(CLASSES if set(CLASSES) == set(ev.probs) else ev.probs):
             y = y0 + int(28 * s) + 4 + i * (int(16 * s) + 6)
             p = float(ev.probs.get(name, 0.0))

@@ -416,6 +416,20 @@ def test_annotate_and_record(tmp_path):
     assert out.shape == ff.frame.image.shape and not np.array_equal(out, ff.frame.image)
 
 
+def test_annotate_draws_an_uncertain_label_grey_and_says_so():
+    from realtime.packets import Event
+    from realtime.sinks import _UNCERTAIN_COLOR
+
+    frame = Frame(10, 0.0, 0.3, np.full((480, 640, 3), 90, np.uint8))
+    grey = []
+    for probs in ({"negative": 0.38, "positive": 0.52, "surprise": 0.10},
+                  {"negative": 0.08, "positive": 0.82, "surprise": 0.10}):
+        event = Event(1, 5, 9, 0.03, 0.17, 0.3, "positive", probs, 10.0, 5.0)
+        img = annotate(frame.image, DisplayState(frame=frame, events=(event,), fps=30.0))
+        grey.append(int((img == _UNCERTAIN_COLOR).all(axis=2).sum()))
+    assert grey[0] > 100 and grey[1] == 0
+
+
 # ---------------------------------------------------------------------------------------- overlays
 def test_terminal_overlay_renders_state():
     from rich.console import Console
