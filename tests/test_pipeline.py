@@ -427,7 +427,7 @@ def test_annotate_draws_an_uncertain_label_grey_and_says_so():
         event = Event(1, 5, 9, 0.03, 0.17, 0.3, "positive", probs, 10.0, 5.0)
         img = annotate(frame.image, DisplayState(frame=frame, events=(event,), fps=30.0))
         grey.append(int((img == _UNCERTAIN_COLOR).all(axis=2).sum()))
-    assert grey[0] > 100 and grey[1] == 0
+    assert grey[0] > 500 and grey[1] < 50  # a few anti-aliased edge pixels may land on that grey
 
 
 # ---------------------------------------------------------------------------------------- overlays
