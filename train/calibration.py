@@ -157,8 +157,8 @@ def calibrate_run(run: Path) -> tuple[dict, dict]:
 
 def calibrate(runs: list[Path], out: Path) -> dict:
     """calibration.json and reliability.png in `out`; the first run's all-rows temperature is the one to ship."""
-    out.mkdir(parents=True, exist_ok=True)
     reports, arrays = zip(*(calibrate_run(r) for r in runs))
+    out.mkdir(parents=True, exist_ok=True)
     result = {"temperature": reports[0]["temperature_all_rows"],
               "fitted_on": f"{runs[0]}/predictions.csv, all {reports[0]['loso']['rows']} out-of-fold rows",
               "bins": BINS, "uncertain_below": UNCERTAIN_BELOW, "runs": list(reports)}
