@@ -257,7 +257,7 @@ def print_summary(out, summary: dict, source, events) -> None:
         w(f"  ahead       {summary['speculated']} onset/peak pairs encoded before confirmation; "
           f"{summary['speculation_used']} of {summary['candidates']} candidates found theirs ready\n")
     skipped = summary.get("skipped_candidates", 0)
-    uncertain = sum(e.uncertain for e in events)
+    uncertain = summary["uncertain_events"]
     w(f"  events      {summary['events']} found ({summary['candidates']} candidates"
       + (f", {skipped} could not be encoded" if skipped else "") + ")"
       + f", {uncertain} uncertain (top probability < {UNCERTAIN_BELOW}: the model cannot tell)\n")

@@ -192,14 +192,15 @@ def test_an_event_the_model_cannot_tell_is_marked_uncertain(tmp_path, temperatur
     onnx.save(proto, tmp_path / "model.onnx")
     runtime = load_runtime(tmp_path / "model.onnx")
     log, lines = tmp_path / "ev.jsonl", io.StringIO()
-    Pipeline(ArraySource(images(40), fps=30), FakeTracker(), FakeSpotter, Recognizer(runtime, encode=fake_encode),
-             [EventLog(log), PrintSink(lines)], (), PipelineConfig()).run()
+    summary = Pipeline(ArraySource(images(40), fps=30), FakeTracker(), FakeSpotter,
+                       Recognizer(runtime, encode=fake_encode), [EventLog(log), PrintSink(lines)], (),
+                       PipelineConfig()).run()
     events = [json.loads(x) for x in log.read_text().splitlines()]
     assert len(events) == 4
     for d in events:
         top = max(d["probs"].values())
         assert d["uncertain"] is uncertain and (top < 0.4 if uncertain else top > 0.99)
-    assert lines.getvalue().count("(uncertain)") == (4 if uncertain else 0)
+    assert lines.getvalue().count("(uncertain)") == summary["uncertain_events"] == (4 if uncertain else 0)
 
 
 def test_file_source_processes_every_frame_deterministically(tmp_path):
