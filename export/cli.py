@@ -1,15 +1,17 @@
-"""mex-export --checkpoint CKPT [--format onnx|engine] [--out PATH]
+"""mex-export --checkpoint CKPT [--format onnx|engine] [--out PATH] [--calibration calibration.json]
 
 ONNX: exported, checked, metadata inside, parity against PyTorch on the composite images.
 engine: the ONNX above, then a TensorRT engine + JSON sidecar, parity against ONNX Runtime.
 Outputs sit next to the checkpoint by default (runs/x/best.pt -> runs/x/best.onnx, best.engine),
-each with PATH.parity.json.
+each with PATH.parity.json. The calibrated temperature mex-live divides the logits by comes from
+--calibration (written by mex-train calibrate); without it T = 1.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -38,6 +40,20 @@ def batch_profile(text: str) -> BatchProfile:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def calibration_file(text: str) -> dict:
+    """calibration.json of mex-train calibrate -> the artifact's mex.calibration entry."""
+    path = Path(text)
+    try:
+        report = json.loads(path.read_text())
+        temperature = float(report["temperature"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"{path}: not a calibration.json of mex-train calibrate "
+                                         f"({type(e).__name__}: {e})") from None
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise argparse.ArgumentTypeError(f"{path}: temperature {temperature} is not a positive number")
+    return {"temperature": temperature, "fitted_on": str(report.get("fitted_on", path))}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mex-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by mex-train fit (.pt)")
     p.add_argument("--format", default="onnx", choices=sorted(SUFFIX), help="onnx (default) or a TensorRT engine")
     p.add_argument("--out", metavar="PATH", help="output file (default: CKPT with the format's suffix)")
+    p.add_argument("--calibration", type=calibration_file, metavar="FILE",
+                   help="calibration.json of mex-train calibrate: its temperature goes into the artifact "
+                        "(default: none, T = 1)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help=f"parity images in the composite format (default {DEFAULT_DATA})")
     p.add_argument("--opset", type=int, default=None,
@@ -101,12 +120,13 @@ def export(args: argparse.Namespace, console: Console) -> bool:
     images = load_flow_folder(resolve_data(args.data))
     out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
     onnx_path = out if args.format == "onnx" else out.with_suffix(".onnx")
-    metadata = artifact_metadata(info["model"], info["config"], info.get("meta", {}))
+    metadata = artifact_metadata(info["model"], info["config"], info.get("meta", {}), args.calibration)
     metadata["mex.export"] = json.dumps(provenance(checkpoint, args))
 
     console.print(f"exporting {checkpoint} ({info['model']}) -> {onnx_path}")
     console.print(f"metadata: encoding {metadata['mex.encoding_version']}, classes {metadata['mex.classes']}, "
-                  f"training keys {sorted(info.get('meta', {}))}")
+                  f"training keys {sorted(info.get('meta', {}))}, "
+                  f"calibration {metadata.get('mex.calibration', 'none (T = 1)')}")
     proto = export_onnx(model, metadata, opset=args.opset)
     summary = graph_summary(proto)
     save_onnx(proto, onnx_path)

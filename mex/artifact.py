@@ -7,21 +7,27 @@ that passes from `export` to `realtime`. Export writes `artifact_metadata(...)`;
 from __future__ import annotations
 
 import json
+import math
 
 from .labels import CLASSES, ENCODING_VERSION, INPUT_SHAPE
 
 FORMAT = "mex-artifact-v1"
 INPUT_NAME = "flow"  # (batch, 3, 28, 28) float32 in [0, 1]
 OUTPUT_NAME = "logits"  # (batch, num_classes)
+# an event whose calibrated top probability is under this is marked uncertain: LOSO predictions under it are
+# right about half the time (mex/assets/MODEL_CARD.md, "Uncertain events")
+UNCERTAIN_BELOW = 0.6
 
 
 class ArtifactError(ValueError):
     """An exported model is unreadable or does not match this code; the message names the file."""
 
 
-def artifact_metadata(model_name: str, config: dict, training: dict) -> dict[str, str]:
-    """String key/values (ONNX metadata_props allow only strings)."""
-    return {
+def artifact_metadata(model_name: str, config: dict, training: dict,
+                      calibration: dict | None = None) -> dict[str, str]:
+    """String key/values (ONNX metadata_props allow only strings). `calibration`: {"temperature": T, ...} as
+    `mex-train calibrate` writes it; live use divides the logits by T before the softmax (none: T = 1)."""
+    meta = {
         "mex.format": FORMAT,
         "mex.model": model_name,
         "mex.config": json.dumps(config),
@@ -30,6 +36,9 @@ def artifact_metadata(model_name: str, config: dict, training: dict) -> dict[str
         "mex.input_shape": json.dumps(list(INPUT_SHAPE)),
         "mex.training": json.dumps(training),
     }
+    if calibration is not None:
+        meta["mex.calibration"] = json.dumps(calibration)
+    return meta
 
 
 def check_metadata(meta: dict[str, str], source: str) -> dict:
@@ -49,6 +58,7 @@ def check_metadata(meta: dict[str, str], source: str) -> dict:
             "model": meta["mex.model"],
             "config": json.loads(meta["mex.config"]),
             "training": json.loads(meta.get("mex.training", "{}")),
+            "calibration": json.loads(meta.get("mex.calibration", '{"temperature": 1.0}')),
         }
     except (KeyError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{source}: metadata is incomplete or malformed ({e})") from None
@@ -56,4 +66,7 @@ def check_metadata(meta: dict[str, str], source: str) -> dict:
         raise ArtifactError(f"{source}: classes {classes} differ from {list(CLASSES)}")
     if shape != list(INPUT_SHAPE):
         raise ArtifactError(f"{source}: input shape {shape} differs from {list(INPUT_SHAPE)}")
+    t = parsed["calibration"].get("temperature") if isinstance(parsed["calibration"], dict) else None
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise ArtifactError(f"{source}: metadata mex.calibration needs a positive temperature, got {t!r}")
     return {**parsed, "classes": classes, "input_shape": shape}

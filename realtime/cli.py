@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from mex import version_line
+from mex.artifact import UNCERTAIN_BELOW
 from mex.features.backends import BACKENDS as FLOW_BACKENDS
 
 from .runtimes import RUNTIMES
@@ -256,8 +257,10 @@ def print_summary(out, summary: dict, source, events) -> None:
         w(f"  ahead       {summary['speculated']} onset/peak pairs encoded before confirmation; "
           f"{summary['speculation_used']} of {summary['candidates']} candidates found theirs ready\n")
     skipped = summary.get("skipped_candidates", 0)
+    uncertain = summary["uncertain_events"]
     w(f"  events      {summary['events']} found ({summary['candidates']} candidates"
-      + (f", {skipped} could not be encoded" if skipped else "") + ")\n")
+      + (f", {skipped} could not be encoded" if skipped else "") + ")"
+      + f", {uncertain} uncertain (top probability < {UNCERTAIN_BELOW}: the model cannot tell)\n")
     if len(summary["faces"]) > 1:
         w(f"  faces       {len(summary['faces'])}: "
           + ", ".join(f"#{f['face_id']} {f['events']} events in {f['frames']} frames" for f in summary["faces"]) + "\n")
@@ -274,7 +277,8 @@ def print_summary(out, summary: dict, source, events) -> None:
           f"that movement\n")
         for p in planted:
             hit = next((f for q, f in pairs if q is p), None)
-            got = f"found {hit.onset_frame}-{hit.apex_frame}-{hit.offset_frame} {hit.label}" if hit else "missed"
+            got = (f"found {hit.onset_frame}-{hit.apex_frame}-{hit.offset_frame} {hit.label}"
+                   + (" (uncertain)" if hit.uncertain else "") if hit else "missed")
             w(f"              planted {p['onset']}-{p['apex']}-{p['offset']} {p['kind']} "
               f"(usually {p['usual']}): {got}\n")
         w("              (a planted movement is one facial action on a photo, not an acted emotion: the label is\n"

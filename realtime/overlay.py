@@ -1,13 +1,14 @@
 """What the user sees while it runs.
 
 - `TerminalOverlay`: a rich Live panel (fps, per-stage latency, a row per face: id, state, its motion
-  signal and regions, its last label; the last events with face and class probabilities). Works in any
-  terminal, tmux included.
+  signal and regions, its last label; the last events with face and class probabilities, an uncertain
+  one's label dim and marked "(uncertain)"). Works in any terminal, tmux included.
 - `WindowOverlay`: an OpenCV window with the annotated frame (every face's box, id, last label and
   landmarks; with one face its region motion and signal plot, with several a small plot under each
-  box; the last event's label and probability bars). Opened only when a display is usable: this OpenCV is
-  a Qt build, and `cv2.imshow` without a reachable display kills the process (no Python exception),
-  so `display_usable()` checks first, in a throwaway subprocess.
+  box; the last event's label and probability bars, grey and marked "uncertain" when it is). Opened
+  only when a display is usable: this OpenCV is a Qt build, and `cv2.imshow` without a reachable
+  display kills the process (no Python exception), so `display_usable()` checks first, in a throwaway
+  subprocess.
 
 Both are driven from the main thread by `update(pipeline)`.
 """
@@ -186,7 +187,8 @@ class TerminalOverlay:
         for e in reversed(st.events[-6:]):
             probs = "  ".join(f"{k[:3]} {v:.2f}" for k, v in e.probs.items())
             ev.add_row(f"#{e.face_id}", str(e.onset_frame), str(e.apex_frame),
-                       "-" if e.offset_frame is None else str(e.offset_frame), f"{e.apex_s:.2f}", e.label, probs,
+                       "-" if e.offset_frame is None else str(e.offset_frame), f"{e.apex_s:.2f}",
+                       Text(f"{e.label} (uncertain)", style="dim") if e.uncertain else e.label, probs,
                        f"{e.latency_ms:.1f}")
         return Panel(Group(head, Text(""), sig, Text(""), lat, Text(""), ev), title=self.title, border_style="blue")
 

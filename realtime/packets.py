@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from mex.artifact import UNCERTAIN_BELOW
 from realtime.framing import FacePatch
 
 
@@ -96,10 +97,14 @@ class Event:
     apex_s: float
     offset_s: float | None
     label: str
-    probs: dict[str, float]
+    probs: dict[str, float]  # calibrated (the artifact's temperature applied by the runtime)
     latency_ms: float  # apex frame captured -> label emitted
     confirm_ms: float  # apex confirmed by the spotter -> label emitted
     face_id: int = 0  # the tracker's id of the face it happened on
+    uncertain: bool = field(init=False)  # the top probability is under UNCERTAIN_BELOW: the model cannot tell
+
+    def __post_init__(self):
+        self.uncertain = max(self.probs.values(), default=0.0) < UNCERTAIN_BELOW
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -123,6 +123,7 @@ class Pipeline:
         self.stats = RingStats(cfg.stats_capacity)
         self.events: deque[Event] = deque(maxlen=cfg.keep_events)
         self.n_events = 0
+        self.n_uncertain = 0  # events whose top probability is under mex.artifact.UNCERTAIN_BELOW
         self.n_candidates = 0
         self.frames_read = 0
         self.frames_processed = 0
@@ -361,6 +362,7 @@ class Pipeline:
                     with self._lock:
                         self.events.append(ev)
                         self.n_events += 1
+                        self.n_uncertain += ev.uncertain
                         self._labels[ev.face_id] = ev.label
                         self.per_face.setdefault(ev.face_id, {"frames": 0, "events": 0})["events"] += 1
         finally:
@@ -393,6 +395,7 @@ class Pipeline:
             "speculated": self.recognizer.prefetched,
             "speculation_used": self.recognizer.prefetch_used,
             "events": self.n_events,
+            "uncertain_events": self.n_uncertain,
             "faces": faces,  # per face id: frames with its crop, events
             "rejected": dict(sorted(self.rejected.items())),
             "reconnects": self.source.reconnects,

@@ -1,7 +1,8 @@
 """Inference runtimes for mex-live: ONNX Runtime CPU (the default), TensorRT, PyTorch.
 
 Every runtime answers `probs(batch)`: float32 (n, 3, 28, 28) in [0, 1] -> (n, num_classes) softmax
-probabilities, and carries `.name` and `.info` (the artifact's parsed mex metadata). A runtime is
+probabilities of the logits divided by the artifact's calibrated temperature (metadata mex.calibration; T = 1
+without it), and carries `.name` and `.info` (the artifact's parsed mex metadata). A runtime is
 made only from an artifact whose metadata passes mex.artifact.check_metadata: a model made for
 another feature encoding, input shape or class list is refused, as is a corrupt or truncated file,
 with an ArtifactError naming the file. This module imports mex only, never the export app.
@@ -36,7 +37,9 @@ class Runtime:
         if batch.ndim != 4 or batch.shape[1:] != INPUT_SHAPE or batch.shape[0] == 0:
             raise ValueError(f"{self.name}: expected a batch of shape (n, {', '.join(map(str, INPUT_SHAPE))}), "
                              f"got {batch.shape}")
-        return softmax(self.logits(batch))
+        logits = self.logits(batch)
+        temperature = self.info["calibration"]["temperature"]
+        return softmax(logits if temperature == 1 else logits / temperature)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -202,6 +205,7 @@ class TorchRuntime(Runtime):
         except RuntimeError as e:  # load_state_dict: weights saved by a different version of the model code
             raise ArtifactError(f"{path}: weights do not fit this code's model "
                                 f"({str(e).strip().splitlines()[-1].strip()})") from None
+        # a checkpoint carries no calibration (mex-export --calibration adds it to the artifact): T = 1
         self.info = check_metadata(artifact_metadata(ckpt["model"], ckpt["config"], ckpt.get("meta", {})), str(path))
         self.torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -94,15 +94,17 @@ class PrintSink(EventSink):
         p = " ".join(f"{k}={v:.2f}" for k, v in event.probs.items())
         off = "-" if event.offset_frame is None else event.offset_frame
         frames = f"{event.onset_frame}-{event.apex_frame}-{off}"
+        label = event.label + (" (uncertain)" if event.uncertain else "")
         self.stream.write(
             f"event  face {event.face_id}  frames {frames:<16s} apex {event.apex_s:7.2f} s  "
-            f"{event.label:<8s} [{p}]  latency {event.latency_ms:.1f} ms\n"
+            f"{label:<8s} [{p}]  latency {event.latency_ms:.1f} ms\n"
         )
         self.stream.flush()
 
 
 # ---------------------------------------------------------------------------------- annotation
 _CLASS_COLORS = {"negative": (60, 60, 230), "positive": (60, 200, 60), "surprise": (230, 160, 40)}
+_UNCERTAIN_COLOR = (170, 170, 170)  # an uncertain event's label: grey, whatever its class
 _STATE_COLORS = {"face": (80, 220, 80), "reacquired": (80, 220, 220), "lost": (60, 140, 255), "no_face": (60, 60, 230)}
 
 
@@ -188,10 +190,12 @@ def annotate(image: np.ndarray, state: DisplayState, show_event_s: float = 2.0) 
     t_now = state.frame.t_video if state.frame is not None else None
     if ev is not None and (t_now is None or t_now - ev.apex_s <= show_event_s):
         y0 = int(26 * s) + 20
-        lc = _CLASS_COLORS.get(ev.label, (255, 255, 255))
-        _panel(img, 0, y0 - 4, int(260 * s) + 40, y0 + int(24 * s) + len(ev.probs) * (int(16 * s) + 6) + 10)
-        _text(img, f"#{ev.face_id} {ev.label.upper()}  {ev.probs.get(ev.label, 0):.2f}", (6, y0 + int(20 * s)),
-              0.7 * s + 0.1, lc, 2)
+        lc = _UNCERTAIN_COLOR if ev.uncertain else _CLASS_COLORS.get(ev.label, (255, 255, 255))
+        title = f"#{ev.face_id} {ev.label.upper()}  {ev.probs.get(ev.label, 0):.2f}" + ("  uncertain" * ev.uncertain)
+        title_w = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.7 * s + 0.1, 2)[0][0]
+        _panel(img, 0, y0 - 4, max(int(260 * s) + 40, title_w + 16),
+               y0 + int(24 * s) + len(ev.probs) * (int(16 * s) + 6) + 10)
+        _text(img, title, (6, y0 + int(20 * s)), 0.7 * s + 0.1, lc, 2)
         for i, name in enumerate(CLASSES if set(CLASSES) == set(ev.probs) else ev.probs):
             y = y0 + int(28 * s) + 4 + i * (int(16 * s) + 6)
             p = float(ev.probs.get(name, 0.0))

@@ -76,7 +76,8 @@ def test_video_gives_the_same_events_twice(work, capsys):
     assert _untimed(runs[0]) == _untimed(runs[1])
     for e in runs[0]:
         assert set(e) == {"onset_frame", "apex_frame", "offset_frame", "onset_s", "apex_s", "offset_s", "label",
-                          "probs", "latency_ms", "confirm_ms", "face_id"}
+                          "probs", "latency_ms", "confirm_ms", "face_id", "uncertain"}
+        assert e["uncertain"] is (max(e["probs"].values()) < 0.6)
         assert e["onset_frame"] <= e["apex_frame"] and e["apex_s"] == pytest.approx(e["apex_frame"] / 30, abs=1e-5)
         assert e["label"] in e["probs"] and e["latency_ms"] >= 0
 

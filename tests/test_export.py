@@ -23,6 +23,7 @@ from conftest import RUN_WHERE
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
 TRAINING = {"data": "megc2019-composite-flow", "loso": {"uf1": 0.704, "uar": 0.707}, "epochs": 400}
+CALIBRATION = {"temperature": 1.5, "fitted_on": "runs/loso/predictions.csv, all 442 out-of-fold rows"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,9 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     checkpoint = root / "best.pt"
     save_checkpoint(checkpoint, "dacrossvit", build_model("dacrossvit"), meta=TRAINING)
-    assert main(["--checkpoint", str(checkpoint), "--data", str(DATA)]) == 0
+    calibration = root / "calibration.json"  # as mex-train calibrate writes it, less its per-run reports
+    calibration.write_text(json.dumps({**CALIBRATION, "bins": 15, "runs": []}))
+    assert main(["--checkpoint", str(checkpoint), "--data", str(DATA), "--calibration", str(calibration)]) == 0
     model, _ = load_checkpoint(checkpoint)
     return checkpoint, checkpoint.with_suffix(".onnx"), model
 
@@ -64,10 +67,10 @@ def test_graph_passes_checker_with_single_op_layernorm_and_dynamic_batch(exporte
 def test_metadata_round_trips(exported):
     checkpoint, onnx_path, model = exported
     meta = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
-    expected = artifact_metadata("dacrossvit", model.cfg.to_dict(), TRAINING)
+    expected = artifact_metadata("dacrossvit", model.cfg.to_dict(), TRAINING, CALIBRATION)
     assert {k: v for k, v in meta.items() if k != "mex.export"} == expected
     info = check_metadata(meta, str(onnx_path))
-    assert info["training"] == TRAINING and info["model"] == "dacrossvit"
+    assert info["training"] == TRAINING and info["model"] == "dacrossvit" and info["calibration"] == CALIBRATION
     assert info["config"] == json.loads(json.dumps(model.cfg.to_dict()))
     assert json.loads(meta["mex.export"])["checkpoint"] == checkpoint.name
 
@@ -92,11 +95,13 @@ def test_dynamic_batch(exported, composite, batch):
 
 
 def test_live_runtime_loads_the_export_and_agrees_with_pytorch(exported, composite):
-    from realtime.runtimes import load_runtime
+    from realtime.runtimes import load_runtime, softmax
 
     checkpoint, onnx_path, _ = exported
     x = composite.x[:16]
-    assert np.abs(load_runtime(onnx_path).probs(x) - load_runtime(checkpoint, device="cpu").probs(x)).max() <= 1e-5
+    # the checkpoint has no calibration (T = 1); the export's logits are divided by its temperature
+    reference = softmax(load_runtime(checkpoint, device="cpu").logits(x) / CALIBRATION["temperature"])
+    assert np.abs(load_runtime(onnx_path).probs(x) - reference).max() <= 1e-5
 
 
 # ---------------------------------------------------------------------------------------------- CLI errors
@@ -141,11 +146,20 @@ def test_checkpoint_from_other_model_code(tmp_path, capsys):
         (["--format", "engine", "--batch", "1,x,256"], "--batch"),
         (["--opset", "16"], "--opset"),
         (["--format", "engine", "--out", "model.onnx"], "--out"),
+        (["--calibration", "missing.json"], "missing.json"),
     ],
 )
 def test_bad_flags_exit_nonzero_naming_the_flag(tmp_path, capsys, flags, named):
     code, err = run_cli(["--checkpoint", str(tmp_path / "any.pt"), *flags], capsys)
     assert code == 2 and named in err
+
+
+@pytest.mark.parametrize("content", ['{"temperature": -1}', '{"bins": 15}', "not json"])
+def test_a_calibration_file_without_a_positive_temperature_is_refused_naming_it(tmp_path, capsys, content):
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(content)
+    code, err = run_cli(["--checkpoint", str(tmp_path / "any.pt"), "--calibration", str(calibration)], capsys)
+    assert code == 2 and "--calibration" in err and "calibration.json" in err
 
 
 def test_engine_without_tensorrt_says_so(tmp_path, capsys):

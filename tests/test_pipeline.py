@@ -176,6 +176,33 @@ def test_ring_stats_wraps_with_flat_memory():
 
 
 # ---------------------------------------------------------------------------------------- pipeline
+@pytest.mark.parametrize("temperature, uncertain", [(1000.0, True), (0.01, False)])
+def test_an_event_the_model_cannot_tell_is_marked_uncertain(tmp_path, temperature, uncertain):
+    """The shipped model with its mex.calibration temperature replaced: T = 1000 flattens its probabilities
+    to about 1/3 each (uncertain), T = 0.01 sharpens them to about 1 (certain); the JSONL and the line say so."""
+    import onnx
+
+    from realtime.runtimes import DEFAULT_MODEL, load_runtime
+    from realtime.sinks import PrintSink
+
+    proto = onnx.load(DEFAULT_MODEL)
+    meta = {q.key: q.value for q in proto.metadata_props}
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {**meta, "mex.calibration": json.dumps({"temperature": temperature})})
+    onnx.save(proto, tmp_path / "model.onnx")
+    runtime = load_runtime(tmp_path / "model.onnx")
+    log, lines = tmp_path / "ev.jsonl", io.StringIO()
+    summary = Pipeline(ArraySource(images(40), fps=30), FakeTracker(), FakeSpotter,
+                       Recognizer(runtime, encode=fake_encode), [EventLog(log), PrintSink(lines)], (),
+                       PipelineConfig()).run()
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(events) == 4
+    for d in events:
+        top = max(d["probs"].values())
+        assert d["uncertain"] is uncertain and (top < 0.4 if uncertain else top > 0.99)
+    assert lines.getvalue().count("(uncertain)") == summary["uncertain_events"] == (4 if uncertain else 0)
+
+
 def test_file_source_processes_every_frame_deterministically(tmp_path):
     runs = []
     for k in range(2):
@@ -390,6 +417,20 @@ def test_annotate_and_record(tmp_path):
     assert out.shape == ff.frame.image.shape and not np.array_equal(out, ff.frame.image)
 
 
+def test_annotate_draws_an_uncertain_label_grey_and_says_so():
+    from realtime.packets import Event
+    from realtime.sinks import _UNCERTAIN_COLOR
+
+    frame = Frame(10, 0.0, 0.3, np.full((480, 640, 3), 90, np.uint8))
+    grey = []
+    for probs in ({"negative": 0.38, "positive": 0.52, "surprise": 0.10},
+                  {"negative": 0.08, "positive": 0.82, "surprise": 0.10}):
+        event = Event(1, 5, 9, 0.03, 0.17, 0.3, "positive", probs, 10.0, 5.0)
+        img = annotate(frame.image, DisplayState(frame=frame, events=(event,), fps=30.0))
+        grey.append(int((img == _UNCERTAIN_COLOR).all(axis=2).sum()))
+    assert grey[0] > 500 and grey[1] < 50  # a few anti-aliased edge pixels may land on that grey
+
+
 # ---------------------------------------------------------------------------------------- overlays
 def test_terminal_overlay_renders_state():
     from rich.console import Console
@@ -406,6 +447,8 @@ def test_terminal_overlay_renders_state():
     text = buf.getvalue()
     for word in ("face", "fps", "track", "p95", "motion", "last events", "latency"):
         assert word in text, word
+    # FakeRuntime's events have a top probability of about 0.5: every one is marked
+    assert text.count("(uncertain)") == min(6, p.summary()["events"]) > 0
 
 
 def test_no_display_is_reported_not_fatal(monkeypatch):

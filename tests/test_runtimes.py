@@ -61,6 +61,28 @@ def test_onnxruntime_gives_probabilities_matching_pytorch(artifacts, batch):
         assert np.abs(p - reference.probs(batch[:n])).max() <= 1e-5
 
 
+def test_the_artifact_temperature_divides_the_logits(artifacts, batch, tmp_path):
+    """mex.calibration's temperature is applied to the logits before the softmax; no entry means T = 1."""
+    plain = load_runtime(artifacts[1])
+    assert plain.info["calibration"] == {"temperature": 1.0}
+    logits = plain.logits(batch).astype(np.float64)
+    for t in (0.5, 2.0):
+        scaled = load_runtime(with_metadata(artifacts[1], tmp_path / f"t{t}.onnx",
+                                            **{"mex.calibration": json.dumps({"temperature": t})}))
+        expected = np.exp(logits / t) / np.exp(logits / t).sum(1, keepdims=True)
+        for n in (1, 7):  # batch 1 takes softmax's scalar path
+            np.testing.assert_allclose(scaled.probs(batch[:n]), expected[:n], atol=1e-6)
+        assert (scaled.probs(batch).argmax(1) == plain.probs(batch).argmax(1)).all()
+    for bad in ('{"temperature": 0}', '{"temperature": "warm"}', "[]"):
+        with pytest.raises(ArtifactError, match="positive temperature"):
+            load_runtime(with_metadata(artifacts[1], tmp_path / "bad.onnx", **{"mex.calibration": bad}))
+
+
+def test_the_shipped_model_carries_its_calibrated_temperature():
+    calibration = load_runtime().info["calibration"]
+    assert 0.5 < calibration["temperature"] < 2 and "predictions.csv" in calibration["fitted_on"]
+
+
 def test_runtime_rejects_a_wrong_batch_shape(artifacts):
     runtime = load_runtime(artifacts[1])
     with pytest.raises(ValueError, match=r"\(n, 3, 28, 28\)"):

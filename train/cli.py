@@ -233,6 +233,26 @@ def cmd_table(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .calibration import calibrate
+
+    out = Path(args.out)
+    result = calibrate([Path(r) for r in args.run], out)
+    for r in result["runs"]:
+        for key in ("loso", "live"):
+            if key in r:
+                j = r[key]
+                u = j["uncertain"]
+                under = "-" if u["accuracy_under"] is None else f"{u['accuracy_under']:.3f}"
+                console.print(f"{r['run']} {key}: ECE {j['ece_before']:.3f} -> {j['ece_after']:.3f}, "
+                              f"NLL {j['nll_before']:.3f} -> {j['nll_after']:.3f} (nested T median "
+                              f"{r['nested_temperature']['median']:.3f}); top < {u['below']}: "
+                              f"{u['share']:.1%} of rows, accuracy {under}")
+    console.print(f"temperature to ship: {result['temperature']:.4f} ({result['fitted_on']})")
+    console.print(f"wrote {out}/calibration.json, reliability.png")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mex-train", description=__doc__)
     parser.add_argument("--version", action="version", version=version_line("mex-train"))
@@ -284,8 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default="LOSO runs")
     p.add_argument("--out", help="write the table here (markdown) and the paired differences beside it (.png)")
     p.set_defaults(func=cmd_table)
+    p = sub.add_parser("calibrate", help="temperature scaling fitted on LOSO predictions (nested per subject), "
+                       "ECE / NLL before and after, reliability plot")
+    p.add_argument("--run", action="append", required=True, metavar="RUN",
+                   help="a LOSO run folder (its predictions.csv; predictions-live.csv too when there); repeat for "
+                        "more seeds: the first run's temperature on all its rows is the one to ship")
+    p.add_argument("--out", required=True, help="output folder (calibration.json, reliability.png)")
+    p.set_defaults(func=cmd_calibrate)
     args = parser.parse_args(argv)
-    if args.cmd in ("loso", "fit", "select", "study") and Path(args.out).exists() and not Path(args.out).is_dir():
+    folder_out = args.cmd in ("loso", "fit", "select", "study", "calibrate")
+    if folder_out and Path(args.out).exists() and not Path(args.out).is_dir():
         console.print(f"[red]error:[/red] --out {escape(args.out)}: is a file; give a folder for the run")
         return 2
     try:
