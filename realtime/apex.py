@@ -30,7 +30,7 @@ SMOOTH_S = 0.11  # the profile is averaged over this window (centred)
 PLATEAU = 0.85  # frames around the peak at this share of it or more are its plateau
 RETURN_FRAC = 0.3  # drift-corrected peak under this share of the end's local motion: the clip did not come back
 POOL_HALF_S = 0.07  # pooled frames lie within this of the apex
-POOL_FRAMES = 5  # frames pooled for a pre-segmented clip (mex-live --segmented)
+POOL_FRAMES = 3  # frames pooled for a pre-segmented clip (mex-live --segmented)
 
 
 def local_motion(flow: np.ndarray) -> np.ndarray:
