@@ -46,16 +46,20 @@ def local_motion(flow: np.ndarray) -> np.ndarray:
     return (b - fit).T.reshape(flow.shape).astype(np.float32)
 
 
-def apex_profile(flow: np.ndarray, t: np.ndarray, fps: float) -> np.ndarray:
+def apex_profile(flow: np.ndarray, t: np.ndarray, fps: float, ignore: np.ndarray | None = None) -> np.ndarray:
     """Per frame, the smoothed 95th percentile of drift-corrected local motion (see the module's doc).
-    `flow[k]` is onset -> frame `t[k]` (frames after the onset, t[0] = 0, increasing)."""
+    `flow[k]` is onset -> frame `t[k]` (frames after the onset, t[0] = 0, increasing); `ignore` (n, H, W)
+    bool: motion that does not count (a blinking eye)."""
     t = np.asarray(t, np.float64)
     res = local_motion(flow)
     end = res[t >= t[-1] - END_S * fps].mean(0)
     a = (t / max(t[-1], 1.0))[:, None, None, None]
 
     def profile(r):
-        m = np.percentile(np.hypot(r[:, 0], r[:, 1]).reshape(len(r), -1), 95, axis=1)
+        m = np.hypot(r[:, 0], r[:, 1])
+        if ignore is not None:
+            m[ignore] = 0.0
+        m = np.percentile(m.reshape(len(r), -1), 95, axis=1)
         near = np.abs(t[:, None] - t[None, :]) <= SMOOTH_S * fps / 2
         return (near * m[None, :]).sum(1) / near.sum(1)
 
@@ -68,7 +72,12 @@ def flow_apex(flow: np.ndarray, t: np.ndarray, fps: float) -> int:
     """Index (into t) of the apex: the middle of the plateau around apex_profile's peak after the onset."""
     if len(t) < 2:
         raise ValueError("an apex needs the onset and at least one more frame")
-    profile = apex_profile(flow, t, fps)
+    return plateau_middle(apex_profile(flow, t, fps))
+
+
+def plateau_middle(profile: np.ndarray) -> int:
+    """Index of the middle of the run of frames around the profile's peak (after index 0) that stay at
+    `PLATEAU` of the peak or more."""
     peak = 1 + int(np.argmax(profile[1:]))
     lo = hi = peak
     while lo > 1 and profile[lo - 1] >= PLATEAU * profile[peak]:
