@@ -25,6 +25,9 @@ from .common import environment, results_dir, write_json
 FPS = 200.0  # CASME II
 COLUMNS = ("name", "subject", "label", "apex_t", "crop_h", "crop_w")
 DISTANCES = ((0, 0), (1, 10), (11, 20), (21, 40), (41, 10**6))  # |t - apex_t| bins, frames
+# the rule less one step: its apex error says what the step is worth
+VARIANTS = {"naive": "the largest mean Farneback motion", "no_drift": "without the drift step",
+            "no_similarity": "without removing the similarity", "peak": "the profile's peak, not its plateau's middle"}
 POOLS = ((1, 0.0), (3, 0.03), (3, 0.07), (3, 0.1), (5, 0.03), (5, 0.07), (5, 0.1), (7, 0.07))  # (frames, half s)
 
 
@@ -72,23 +75,31 @@ def label_of(p: np.ndarray) -> int:
 
 def clip_result(c: dict, probs: np.ndarray, split: str) -> dict:
     """One clip: apexes (rule, naive), labels (annotated apex, rule's apex, pooled around it)."""
-    from realtime.apex import POOL_FRAMES, POOL_HALF_S, flow_apex, pool_indices
+    from realtime.apex import POOL_FRAMES, POOL_HALF_S, apex_profile, flow_apex, plateau_middle, pool_indices
 
     t = c["t"]
     annotated = int(np.flatnonzero(t == c["apex_t"])[0])
     rule = flow_apex(c["flow"], t, FPS)
     pooled = probs[pool_indices(t, rule, FPS, POOL_FRAMES, POOL_HALF_S)].mean(0)
     naive = 1 + int(np.argmax(c["motion"][1:]))
+    steps = {"naive": naive,  # the frame of largest mean Farneback motion
+             "no_drift": plateau_middle(apex_profile(c["flow"], t, FPS, drift=False)),
+             "no_similarity": plateau_middle(apex_profile(c["flow"], t, FPS, similarity=False)),
+             "peak": 1 + int(np.argmax(apex_profile(c["flow"], t, FPS)[1:]))}
     return {"name": c["name"], "subject": c["subject"], "split": split, "emotion": c["emotion"], "label": c["label"],
             "apex_t": c["apex_t"], "rule_t": int(t[rule]), "error": int(t[rule] - c["apex_t"]),
-            "naive_t": int(t[naive]), "label_annotated": label_of(probs[annotated]),
+            **{f"{k}_t": int(t[i]) for k, i in steps.items()}, "label_annotated": label_of(probs[annotated]),
             "label_rule": label_of(probs[rule]), "label_pooled": label_of(pooled),
             "pooled": [round(float(v), 6) for v in pooled]}
 
 
+def _errors(errors: list[int]) -> dict:
+    e = np.abs(errors)
+    return {"median": float(np.median(e)), "within_10": float(np.mean(e <= 10))}
+
+
 def summary(rows: list[dict]) -> dict:
     err = np.abs([r["error"] for r in rows])
-    naive = np.abs([r["naive_t"] - r["apex_t"] for r in rows])
     labelled = [r for r in rows if r["label"] is not None]
 
     def agree(key):
@@ -100,7 +111,7 @@ def summary(rows: list[dict]) -> dict:
     return {"clips": len(rows), "labelled": len(labelled),
             "apex_error": {"median": float(np.median(err)), "within_10": float(np.mean(err <= 10)),
                            "median_signed": float(np.median([r["error"] for r in rows]))},
-            "naive_apex_error": {"median": float(np.median(naive)), "within_10": float(np.mean(naive <= 10))},
+            "without": {k: _errors([r[f"{k}_t"] - r["apex_t"] for r in rows]) for k in VARIANTS},
             "agreement": {k: agree(f"label_{k}") for k in ("annotated", "rule", "pooled")},
             "accuracy": {k: accuracy(f"label_{k}") for k in ("annotated", "rule", "pooled")}}
 
@@ -157,16 +168,25 @@ def markdown(payload: dict) -> str:
              f"Model `{payload['model']}`; `{payload['frames']}`. The rule (realtime/apex.py) and the pooling "
              f"({POOL_FRAMES} frames over ±{POOL_HALF_S * 1000:.0f} ms, mean probability) were chosen on the tune "
              f"subjects ({', '.join(payload['subjects']['tune'])}); the check subjects were held apart.", "",
-             "| subjects | clips | apex error median (frames, 200 fps) | within 10 frames | naive apex (largest "
-             "Farneback motion): median, within 10 | same label as the annotated apex: rule's apex / pooled | "
-             "accuracy (labelled clips): annotated apex / rule's apex / pooled |",
-             "|---|---|---|---|---|---|---|"]
+             "| subjects | clips | apex error median (frames, 200 fps) | within 10 frames | same label as "
+             "the annotated apex: rule's apex / pooled | accuracy (labelled clips): annotated apex / rule's apex "
+             "/ pooled |",
+             "|---|---|---|---|---|---|"]
     for split, s in payload["summary"].items():
-        e, n, a, acc = s["apex_error"], s["naive_apex_error"], s["agreement"], s["accuracy"]
+        e, a, acc = s["apex_error"], s["agreement"], s["accuracy"]
         lines.append(f"| {split} | {s['clips']} ({s['labelled']} labelled) | {e['median']:.0f} (signed "
-                     f"{e['median_signed']:+.0f}) | {e['within_10']:.3f} | {n['median']:.0f}, {n['within_10']:.3f} | "
-                     f"{a['rule']:.3f} / {a['pooled']:.3f} | {_f(acc['annotated'])} / {_f(acc['rule'])} / "
-                     f"{_f(acc['pooled'])} |")
+                     f"{e['median_signed']:+.0f}) | {e['within_10']:.3f} | {a['rule']:.3f} / {a['pooled']:.3f} | "
+                     f"{_f(acc['annotated'])} / {_f(acc['rule'])} / {_f(acc['pooled'])} |")
+    splits = list(payload["summary"])
+    lines += ["", "The rule less one step (apex error median, share within 10 frames):", "",
+              "| apex | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    lines.append("| the rule | " + " | ".join(f"{payload['summary'][k]['apex_error']['median']:.0f}, "
+                                             f"{payload['summary'][k]['apex_error']['within_10']:.3f}"
+                                             for k in splits) + " |")
+    for v, what in VARIANTS.items():
+        lines.append(f"| {what} | " + " | ".join(f"{payload['summary'][k]['without'][v]['median']:.0f}, "
+                                                  f"{payload['summary'][k]['without'][v]['within_10']:.3f}"
+                                                  for k in splits) + " |")
     lines += ["", "How the label moves with the frame (all clips): share of frames whose label is the annotated "
               "apex's, by distance from it", "", "| frames from the annotated apex | before | after |", "|---|---|---|"]
     d = payload["by_distance"]
@@ -195,7 +215,8 @@ def run(args) -> int:
 
     console = Console(stderr=True)
     start = time.perf_counter()
-    model = args.model or str(DEFAULT_MODEL)
+    model = args.model or str(DEFAULT_MODEL.relative_to(Path.cwd()) if DEFAULT_MODEL.is_relative_to(Path.cwd())
+                              else DEFAULT_MODEL)
     try:
         clips = read_frames(Path(args.frames))
         runtime = load_runtime(model, kind="onnxruntime")

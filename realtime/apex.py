@@ -46,12 +46,14 @@ def local_motion(flow: np.ndarray) -> np.ndarray:
     return (b - fit).T.reshape(flow.shape).astype(np.float32)
 
 
-def apex_profile(flow: np.ndarray, t: np.ndarray, fps: float, ignore: np.ndarray | None = None) -> np.ndarray:
+def apex_profile(flow: np.ndarray, t: np.ndarray, fps: float, ignore: np.ndarray | None = None,
+                 similarity: bool = True, drift: bool = True) -> np.ndarray:
     """Per frame, the smoothed 95th percentile of drift-corrected local motion (see the module's doc).
     `flow[k]` is onset -> frame `t[k]` (frames after the onset, t[0] = 0, increasing); `ignore` (n, H, W)
-    bool: motion that does not count (a blinking eye)."""
+    bool: motion that does not count (a blinking eye). `similarity`, `drift` off: without that step
+    (what each step is worth, `mex-bench live-gap --frames`)."""
     t = np.asarray(t, np.float64)
-    res = local_motion(flow)
+    res = local_motion(flow) if similarity else flow.astype(np.float32)
     end = res[t >= t[-1] - END_S * fps].mean(0)
     a = (t / max(t[-1], 1.0))[:, None, None, None]
 
@@ -63,8 +65,10 @@ def apex_profile(flow: np.ndarray, t: np.ndarray, fps: float, ignore: np.ndarray
         near = np.abs(t[:, None] - t[None, :]) <= SMOOTH_S * fps / 2
         return (near * m[None, :]).sum(1) / near.sum(1)
 
-    corrected = profile(res - a * end)
     raw = profile(res)
+    if not drift:
+        return raw
+    corrected = profile(res - a * end)
     return corrected if corrected[1:].max() >= RETURN_FRAC * raw[-1] else raw
 
 
