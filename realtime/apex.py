@@ -1,25 +1,24 @@
 """The apex of a pre-segmented clip from the flow between its onset and each frame, and the frames
 whose probabilities are pooled around it.
 
-Chosen on the real CASME II clips of `casme2-frames` (first 10 subjects; `mex-bench live-gap --frames`
-reports them and the other 10 apart, docs/spotting.md):
+Chosen on the real CASME II clips of `casme2-frames` (the first 10 subjects; `mex-bench live-gap
+--frames` reports them and the other 10 apart, and what each step is worth; docs/spotting.md):
 - **Local motion**: the flow onset -> frame less the least-squares similarity (shift, rotation, scale)
-  of the whole field, what is left of head motion after the tracker's alignment.
+  of the whole field: what is left of head motion after the tracker's alignment.
 - **Drift**: a database clip ends back near neutral, so what local motion the clip's end still shows
-  (over its last `end_s`) is drift (lighting, a slow turn, the tracker creeping); it is taken as
-  growing linearly from the onset and removed. Without this step the frame of largest motion is
-  usually late (the drift's end), with it the median error to the coding sheet's apex falls from
-  about 19 to 4 frames at 200 fps.
+  (over its last `END_S`) is drift (lighting, a slow turn, the tracker creeping); it is taken as
+  growing linearly from the onset and removed. The step that matters most: without it the largest
+  motion is often late, at the drift's end.
 - **Profile**: per frame the 95th percentile of the local motion's magnitude (a movement is a few
-  patches of the face), averaged over `smooth_s`.
+  patches of the face), averaged over `SMOOTH_S`.
 - **Apex**: the middle of the plateau around the profile's peak (the frames next to it still at
-  `plateau` of the peak or more): an annotator marks the middle of a held peak, its first frame is
+  `PLATEAU` of the peak or more): an annotator marks the middle of a held peak; its first frame is
   often several frames early.
 A clip that does not come back (cut at its apex) shows its movement at the end: when the drift-corrected
-peak is under `return_frac` of the end's own local motion, the profile is taken without the drift step.
+peak is under `RETURN_FRAC` of the end's own local motion, the profile is taken without the drift step.
 
 Pooling: the label of one apex frame depends on that frame; the probabilities of `k` frames spread
-evenly over `pool_half_s` either side of the apex (nearest kept frames, the onset never) are averaged.
+evenly over `POOL_HALF_S` either side of the apex (nearest kept frames, the onset never) are averaged.
 """
 from __future__ import annotations
 

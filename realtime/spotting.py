@@ -511,8 +511,9 @@ class ClipSpotter(Spotter):
     onset to each kept frame (Farneback on the spotting crops, averaged to 48 x 48), by the rule of
     realtime/apex.py, chosen on real CASME II clips: the local motion left after the field's
     similarity, less the drift the clip's end still shows, its 95th percentile smoothed over time, and
-    the middle of the plateau around its peak. A clip that does not come back (cut at its apex) takes
-    the profile without the drift step. The candidate pools `pool_frames` frames spread over
+    the middle of the plateau around its peak. The brows' and eyes' motion does not count on frames
+    near a closing lid (`_blinks`). A clip that does not come back (cut at its apex) takes the profile
+    without the drift step. The candidate pools `pool_frames` frames spread over
     realtime.apex.POOL_HALF_S either side of the apex (the recognizer averages their probabilities).
 
     At most `max_frames` face frames are kept (their crops, not the frame images): whenever they fill
