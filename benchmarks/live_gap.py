@@ -54,7 +54,10 @@ def add_arguments(p) -> None:
     p.add_argument("--model", metavar="ONNX",
                    help="train nothing: how an exported model (e.g. mex/assets/default.onnx) labels the live clips' "
                         "composite images and their live encodings (accuracy, agreement); writes live-gap-model.md to "
-                        "--out")
+                        "--out. With --frames: the model scored (default the shipped one)")
+    p.add_argument("--frames", metavar="DIR",
+                   help="train nothing: the --segmented apex rule and pooled label on clips encoded frame by frame "
+                        "(the casme2-frames layout: index.csv, clips/NAME.npz); see benchmarks/live_gap_frames.py")
     p.add_argument("--table", nargs="+", metavar="RUN",
                    help="train nothing: re-score these live-gap folders from their predictions files and write "
                         "live-gap-table.md to --out (per run, and mean ± std per learner)")
@@ -238,6 +241,10 @@ def run(args) -> int:
     from train.predictions import prediction_row, read_predictions, write_csv
     from train.recipes import resolve
 
+    if args.frames:
+        from .live_gap_frames import run as run_frames
+
+        return run_frames(args)
     if args.out is None:
         raise SystemExit("mex-bench live-gap: --out is required (a folder of its own; nothing goes to "
                          "benchmarks/results/ unasked)")

@@ -54,6 +54,8 @@ class Candidate:
     signal: np.ndarray  # motion signal over the window around onset..apex (for display)
     t_apex_confirmed: float  # monotonic time when the spotter decided this apex
     region: str | None = None  # face region that moved most at the apex: "brows" | "eyes" | "mouth"
+    # frames near the apex whose probabilities are averaged with the apex's (realtime/apex.py); empty: the apex alone
+    pool: tuple[FaceFrame, ...] = ()
 
     @property
     def face_id(self) -> int:

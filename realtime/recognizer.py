@@ -1,5 +1,7 @@
 """Candidate -> Event: the recognition crops of the candidate's onset and apex (realtime/framing.py),
-features through the one feature path (mex.features), probabilities from the runtime.
+features through the one feature path (mex.features), probabilities from the runtime. A candidate that
+carries a pool of frames near its apex (`Candidate.pool`) is encoded as (onset, each of them), all
+pairs in one batch, and its probabilities are their mean: the label then does not hinge on one frame.
 
 Prefetch (paced sources): while the spotter holds an interval open, waiting for the motion to settle
 before it confirms the apex (3-4 frames at 30 fps), the pipeline passes the pair the interval would be
@@ -67,20 +69,19 @@ class Recognizer:
         return np.stack([np.asarray(self.encode(a, b, flow=self.flow), dtype=np.float32)
                          for a, b in zip(onsets, apexes)])
 
-    def _encode(self, cands: list[Candidate]) -> list[np.ndarray | None]:
-        """Features per candidate (None for one that cannot be encoded: skipped and counted)."""
-        if not cands:
+    def _encode(self, pairs: list[tuple[FaceFrame, FaceFrame]]) -> list[np.ndarray | None]:
+        """Features per (onset, apex) pair (None for one that cannot be encoded)."""
+        if not pairs:
             return []
         try:
-            return list(self.features([(c.onset, c.apex) for c in cands]))
+            return list(self.features(pairs))
         except (ValueError, RuntimeError):
-            # one bad pair must not stop a live run: encode pair by pair, skip (and count) the bad ones
+            # one bad pair must not stop a live run: encode pair by pair
             rows = []
-            for c in cands:
+            for pair in pairs:
                 try:
-                    rows.append(self.features([(c.onset, c.apex)])[0])
+                    rows.append(self.features([pair])[0])
                 except (ValueError, RuntimeError):
-                    self.skipped += 1
                     rows.append(None)
             return rows
 
@@ -88,16 +89,23 @@ class Recognizer:
         t0 = time.perf_counter()
         usable = [c for c in cands if c.onset.patch is not None and c.apex.patch is not None]
         self.skipped += len(cands) - len(usable)  # a candidate without a face patch
-        ready = [self._ahead.take(c.onset, c.apex) for c in usable]
-        todo = [k for k, r in enumerate(ready) if r is None]
-        for k, row in zip(todo, self._encode([usable[k] for k in todo])):
-            ready[k] = row
-        kept = [(c, r) for c, r in zip(usable, ready) if r is not None]
+        # per candidate its apex, then the rest of its pool (frames without a face patch left out)
+        apexes = [[c.apex, *(a for a in c.pool if a is not c.apex and a.patch is not None)] for c in usable]
+        ready = [[self._ahead.take(c.onset, c.apex)] + [None] * (len(a) - 1) for c, a in zip(usable, apexes)]
+        todo = [(k, j) for k, rows in enumerate(ready) for j, r in enumerate(rows) if r is None]
+        for (k, j), row in zip(todo, self._encode([(usable[k].onset, apexes[k][j]) for k, j in todo])):
+            ready[k][j] = row
+        # a candidate whose apex cannot be encoded is skipped and counted; a pool frame that cannot is left out
+        kept = [(c, [r for r in rows if r is not None]) for c, rows in zip(usable, ready) if rows[0] is not None]
+        self.skipped += len(usable) - len(kept)
         if not kept:
             return []
-        cands, x = [c for c, _ in kept], np.stack([r for _, r in kept])
+        cands = [c for c, _ in kept]
+        x = np.stack([r for _, rows in kept for r in rows])
         t1 = time.perf_counter()
-        p = np.asarray(self.runtime.probs(x), dtype=np.float64)
+        probs = np.asarray(self.runtime.probs(x), dtype=np.float64)
+        ends = np.cumsum([len(rows) for _, rows in kept])
+        p = np.stack([probs[end - len(rows):end].mean(0) for (_, rows), end in zip(kept, ends)])
         t2 = time.perf_counter()
         now = time.monotonic()
         if stats is not None:  # per candidate: a batch's time shared out, one sample per candidate

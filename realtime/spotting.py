@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from realtime.apex import POOL_FRAMES, apex_profile, local_motion, plateau_middle, pool_indices
 from realtime.packets import Candidate, FaceFrame, Rejection
 
 # sub-regions of the canonical crop as (x0, y0, x1, y1) fractions (eyes at (0.3, 0.36), (0.7, 0.36))
@@ -64,6 +65,7 @@ FACE_REGIONS = ("brows", "eyes", "mouth")
 FACE = np.array([k.split("_")[0] in FACE_REGIONS for k in REGIONS])
 EYES = np.array([k.startswith("eyes") for k in REGIONS])
 BROWS = np.array([k.startswith("brows") for k in REGIONS])
+BLINK_ROWS = (0.10, 0.44)  # brows to lower lids, as fractions of the crop's height (ClipSpotter: a blink's motion)
 # parts of the canonical crop whose motion explains an interval (see Spotter._explain)
 PARTS = {
     "brow_l": (0.10, 0.10, 0.48, 0.29), "brow_r": (0.52, 0.10, 0.90, 0.29),
@@ -118,6 +120,9 @@ class SpotterConfig:
     cell_px: int = 7  # side of the square a region's change is averaged over, at the working size
     lk_steps: int = 2  # Gauss-Newton steps of the registration
     huber_gray: float = 2.0  # residuals above this (gray levels) count less in the registration
+    # frames near the apex (within realtime.apex.POOL_HALF_S) whose probabilities are averaged with the apex's;
+    # each costs one more encoding (the online default keeps the apex alone; ClipSpotter pools by default)
+    pool_frames: int = 1
 
 
 class Spotter:
@@ -478,11 +483,19 @@ class Spotter:
         signal = np.array([s for j, s, _ in history if lo <= j <= offset + self.quiet], np.float32)
         cand = Candidate(onset=faces[onset], apex=faces[apex], offset_index=offset,
                          offset_s=faces[offset].frame.t_video, signal=signal, t_apex_confirmed=time.monotonic(),
-                         region=region_name)
+                         region=region_name, pool=self._pool(faces, onset, apex, offset))
         if settled:  # the face may go on moving after a pause: held for pause_s
             self.pending = cand
             return out
         return out + [cand]
+
+    def _pool(self, faces: dict[int, FaceFrame], onset: int, apex: int, offset: int) -> tuple[FaceFrame, ...]:
+        """The frames whose probabilities are averaged with the apex's (`pool_frames`; () for the apex alone)."""
+        if self.cfg.pool_frames <= 1:
+            return ()
+        t = np.array(sorted(j for j in faces if onset <= j <= offset))
+        picked = pool_indices(t - onset, int(np.flatnonzero(t == apex)[0]), self.fps, self.cfg.pool_frames)
+        return tuple(faces[int(t[k])] for k in picked)
 
     def _away(self, before: np.ndarray, face: FaceFrame) -> float:
         """How far a face frame's crop has moved from `before` (a working crop): the largest face region's
@@ -611,21 +624,14 @@ class ClipSpotter(Spotter):
     online spotter's warm-up and has no still baseline to learn noise from, so nothing is spotted
     online: the face frames are kept and the apex is chosen when the clip ends.
 
-    The onset is the first face frame, the offset the last. Frame t, a fraction `a` of the way from
-    onset to end, is compared with the straight path between the two: onset and end crops are
-    registered onto it (as above), blended (1 - a, a), and the regional change from the blend, above the
-    median region's, is its score. Slow drift (head, lighting) moves the face along that path and
-    scores little; the database clip's end, back near neutral, scores nothing; the movement, away
-    from both ends, scores most. A blink is not the apex: on a frame where both eyes change by more
-    than `blink_gray`, or by more than half of it and more than the brows (a closing lid; a brow
-    movement reaches the eyes less), the eyes and brows count as unchanged, and each region's change is the median over
-    `smooth_s`, which removes what is left of the blink around those frames; the frame with the
-    largest change is the apex.
-
-    A clip holding only onset..apex frames ends at its peak, and the path runs through the movement:
-    when the best score is under `return_frac` of the end's own change from the onset, the clip did
-    not come back, and the apex is the frame most unlike the onset (same regions, blink rule and
-    median), usually near the end.
+    The onset is the first face frame, the offset the last. The apex is chosen on the flow from the
+    onset to each kept frame (Farneback on the spotting crops, averaged to 48 x 48), by the rule of
+    realtime/apex.py, chosen on real CASME II clips: the local motion left after the field's
+    similarity, less the drift the clip's end still shows, its 95th percentile smoothed over time, and
+    the middle of the plateau around its peak. The brows' and eyes' motion does not count on frames
+    near a closing lid (`_blinks`). A clip that does not come back (cut at its apex) takes the profile
+    without the drift step. The candidate pools `pool_frames` frames spread over
+    realtime.apex.POOL_HALF_S either side of the apex (the recognizer averages their probabilities).
 
     At most `max_frames` face frames are kept (their crops, not the frame images): whenever they fill
     up, every other one is dropped and the spacing of kept frames doubles (a clip of any length keeps
@@ -633,15 +639,10 @@ class ClipSpotter(Spotter):
     the end of the stream; none if the clip has fewer than two face frames."""
 
     def __init__(self, fps: float, config: SpotterConfig | None = None, max_frames: int = 500,
-                 smooth_s: float = 0.03):
+                 pool_frames: int = POOL_FRAMES):
         super().__init__(fps, config)
-        self.max_frames, self.smooth_s = max_frames, smooth_s
-        # the clip came back toward neutral when its movement stands out from the onset -> end path by at
-        # least this fraction of the end's own change from the onset (generated clips: 0.43 or more for
-        # database-like clips with drift, mostly under 0.35 for clips cut at their apex). Set low: a
-        # database clip is what --segmented is for, and "most unlike the onset" is the rule that picked
-        # apexes at the end of real CASME II clips
-        self.return_frac = 0.3
+        self.max_frames, self.pool_frames = max_frames, pool_frames
+        self.blink_s = 0.02  # the lid on its way around a detected closing: what a blink leaves in the profile
         self.kept: list[tuple[FaceFrame, np.ndarray]] = []  # (face frame without its image, work crop)
         self.last: tuple[FaceFrame, np.ndarray] | None = None  # the latest face frame, kept or not
         self.stride, self.n_faces = 1, 0
@@ -671,42 +672,50 @@ class ClipSpotter(Spotter):
     def provisional(self) -> None:
         return None  # the apex is known only at the end of the clip
 
-    def _scores(self, d: np.ndarray, blink: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per frame (rows of d), the largest face region's change above the median region's, and that
-        region. On blink frames the eyes and brows count as unchanged, and each region's change is the
-        median over 2 * half + 1 frames: what is left of a blink around those frames (the lid on its way)
-        lasts a few frames, a movement's peak longer."""
-        z = d - np.median(d, axis=1, keepdims=True)
-        z[np.ix_(blink, EYES | BROWS)] = 0.0
-        padded = np.pad(z, ((half, half), (0, 0)), mode="edge")
-        z = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=0), axis=-1)
-        z[:, ~FACE] = -np.inf  # the control regions are never the apex's region
-        return z.max(1), z.argmax(1)
+    @staticmethod
+    def flow48(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+        """Farneback flow ref -> cur (gray crops of one size) area-averaged to (2, 48, 48), in units of the
+        crop's width: the form of `casme2-frames`' flow48, on which the apex rule was chosen (the window
+        scaled from the database crops' 231 px)."""
+        n = ref.shape[1]
+        win = max(5, int(round(15 * n / 231)) | 1)
+        flow = cv2.calcOpticalFlowFarneback(ref, cur, None, 0.5, 3, win, 3, 5, 1.2, 0)
+        return cv2.resize(flow, (48, 48), interpolation=cv2.INTER_AREA).transpose(2, 0, 1) / np.float32(n)
+
+    def _blinks(self, frames: list[tuple[FaceFrame, np.ndarray]], t: np.ndarray) -> np.ndarray:
+        """(n, 48, 48) bool: the eyes and brows of the frames within `blink_s` of a closing lid, whose motion
+        is not the apex's. A closing lid: against the straight path from onset to end (each frame's crop
+        blended from the onset and end crops registered onto it), both eyes change by more than
+        `blink_gray` (the online rule), or by half as much and more than the brows (a brow movement
+        reaches the eye regions less; a lid on its way does)."""
+        first, last = frames[0][1], frames[-1][1]
+        change = []
+        for (_, work), a in zip(frames, t / max(t[-1], 1)):
+            on, _ = self._register(work, first)
+            back, _ = self._register(work, last)
+            change.append(self._regions(cv2.absdiff(work, (1 - a) * on + a * back)))
+        change = np.array(change)
+        eyes, brows = change[:, EYES].min(1), change[:, BROWS].max(1)
+        closing = (eyes > self.cfg.blink_gray) | ((eyes > self.cfg.blink_gray / 2) & (eyes > brows))
+        near = (np.abs(t[:, None] - t[None, closing]) <= self.blink_s * self.fps).any(1)
+        ignore = np.zeros((len(frames), 48, 48), bool)
+        ignore[near, int(BLINK_ROWS[0] * 48):int(BLINK_ROWS[1] * 48)] = True
+        return ignore
 
     def flush(self) -> list[Candidate]:
         frames = self.kept if not self.kept or self.kept[-1] is self.last else [*self.kept, self.last]
         if len(frames) < 2:
             return []
-        (onset, first), (end, last) = frames[0], frames[-1]
-        i0, n = onset.frame.index, end.frame.index - onset.frame.index
-        off_path, from_onset = [], []
-        for face, work in frames:
-            a = (face.frame.index - i0) / n
-            on, _ = self._register(work, first)
-            back, _ = self._register(work, last)
-            off_path.append(self._regions(cv2.absdiff(work, (1 - a) * on + a * back)))
-            from_onset.append(self._regions(cv2.absdiff(work, on)))
-        off_path, from_onset = np.array(off_path), np.array(from_onset)
-        # a closing lid: both eyes change by more than `blink_gray` (the online rule), or by half as much
-        # and more than the brows (a brow movement reaches the eye regions less; a lid on its way does)
-        eyes = off_path[:, EYES].min(1)
-        blink = (eyes > self.cfg.blink_gray) | ((eyes > self.cfg.blink_gray / 2) & (eyes > off_path[:, BROWS].max(1)))
-        half = int(self.smooth_s * self.fps / self.stride / 2)
-        path_score, path_region = self._scores(off_path, blink, half)
-        onset_score, onset_region = self._scores(from_onset, blink, half)
-        returned = path_score.max() >= self.return_frac * onset_score[-1]
-        score, region = (path_score, path_region) if returned else (onset_score, onset_region)
-        q = 1 + int(np.argmax(score[1:]))  # the onset is not its own apex
+        onset, end = frames[0][0], frames[-1][0]
+        t = np.array([f.frame.index - onset.frame.index for f, _ in frames])
+        flow = np.stack([self.flow48(onset.crop, f.crop) for f, _ in frames])
+        profile = apex_profile(flow, t, self.fps, ignore=self._blinks(frames, t))
+        q = plateau_middle(profile)
+        moved = np.hypot(*local_motion(flow[q:q + 1])[0])  # (48, 48): where the face moved at the apex
+        mean = {k: moved[int(y0 * 48):int(y1 * 48), int(x0 * 48):int(x1 * 48)].mean()
+                for k, (x0, y0, x1, y1) in REGIONS.items() if k.split("_")[0] in FACE_REGIONS}
+        pool = pool_indices(t, q, self.fps, self.pool_frames)
         return [Candidate(onset=onset, apex=frames[q][0], offset_index=end.frame.index, offset_s=end.frame.t_video,
-                          signal=score.astype(np.float32), t_apex_confirmed=time.monotonic(),
-                          region=self.names[region[q]].split("_")[0])]
+                          signal=profile.astype(np.float32), t_apex_confirmed=time.monotonic(),
+                          region=max(mean, key=mean.get).split("_")[0],
+                          pool=tuple(frames[k][0] for k in pool) if len(pool) > 1 else ())]

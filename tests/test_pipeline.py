@@ -627,3 +627,28 @@ def test_the_signal_is_copied_for_display_only_when_it_is_read():
     assert spotter.signal_copies == 1  # the first frame; no reader took it since
     st = p.snapshot()
     assert st.frame.index == 59 and st.frame.image is not None and st.faces[0].signal is not None
+
+
+# -- pooled apex frames -------------------------------------------------------------------------------
+def test_a_pooled_candidate_gets_the_mean_probability_of_its_pairs_encoded_in_one_batch():
+    onset, pool = face(0, 1), (face(4, 9), face(3, 5), face(5, 20))  # the apex first
+    rec = Recognizer(FakeRuntime(), encode=fake_encode)
+    batches = []
+    features = rec.features
+    rec.features = lambda pairs: batches.append([a.frame.index for _, a in pairs]) or features(pairs)
+    (event,) = rec([Candidate(onset, pool[0], 6, 0.2, np.zeros(1), time.monotonic(), pool=pool)])
+    assert batches == [[4, 3, 5]] and event.apex_frame == 4
+    alone = [Recognizer(FakeRuntime(), encode=fake_encode)([Candidate(onset, a, 6, 0.2, np.zeros(1), 0.0)])[0]
+             for a in pool]
+    mean = {k: np.mean([e.probs[k] for e in alone]) for k in event.probs}
+    assert event.probs == pytest.approx(mean, abs=1e-5) and event.probs != alone[0].probs
+    assert event.label == max(mean, key=mean.get)
+
+
+def test_online_spotter_pools_its_neighbours_only_when_asked():
+    from realtime.spotting import Spotter, SpotterConfig
+
+    faces = {i: face(i) for i in range(10, 21)}
+    assert Spotter(30)._pool(faces, 10, 15, 20) == ()  # the default: the apex alone
+    pooled = Spotter(30, SpotterConfig(pool_frames=3))._pool(faces, 10, 15, 20)
+    assert [f.frame.index for f in pooled] == [15, 13, 17]  # +-70 ms at 30 fps, the apex first

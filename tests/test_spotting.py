@@ -199,7 +199,10 @@ def clip_apex(spec) -> int:
             assert spotter.push(tracker.track(Frame(i, time.monotonic(), i / spec.fps, image))) == []
     (cand,) = spotter.flush()
     assert cand.onset.frame.index == 0 and cand.offset_index == truth(spec)["frames"] - 1
-    return cand.apex.frame.index
+    apex, pool = cand.apex.frame.index, [f.frame.index for f in cand.pool]
+    # the frames pooled with the apex: it first, the others near it (+-70 ms), the onset never
+    assert pool[0] == apex and len(pool) == 3 and all(0 < j and abs(j - apex) <= 0.07 * spec.fps + 1 for j in pool)
+    return apex
 
 
 def database_clip(seconds: float = 0.4):
