@@ -158,6 +158,7 @@ class Spotter:
         # (index, its reference's index, the crop registered onto that reference)
         self.aligned: deque[tuple[int, int, np.ndarray]] = deque(maxlen=self.still_lag + 1)
         self.eye_gray: deque[float] = deque(maxlen=keep)  # min over both eyes of the raw change
+        self.others: deque[float] = deque(maxlen=keep)  # largest z of the brows and mouth regions
         self.motion: deque[float] = deque(maxlen=keep)  # how far the registration had to move the crop
         self.history: deque[float] = deque(maxlen=max(2, int(c.history_s * self.fps)))
         self.mu = np.zeros(len(REGIONS), np.float32)
@@ -241,6 +242,7 @@ class Spotter:
         s = float(z[k])
         self.signal.append((i, s, k))
         self.eye_gray.append(eye_gray)
+        self.others.append(float(z[FACE & ~EYES].max()))
         self.motion.append(motion)
         self.history.append(s)
         if self.open is None:
@@ -371,8 +373,8 @@ class Spotter:
             if s > self.cfg.z_floor:
                 break
             quiet += 1
-        if quiet >= self.quiet:
-            return self._close(i, tail[len(tail) - quiet][0])
+        if quiet >= self.quiet:  # back: the movement ended where it was half way back (its return is no part of it)
+            return self._close(i, next(j for j, s, _ in tail if s <= sig[peak][1] / 2))
         # the face has stopped changing: over the last still_s (all after the crossing) the short-lag change's
         # median is under z_still (one frame's largest regional z is noisy), and the signal is not growing
         # (a slow movement changes little from frame to frame)
@@ -391,21 +393,20 @@ class Spotter:
     def _follow_long(self, i: int) -> list[Candidate]:
         """A movement longer than `max_event_s`, compared from then on with the crop `ref_lag_s` before
         (not the frozen one: under drift the face would never look like it again). It ends when nothing
-        has changed for `ref_lag_s` (back, or settled in a new pose), or `max_macro_s` after its onset,
-        at the last frame above the floor; it is recorded as rejected ("long": the macro-expression
+        has changed for about `ref_lag_s` (back, or settled in a new pose), or `max_macro_s` after its
+        onset; it is recorded as rejected ("long": the macro-expression
         intervals of MEGC's long-video benchmark)."""
         j, s, k = self.signal[-1]
         if s > self.long[2]:
             self.long[1:] = [j, s, k]
-        still = 0
-        for _, s, _ in reversed(self.signal):
-            if s > self.cfg.z_floor or still == self.lag:
-                break
-            still += 1
+        # unchanged against the crop ref_lag_s before, over the last ref_lag_s (the median: one frame's largest
+        # regional z is noisy; the whole lag: a movement out and back looks unchanged at its turn)
+        recent = [s for j, s, _ in self.signal if j > i - self.lag]
         onset, peak, _, region = self.long
-        if still < self.lag and i - onset < self.max_macro:
+        still = len(recent) == self.lag and np.median(recent) <= self.cfg.z_still
+        if not still and i - onset < self.max_macro:
             return []
-        offset = max(peak, i - still)
+        offset = max(peak, i - self.lag) if still else i
         self._reject("long", onset, peak, offset, region, {"seconds": (offset - onset) / self.fps})
         self.open, self.long = None, None
         return []
@@ -448,12 +449,16 @@ class Spotter:
         faces = {f.frame.index: f for f in self.faces}
         if onset not in faces or apex not in faces:
             return []
-        inside = [(g, m) for (j, _, _), g, m in zip(history, self.eye_gray, self.motion) if onset <= j <= offset]
-        eye_gray = max((g for g, _ in inside), default=0.0)
-        motion = max((m for _, m in inside), default=0.0)
+        inside = [(g, m, o) for (j, _, _), g, m, o in zip(history, self.eye_gray, self.motion, self.others)
+                  if onset <= j <= offset]
+        eye_gray = max((g for g, _, _ in inside), default=0.0)
+        motion = max((m for _, m, _ in inside), default=0.0)
+        others = max((o for _, _, o in inside), default=0.0)
         if offset - onset > self.max_len:  # it ended, but later than a micro-expression does
             reason, detail = "long", {"seconds": (offset - onset) / self.fps}
-        elif eye_gray > self.cfg.blink_gray:  # both eyes changed far more than an eyelid micro-movement can
+        elif eye_gray > self.cfg.blink_gray and others < self.cfg.z_on:
+            # both eyes changed far more than an eyelid micro-movement can, and nothing else moved by itself
+            # (a micro-expression with a blink in it is still a micro-expression)
             reason, detail = "blink", {"eye_gray": eye_gray}
         elif motion > self.cfg.max_motion_px:  # what registration leaves then is not told from a micro-expression
             reason, detail = "head", {"motion_px": motion}
@@ -542,7 +547,10 @@ class Spotter:
         if eyes >= c.min_part_px and eyes >= c.eye_dominance * rest:
             if ly > 0 and ly >= abs(lx):
                 return "blink", detail
-            if abs(lx) > abs(ly) or mag[f"lid_{eye}"] >= 0.6 * mag[f"low_{eye}"]:
+            # a glance moves the iris (in the upper-lid part), not the skin under the eye: a lid tightener
+            # (AU7) pulls the lower lid, sideways too, more than the upper
+            lid, low = mag[f"lid_{eye}"], mag[f"low_{eye}"]
+            if lid >= (low if abs(lx) > abs(ly) else 0.6 * low):
                 return "gaze", detail
         jaw_dx, jaw_dy = parts["jaw"]
         # the jaw dropping; while talking (speech rejected return_s before) also closing, which alone would be
@@ -589,6 +597,7 @@ class Spotter:
         self.faces.clear()
         self.signal.clear()
         self.eye_gray.clear()
+        self.others.clear()
         self.motion.clear()
         self.seen, self.frozen, self.hold_until, self.open, self.block_until = 0, None, -1, None, -1
         self.long, self.settled, self.spoke_at = None, None, None
