@@ -246,13 +246,29 @@ class _Layer:
         self.xs, self.ys = xs.astype(np.float32), ys.astype(np.float32)
 
     def warp(self, photo: np.ndarray, f: np.ndarray) -> np.ndarray:
-        """The photo moved by the field f (2, grid, grid): pixel p shows what was at p - f(p)."""
+        """The photo's box under the crop moved by the field f (2, grid, grid): pixel p shows what was at p - f(p)."""
         u, v = (cv2.remap(c, self.map_x, self.map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE) for c in f)
         (a, b), (c, d) = self.to_photo
         dx, dy = self.weight * (a * u + b * v), self.weight * (c * u + d * v)
-        out = photo.copy()
-        out[self.y0:self.y1, self.x0:self.x1] = cv2.remap(photo, self.xs - dx, self.ys - dy, cv2.INTER_CUBIC,
-                                                          borderMode=cv2.BORDER_REFLECT101)
+        return cv2.remap(photo, self.xs - dx, self.ys - dy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
+
+    def place(self, frame: np.ndarray, box: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """`frame` (the still photo placed by the 2x3 photo -> frame `m`) with the moved box `box` placed
+        over it: only the frame's rectangle under the box is warped again."""
+        h, w = frame.shape[:2]
+        corners = np.array([[self.x0, self.y0], [self.x1, self.y0], [self.x0, self.y1], [self.x1, self.y1]], np.float64)
+        pts = corners @ m[:, :2].T + m[:, 2]
+        fx0, fy0 = np.clip(np.floor(pts.min(0)).astype(int), 0, (w, h))
+        fx1, fy1 = np.clip(np.ceil(pts.max(0)).astype(int) + 1, 0, (w, h))
+        if fx1 <= fx0 or fy1 <= fy0:
+            return frame
+        # the box's own pixels, framed by m shifted to the rectangle; outside the box the still frame stays
+        shifted = m.copy()
+        shifted[:, 2] += shifted[:, :2] @ [self.x0, self.y0] - [fx0, fy0]
+        part = cv2.warpAffine(box, shifted, (fx1 - fx0, fy1 - fy0), dst=frame[fy0:fy1, fx0:fx1].copy(),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        out = frame.copy()
+        out[fy0:fy1, fx0:fx1] = part
         return out
 
 
@@ -266,10 +282,16 @@ def render(spec: ReplaySpec, fields: ClipFields | None = None) -> Iterator[np.nd
     plan = synth._Plan(clip)
     layer = _Layer(str(spec.photo), fields.flow.shape[-1], plan.photo.shape[:2])
     rng, pool = synth._noise_pool(spec.seed, spec.noise, w, h)
+    pose, base, still = None, None, None
     for i, (t, weight) in enumerate(times):
-        face = plan.photo if weight == 0 else layer.warp(plan.photo, weight * field_at(fields, t))
-        frame = cv2.warpAffine(face, synth._pose(plan, i, w / 2, h / 2), (w, h), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT101)
+        m = synth._pose(plan, i, w / 2, h / 2)
+        if pose is None or not np.array_equal(m, pose):  # a still head is placed once
+            pose, base = m, cv2.warpAffine(plan.photo, m, (w, h), flags=cv2.INTER_LINEAR,
+                                           borderMode=cv2.BORDER_REFLECT101)
+            # the unmoved box goes through the same placing as a moved one: interpolation that differed
+            # between still and moving frames would flicker at every start and end of motion
+            still = layer.place(base, plan.photo[layer.y0:layer.y1, layer.x0:layer.x1], m)
+        frame = still if weight == 0 else layer.place(base, layer.warp(plan.photo, weight * field_at(fields, t)), m)
         yield synth._sensor(frame, spec.noise, None, rng, pool)
 
 
