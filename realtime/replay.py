@@ -272,14 +272,27 @@ class _Layer:
         return out
 
 
+def _plan(spec: ReplaySpec, frames: int) -> synth._Plan:
+    """synth's plan of the photo in the frame: placement, sway, nothing planted."""
+    return synth._Plan(synth.ClipSpec(photo=spec.photo, fps=spec.fps, seconds=frames / spec.fps, size=spec.size,
+                                      events=[], head_motion=spec.sway, noise=spec.noise, face_px=spec.face_px,
+                                      seed=spec.seed))
+
+
+def crop_framing(spec: ReplaySpec, i: int = 0) -> np.ndarray:
+    """2x3 frame px -> recognition crop px (CROP_SIZE) of rendered frame i: where the field was laid."""
+    w, h = spec.size
+    m = synth._pose(_plan(spec, len(timeline(spec))), i, w / 2, h / 2)
+    a = photo_framing(str(spec.photo))
+    return a[:, :2] @ cv2.invertAffineTransform(m) + np.hstack([np.zeros((2, 2)), a[:, 2:]])
+
+
 def render(spec: ReplaySpec, fields: ClipFields | None = None) -> Iterator[np.ndarray]:
     """The replay's frames, BGR uint8 (height, width, 3), in order (`fields`: the clip already loaded)."""
     fields = load_fields(spec.clip) if fields is None else fields
     times = timeline(spec)
     w, h = spec.size
-    clip = synth.ClipSpec(photo=spec.photo, fps=spec.fps, seconds=len(times) / spec.fps, size=spec.size, events=[],
-                          head_motion=spec.sway, noise=spec.noise, face_px=spec.face_px, seed=spec.seed)
-    plan = synth._Plan(clip)
+    plan = _plan(spec, len(times))
     layer = _Layer(str(spec.photo), fields.flow.shape[-1], plan.photo.shape[:2])
     rng, pool = synth._noise_pool(spec.seed, spec.noise, w, h)
     pose, base, still = None, None, None
