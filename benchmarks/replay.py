@@ -73,23 +73,26 @@ def replay_specs(root: str | Path, split: str, clips: int | None, tails: list[st
             for k, r in enumerate(rows) for tail in tails]
 
 
-def run_live(frames, n: int, runtime, args, segmented: bool = False, progress=None) -> tuple[list[dict], list[dict]]:
-    """Frames through realtime.cli.make_pipeline as `mex-live --video ... --fps 200 [--segmented]`:
+class RejectionList:
+    """A rejection sink keeping the spotter's Rejection records as JSON."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def on_rejection(self, rejection) -> None:
+        self.records.append(rejection.to_json())
+
+    def close(self) -> None:
+        pass
+
+
+def run_live(frames, n: int, fps: float, runtime, args, segmented: bool = False,
+             progress=None) -> tuple[list[dict], list[dict]]:
+    """Frames through realtime.cli.make_pipeline as `mex-live --video ... --fps FPS [--segmented]`:
     the events and the spotter's rejections, as their JSON records."""
     from realtime.cli import make_pipeline
-    from realtime.replay import DB_FPS
     from realtime.sinks import ListSink
     from realtime.sources import ArraySource
-
-    class Rejections:
-        def __init__(self):
-            self.records = []
-
-        def on_rejection(self, r):
-            self.records.append(r.to_json())
-
-        def close(self):
-            pass
 
     def counted():
         for image in frames:
@@ -97,8 +100,8 @@ def run_live(frames, n: int, runtime, args, segmented: bool = False, progress=No
             if progress:
                 progress()
 
-    events, rejected = ListSink(), Rejections()
-    pipe = make_pipeline(ArraySource(counted(), DB_FPS, name="replay", total_frames=n), runtime, args.flow,
+    events, rejected = ListSink(), RejectionList()
+    pipe = make_pipeline(ArraySource(counted(), fps, name="replay", total_frames=n), runtime, args.flow,
                          args.tracker, segmented, event_sinks=[events], rejection_sinks=[rejected])
     summary = pipe.run()
     if summary["error"]:
@@ -220,16 +223,16 @@ def run(args) -> int:
         task = bar.add_task(f"{len(specs)} replays ({args.split}): rendering, tracking, spotting", total=total)
         step = lambda: bar.advance(task)  # noqa: E731
         for spec, truth in zip(specs, truths):
-            events, rejections = run_live(replay.render(spec, fields[spec.row["name"]]), truth["frames"], runtime,
-                                          args, progress=step)
+            events, rejections = run_live(replay.render(spec, fields[spec.row["name"]]), truth["frames"], spec.fps,
+                                          runtime, args, progress=step)
             online.append(score_replay(truth, events, rejections, model_label.get(spec.row["name"])))
         if args.segmented:
             for spec in firsts:
                 truth = replay.truth(spec)
                 part = itertools.islice(replay.render(spec, fields[spec.row["name"]]), truth["onset"],
                                         truth["offset"] + 1)
-                events, _ = run_live(part, truth["offset"] - truth["onset"] + 1, runtime, args, segmented=True,
-                                     progress=step)
+                events, _ = run_live(part, truth["offset"] - truth["onset"] + 1, spec.fps, runtime, args,
+                                     segmented=True, progress=step)
                 segmented.append(score_segmented(truth, events, model_label.get(spec.row["name"])))
     wall = time.perf_counter() - t0
     per_tail = {t: summarise([r for r in online if r["tail"] == t]) for t in tails}

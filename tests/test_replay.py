@@ -117,7 +117,7 @@ def test_bench_replay_end_to_end(frames_set, tmp_path, capsys):
     pytest.importorskip("mediapipe")
     out = tmp_path / "out"
     assert bench_main(["replay", "--frames", str(frames_set), "--split", "all", "--tails", "return",
-                       "--out", str(out)]) == 0
+                       "--segmented", "--out", str(out)]) == 0
     payload = json.loads((out / "replay.json").read_text())
     assert payload["clips"] == 2 and payload["subjects"] == ["casme2_sub01", "casme2_sub02"]
     assert [r["name"] for r in payload["replays"]] == ["s01_EP01", "s02_EP01"]
@@ -127,6 +127,8 @@ def test_bench_replay_end_to_end(frames_set, tmp_path, capsys):
         assert r["found"] == (r["missed_as"] is None)
     assert payload["replays"][0]["label_model"] in ("negative", "positive", "surprise")  # composite: labelled
     assert payload["replays"][1]["label_model"] is None
+    segmented = payload["segmented_clips"]
+    assert [r["apex"] for r in segmented] == [APEX_T, APEX_T] and payload["segmented"]["clips"] == 2
     assert "| return | 2 |" in (out / "replay.md").read_text()
 
 
