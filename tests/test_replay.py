@@ -139,3 +139,16 @@ def test_bench_replay_bad_input(tmp_path, capsys):
     assert bench_main(["replay", "--frames", str(tmp_path / "set"), "--tails", "hold,stay",
                        "--out", str(tmp_path / "o")]) == 2
     assert "--tails hold,stay" in capsys.readouterr().err
+
+
+def test_shipped_photo_table_is_what_mediapipe_finds():
+    mp = pytest.importorskip("mediapipe")
+    from realtime import synth
+
+    for name, table in replay._SHIPPED_RIGID.items():
+        img = cv2.imread(str(synth.photo_path(name)))
+        with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) as mesh:
+            lm = mesh.process(cv2.cvtColor(img, cv2.COLOR_BGR2RGB)).multi_face_landmarks[0].landmark
+        h, w = img.shape[:2]
+        for i, xy in table.items():
+            assert np.hypot(lm[i].x * w - xy[0], lm[i].y * h - xy[1]) < 1.0, (name, i)
