@@ -205,10 +205,14 @@ def run(args) -> int:
     except CliError as e:
         print(f"mex-bench replay: {e}", file=sys.stderr)
         return 2
-    model_label = {}
+    model_label = {}  # composite clips: what the model says on the clip's own encoding at its annotated apex
     for s in specs:
         if s.row["label"] is not None and s.row["name"] not in model_label:
-            x = replay.apex_encoding(fields[s.row["name"]], s.row["apex_t"])
+            try:
+                x = replay.apex_encoding(fields[s.row["name"]], s.row["apex_t"])
+            except replay.ReplayError as e:
+                print(f"mex-bench replay: {s.clip}: {e}", file=sys.stderr)
+                return 2
             model_label[s.row["name"]] = CLASSES[int(np.argmax(runtime.probs(x[None])[0]))]
 
     firsts = [s for s in specs if s.tail == tails[0]]  # one per clip, for the segmented runs
