@@ -17,6 +17,8 @@ BENCHMARKS = {
     "runtimes": ("benchmarks.runtimes",
                  "inference runtimes (ONNX Runtime, PyTorch, TensorRT engines): batch-1 latency, batch-256 throughput"),
     "spotting": ("benchmarks.spotting", "onset/apex spotting on generated clips: MEGC F1, false alarms"),
+    "replay": ("benchmarks.replay",
+               "online spotting on real CASME II micro-expressions replayed on the shipped photos: found, apex, label"),
     "fidelity": ("benchmarks.fidelity",
                  "live crops against ideal crops of the same generated movement: feature correlation, label agreement"),
     "latency": ("benchmarks.latency", "whole live pipeline on a generated clip: fps, per-stage latency"),
