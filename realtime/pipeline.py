@@ -40,8 +40,10 @@ last `stats_capacity` samples per stage in preallocated ring buffers (memory sta
 Lifecycle: the pipeline owns its stages once it is made: `run()` (or `close()` after `start()` /
 `join()`) closes the source, the tracker, the recognizer and the sinks. `stop()` (Ctrl-C) stops the
 source; the end-of-stream marker then drains the channels (they are short), flushes the spotter and
-the recognizer, and every event reaches the sinks. `abort()` (a second Ctrl-C, or an error in a
-stage) stops everything at once.
+the recognizer, and every event reaches the sinks. A stage that fails stops the run the same way (the
+stages after it finish what they hold, so a file that breaks mid-way still gets the candidates found
+before labelled; the failure is reported). `abort()` (a second Ctrl-C, or a tick of the caller's that
+fails) stops everything at once.
 """
 from __future__ import annotations
 
@@ -128,6 +130,7 @@ class Pipeline:
         self.frames_processed = 0
         self.face_frames = 0
         self.failure: StageFailure | None = None
+        self.interrupts = 0  # Ctrl-C (or SIGTERM) received by run(): the first stops, the second aborts
         self._lock = threading.Lock()
         self._newest: FrameFaces | None = None
         self._signals: dict[int, tuple] = {}  # face id -> (signal, regions), copied when a reader wants them
@@ -142,12 +145,13 @@ class Pipeline:
     # ------------------------------------------------------------------ control
     def start(self) -> Pipeline:
         self.t_start = time.monotonic()
-        specs = [("capture", self._capture), ("tracking", self._track), ("spotting", self._spot),
-                 ("recognizer", self._recognize)]
+        # each stage with the channel it reads from
+        specs = [("capture", self._capture, None), ("tracking", self._track, self._frames),
+                 ("spotting", self._spot, self._faces), ("recognizer", self._recognize, self._candidates)]
         if self.frame_sinks:
-            specs.append(("frame-sinks", self._feed_frame_sinks))
-        for name, fn in specs:
-            t = threading.Thread(target=self._guard, args=(name, fn), name=f"mex-{name}", daemon=True)
+            specs.append(("frame-sinks", self._feed_frame_sinks, self._sink_frames))
+        for name, fn, inbox in specs:
+            t = threading.Thread(target=self._guard, args=(name, fn, inbox), name=f"mex-{name}", daemon=True)
             self._threads.append(t)
             t.start()
         return self
@@ -214,7 +218,6 @@ class Pipeline:
         events flushed). Second: abort.
         """
         self.start()
-        interrupts = 0
         try:
             while True:
                 try:
@@ -224,8 +227,8 @@ class Pipeline:
                         self.join(tick_s)
                     break
                 except KeyboardInterrupt:
-                    interrupts += 1
-                    if interrupts == 1:
+                    self.interrupts += 1
+                    if self.interrupts == 1:
                         self.stop()
                     else:
                         self.abort()
@@ -237,10 +240,10 @@ class Pipeline:
         finally:
             self.join()
             self.close()
-        return self.summary(interrupted=interrupts > 0)
+        return self.summary(interrupted=self.interrupts > 0)
 
     # ------------------------------------------------------------------ threads
-    def _guard(self, name: str, fn: Callable[[], None]) -> None:
+    def _guard(self, name: str, fn: Callable[[], None], inbox: Channel | None) -> None:
         try:
             fn()
         except Aborted:
@@ -248,7 +251,17 @@ class Pipeline:
         except BaseException as e:  # noqa: BLE001 - a dead stage must stop the others and be reported
             if self.failure is None:
                 self.failure = StageFailure(name, e, traceback.format_exc())
-            self.abort()
+            # What came before the failure is still finished, as after Ctrl-C: the source stops, the stages
+            # after this one get its end-of-stream (each stage closes its output channel on leaving) and
+            # flush (the spotter's open candidates are labelled), and this stage's input is drained so the
+            # stages before it are never left blocked on a full channel.
+            self.stop()
+            if inbox is not None:
+                try:
+                    while inbox.get() is not EOS:
+                        pass
+                except Aborted:
+                    pass
 
     def _capture(self) -> None:
         try:

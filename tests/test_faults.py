@@ -1,0 +1,207 @@
+"""mex-live under faults, end to end: outputs that cannot be written (checked at start, or failing at the
+end), a source that breaks mid-way, signals at each phase, and --batch names, stops and bad tables.
+The output layer itself (full disks, read-only folders, hard links) is tested in test_outputs.py."""
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mex import outputs
+from realtime import cli, synth
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "mex" / "assets" / "default.onnx"
+needs_tracker = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("mediapipe") is None and not hasattr(__import__("cv2"), "CascadeClassifier"),
+    reason="no face tracker: neither mediapipe nor OpenCV's Haar cascade is installed")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("faults") / "clip.mp4"
+    synth.write_clip(path, synth.ClipSpec(fps=30.0, seconds=4.0, size=(320, 240), events=2, duration_s=(0.2, 0.3),
+                                          amplitude_px=(2.0, 3.0), face_px=90.0, seed=3))
+    return path
+
+
+def _frames(video: Path, folder: Path) -> int:
+    import cv2
+
+    folder.mkdir(parents=True)
+    cap, n = cv2.VideoCapture(str(video)), 0
+    while (got := cap.read())[0]:
+        n += 1
+        cv2.imwrite(str(folder / f"img{n}.png"), got[1])
+    cap.release()
+    return n
+
+
+def _count(text: str, what: str) -> int:
+    return int(text.split(what)[1].split()[0])
+
+
+# ------------------------------------------------------------------------------------ single runs
+def test_outputs_that_cannot_be_written_are_refused_before_the_run(clip, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    os.link(clip, tmp_path / "link.jsonl")
+    before = clip.read_bytes()
+    run = ["--video", str(clip), "--model", str(MODEL), "--display", "none"]
+    for extra, needle in [
+        (["--summary", str(tmp_path / "afile" / "run.json")], "afile is a file, not a folder"),
+        (["--events", str(tmp_path / "link.jsonl"), "--force"], "that is an input of this run"),
+        (["--record", str(tmp_path / "afile" / "out.mp4")], "afile is a file, not a folder"),
+        (["--max-frames", "0"], "--max-frames 0: at least 1"),
+        (["--max-frames", "-3"], "--max-frames -3: at least 1"),
+    ]:
+        t0 = time.monotonic()
+        assert cli.main([*run, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("mex-live: error:") and needle in err and "Traceback" not in err, err
+        assert time.monotonic() - t0 < 5  # refused at once, not after the run
+    assert clip.read_bytes() == before
+
+
+@needs_tracker
+def test_a_summary_that_cannot_be_written_at_the_end_is_said_and_fails_the_run(clip, tmp_path, capsys, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", full)  # the disk fills during the run
+    target = tmp_path / "run.json"
+    rc = cli.main(["--video", str(clip), "--model", str(MODEL), "--display", "none", "--max-frames", "30",
+                   "--summary", str(target)])
+    out = capsys.readouterr()
+    assert rc == 1 and "frames      30 processed" in out.out  # the summary is still shown
+    assert f"--summary {target}: cannot write: the disk is full" in out.err and "Traceback" not in out.err
+    assert list(tmp_path.iterdir()) == []  # no half file, no temporary file
+
+
+@needs_tracker
+def test_a_frame_folder_that_breaks_mid_way_still_labels_what_was_found(clip, tmp_path, capsys):
+    import cv2
+
+    folder = tmp_path / "EP01"
+    assert _frames(clip, folder) == 120
+    cv2.imwrite(str(folder / "img110.png"), np.zeros((10, 10, 3), np.uint8))
+    events = tmp_path / "ev.jsonl"
+    assert cli.main(["--video", str(folder), "--fps", "30", "--model", str(MODEL), "--display", "none",
+                     "--events", str(events)]) == 1
+    out = capsys.readouterr()
+    assert "img110.png is 10x10" in out.err and "Ctrl-C" not in out.err and "Traceback" not in out.err
+    found, candidates = _count(out.out, "events      "), _count(out.out, "found (")
+    assert found == candidates >= 1 and len(events.read_text().splitlines()) == found
+
+
+@needs_tracker
+def test_a_late_ctrl_c_does_not_change_a_finished_runs_exit_status(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "realtime.cli", "--demo", "--display", "none", "--max-frames",
+                             "30"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stdout:
+            if "lip-corner pulls positive" in line:  # the summary's last line: the run is over
+                proc.send_signal(signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+
+
+# ------------------------------------------------------------------------------------ --batch
+def _table(out: Path) -> dict[str, dict]:
+    with (out / "summary.csv").open(newline="") as f:
+        return {r["input"]: r for r in csv.DictReader(f)}
+
+
+def test_bad_batches_are_refused_plainly_before_any_work(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "summary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "summary.csv").write_text("name,score\na,1\n")
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "a.mp4").write_bytes(b"not read: the batch is refused first")
+    for batch, out, needle in [
+        (tmp_path / "empty", tmp_path / "o1", "holds no video files"),
+        (rec, tmp_path / "notes.txt", "is a file; give a folder"),
+        (rec, tmp_path / "notes.txt" / "o", "a part of the path is a file"),
+        (rec, foreign, "summary.csv there is not a mex-live batch table"),
+        (rec, other, "summary.csv there is not a mex-live batch table"),
+    ]:
+        assert cli.main(["--batch", str(batch), "--out", str(out), "--model", str(MODEL)]) == 2, out
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "o1").exists()  # an empty batch writes no summary.csv
+    assert (other / "summary.csv").read_text() == "name,score\na,1\n"
+
+
+def test_batch_names_cannot_collide(tmp_path):
+    from realtime.batch import events_path, find_inputs, input_name
+
+    root = tmp_path / "b"
+    (root / "x").mkdir(parents=True)
+    for name in ("x/y.mp4", "x__y.mp4", "x/y.mp4.events.jsonl"):
+        (root / name).write_bytes(b"")
+    names = [input_name(p, root) for p in find_inputs(root)]
+    assert names == ["x/y.mp4", "x__y.mp4"]
+    assert len({events_path(tmp_path / "out", n) for n in names}) == 2
+
+
+@needs_tracker
+def test_a_batch_stopped_mid_input_records_it_stopped_and_a_rerun_finishes_it(clip, tmp_path, capsys, monkeypatch):
+    from realtime import sources
+
+    root = tmp_path / "rec"
+    (root / "x").mkdir(parents=True)
+    shutil.copy(clip, root / "x" / "y.mp4")
+    shutil.copy(clip, root / "x__y.mp4")  # the name '/' as '__' once gave both inputs
+    out = tmp_path / "out"
+    argv = ["--batch", str(root), "--out", str(out), "--model", str(MODEL), "--fps", "200"]
+    real = sources.recording
+
+    def ctrl_c_in_the_second(path, fps=None, realtime=False):
+        assert fps is None  # --fps is the frame folders' rate: a video file keeps its own
+        source = real(path, fps, realtime)
+        if path.name != "x__y.mp4":  # the second in path order
+            return source
+        frames = source.frames
+
+        def then_ctrl_c():
+            for frame in frames():
+                if frame.index == 20:
+                    signal.raise_signal(signal.SIGINT)  # as a terminal's Ctrl-C: to the main thread
+                yield frame
+        source.frames = then_ctrl_c
+        return source
+
+    monkeypatch.setattr(sources, "recording", ctrl_c_in_the_second)
+    assert cli.main(argv) == 0  # stopped by the user: not a failure
+    text = " ".join(capsys.readouterr().out.split())
+    rows = _table(out)
+    assert rows["x__y.mp4"]["status"] == "stopped" and 20 <= int(rows["x__y.mp4"]["frames_read"]) < 120
+    assert rows["x/y.mp4"]["status"] == "ok" and rows["x/y.mp4"]["frames_read"] == "120"
+    assert "--fps 200 is the rate of the frame folders" in text and "recorded as stopped" in text
+    for name in rows:
+        events = [json.loads(line) for line in (out / f"{name}.events.jsonl").read_text().splitlines()]
+        assert all(e["apex_s"] == pytest.approx(e["apex_frame"] / 30, abs=1e-5) for e in events)  # its own rate
+    monkeypatch.setattr(sources, "recording", real)
+    assert cli.main(argv) == 0
+    assert "1 done before, 1 to run" in " ".join(capsys.readouterr().out.split())
+    assert {r["status"] for r in _table(out).values()} == {"ok"}
