@@ -100,8 +100,10 @@ class Outputs:
                 return given
         return None
 
-    def file(self, flag: str, path) -> Path:
-        """Check the output file `path` of `flag` (its folder is made if missing); returns it as a Path."""
+    def file(self, flag: str, path, replaceable: bool = False) -> Path:
+        """Check the output file `path` of `flag` (its folder is made if missing); returns it as a Path.
+        `replaceable`: a file that belongs to another output (the report beside a model) is replaced with it,
+        --force or not."""
         path = Path(path)
         target, ident = path.resolve(), identity(path)
         source = self._is_input(path, target, ident)
@@ -112,7 +114,7 @@ class Outputs:
                 raise OutputError(f"{flag} {path}: {self._taken[key]} writes there too; choose another file")
         if target.is_dir():
             raise OutputError(f"{flag} {path}: is a folder; give a file name")
-        if path.exists() and not self.force:
+        if path.exists() and not (self.force or replaceable):
             raise OutputError(f"{flag} {path}: file exists; pass --force to replace it")
         _make_folder(flag, path, target.parent)
         _probe(flag, path, target.parent)
