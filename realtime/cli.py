@@ -12,6 +12,7 @@ Exit status: 0 finished (or stopped by Ctrl-C / q), 1 failed while running, 2 ba
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -111,8 +112,14 @@ def load_runtime_for(args):
 
     from .runtimes import load_runtime
 
-    if args.model is not None and not Path(args.model).is_file():
-        raise CliError(f"--model {args.model}: file does not exist")
+    if args.model is not None:
+        model = Path(args.model)
+        if model.is_dir():
+            raise CliError(f"--model {args.model}: is a folder; give the exported model file (.onnx or .engine)")
+        if not model.is_file():
+            raise CliError(f"--model {args.model}: file does not exist")
+        if not os.access(model, os.R_OK):
+            raise CliError(f"--model {args.model}: permission denied (this user may not read it)")
     try:
         return load_runtime(args.model, kind=args.runtime)
     except ArtifactError as e:

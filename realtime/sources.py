@@ -87,15 +87,34 @@ class _Pacer:
             self.stop.wait(delay)
 
 
+def readable(path: Path, flag: str) -> None:
+    """SourceError, naming `flag`, unless `path` is a regular file this user may read: what OpenCV would
+    only call an unknown format."""
+    if not path.exists():
+        raise SourceError(f"{flag} {path}: file does not exist")
+    if path.is_dir():
+        raise SourceError(f"{flag} {path}: is a folder, not a video file")
+    if not path.is_file():
+        raise SourceError(f"{flag} {path}: not a regular file (a device or a pipe); a camera is --camera N or "
+                          "--video /dev/videoN")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        raise SourceError(f"{flag} {path}: permission denied (this user may not read it)") from None
+    except OSError as e:
+        raise SourceError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
+
+
 class VideoSource(Source):
     """A video file, decoded by OpenCV. As fast as possible by default; `realtime=True` paces it."""
 
     live = False
 
     def __init__(self, path: str | Path, realtime: bool = False, loop_frames: int | None = None,
-                 fps: float | None = None):
+                 fps: float | None = None, flag: str = "--video"):
         """fps: the file's true frame rate where its container states a wrong one (high-speed footage is
-        often stored at 25 or 30 fps); default the container's."""
+        often stored at 25 or 30 fps); default the container's. flag: what the user named the file with."""
         super().__init__()
         import cv2
 
@@ -103,16 +122,15 @@ class VideoSource(Source):
         self.realtime = realtime
         self.loop_frames = loop_frames  # > file length: rewind and continue (memory-flatness runs)
         self.name = f"video {self.path.name}"
-        if not self.path.is_file():
-            raise SourceError(f"--video {self.path}: file does not exist")
+        readable(self.path, flag)
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"--video {self.path}: cannot open this file as a video (unknown or damaged format)")
+            raise SourceError(f"{flag} {self.path}: cannot open this file as a video (unknown or damaged format)")
         ok, first = cap.read()
         if not ok or first is None:
             cap.release()
-            raise SourceError(f"--video {self.path}: opened but no frame could be decoded (empty or damaged file)")
+            raise SourceError(f"{flag} {self.path}: opened but no frame could be decoded (empty or damaged file)")
         stated = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps or (stated if stated and math.isfinite(stated) and 1 <= stated <= 1000 else 30.0))
         self.height, self.width = first.shape[:2]

@@ -205,3 +205,32 @@ def test_a_batch_stopped_mid_input_records_it_stopped_and_a_rerun_finishes_it(cl
     assert cli.main(argv) == 0
     assert "1 done before, 1 to run" in " ".join(capsys.readouterr().out.split())
     assert {r["status"] for r in _table(out).values()} == {"ok"}
+
+
+# ------------------------------------------------------------------------------------ mex-bench, mex-train
+def test_bench_inputs_and_outputs_are_refused_before_any_work(tmp_path, capsys):
+    from benchmarks.cli import main as bench
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
+    (tmp_path / "notes.mp4").write_text("not a video")
+    res = str(tmp_path / "res")
+    for argv, needle in [
+        (["--clip", str(tmp_path / "nope.mp4"), "--out", res], f"--clip {tmp_path / 'nope.mp4'}: file does not exist"),
+        (["--clip", str(tmp_path / "notes.mp4"), "--out", res], "--clip"),
+        (["--clip", str(tmp_path), "--out", res], "is a folder, not a video file"),
+        (["--model", str(tmp_path / "junk.onnx"), "--out", res], "--model"),
+        (["--out", str(tmp_path / "afile")], "is a file; give a folder"),
+    ]:
+        assert bench(["latency", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("mex-bench: error:") and needle in err and "Traceback" not in err, err
+    assert not any((tmp_path / "res").glob("latency*"))
+
+
+def test_train_refuses_an_out_it_cannot_write_before_training(tmp_path, capsys):
+    from train.cli import main as train
+
+    (tmp_path / "afile").write_text("x")
+    assert train(["loso", "--out", str(tmp_path / "afile" / "run"), "--profile", "cpu-quick"]) == 2
+    assert "afile" in capsys.readouterr().err
