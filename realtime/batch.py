@@ -145,7 +145,7 @@ def run_batch(args, runtime, console, inputs: list[Path], out: Path, rows: dict)
                 row.update(frames_read=summary["frames_read"], face_frames=summary["face_frames"],
                            events=summary["events"], labels=" ".join(f"{k}={v}" for k, v in sorted(labels.items())),
                            faces=" ".join(f"{f['face_id']}={f['events']}" for f in summary["faces"]),
-                           warnings="; ".join(shortfalls(summary, source, args.max_frames)),
+                           warnings="; ".join(shortfalls(summary, source, args.max_frames, args.segmented)),
                            error=summary["error"] or "", status=status)
             except KeyboardInterrupt:  # before this input's pipeline ran
                 row.update(status="stopped")

@@ -208,9 +208,10 @@ def match_events(found, planted, iou_min: float = 0.5):
     return len(pairs), [(planted[j], found[i]) for i, j in pairs]
 
 
-def shortfalls(summary: dict, source, max_frames: int | None) -> list[str]:
+def shortfalls(summary: dict, source, max_frames: int | None, segmented: bool = False) -> list[str]:
     """What a run that ended normally did not do although it should have: a file that ended before its
-    container's frame count (truncated or damaged), a source in which no face was ever found."""
+    container's frame count (truncated or damaged), a source in which no face was ever found, a
+    --segmented clip too short to give its label."""
     out = []
     total, read = source.total_frames, summary["frames_read"]
     cut_short = summary["interrupted"] or summary["aborted"] or (max_frames is not None and read >= max_frames)
@@ -219,6 +220,9 @@ def shortfalls(summary: dict, source, max_frames: int | None) -> list[str]:
                    f"(truncated or damaged file?): the run covers the first {read}")
     if read and summary["face_frames"] == 0:
         out.append(f"{source.name}: no face was found in any of the {read} frames: nothing could be spotted")
+    elif segmented and summary["face_frames"] == 1:
+        out.append(f"{source.name}: --segmented: only 1 frame with a face; a label needs at least 2 (the onset "
+                   "and a later apex)")
     return out
 
 
@@ -550,7 +554,7 @@ def report(args, pipe, summary: dict, keep) -> int:
     from .sources import SourceError
 
     print_summary(sys.stdout, summary, pipe.source, keep.events)
-    notes = shortfalls(summary, pipe.source, args.max_frames)
+    notes = shortfalls(summary, pipe.source, args.max_frames, args.segmented)
     for note in notes:
         print(f"  warning     {note}")
         print(f"mex-live: warning: {note}", file=sys.stderr)

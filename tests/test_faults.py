@@ -72,6 +72,52 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_run(clip, tmp_pat
     assert clip.read_bytes() == before
 
 
+def test_inputs_that_cannot_be_read_say_why(clip, tmp_path, capsys):
+    run = ["--display", "none"]
+    for argv, needle in [
+        (["--video", "/dev/null"], "--video /dev/null: not a regular file (a device or a pipe)"),
+        (["--video", str(clip), "--model", f"{tmp_path}/"], "is a folder; give the exported model file"),
+    ]:
+        assert cli.main([*argv, *run]) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_a_file_this_user_may_not_read_is_named_as_such(clip, capsys):
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="mex-faults-"))
+    try:
+        folder.chmod(0o755)
+        private = Path(shutil.copy(clip, folder / "private.mp4"))
+        private.chmod(0o600)  # root's alone
+        os.seteuid(65534)  # as the user nobody: permissions apply (root would read it)
+        try:
+            assert cli.main(["--video", str(private), "--display", "none"]) == 2
+        finally:
+            os.seteuid(0)
+        err = capsys.readouterr().err
+        assert f"--video {private}: permission denied (this user may not read it)" in err, err
+    finally:
+        shutil.rmtree(folder)
+
+
+@needs_tracker
+def test_a_one_frame_segmented_clip_says_why_it_has_no_label(clip, tmp_path, capsys):
+    import cv2
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    cap = cv2.VideoCapture(str(clip))
+    cv2.imwrite(str(folder / "img1.png"), cap.read()[1])
+    cap.release()
+    assert cli.main(["--video", str(folder), "--fps", "200", "--segmented", "--model", str(MODEL),
+                     "--display", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "events      0 found" in out and "only 1 frame with a face; a label needs at least 2" in out
+
+
 @needs_tracker
 def test_a_summary_that_cannot_be_written_at_the_end_is_said_and_fails_the_run(clip, tmp_path, capsys, monkeypatch):
     def full(fd):
