@@ -283,7 +283,8 @@ def print_summary(out, summary: dict, source, events) -> None:
           "              the class the model finds closest; brow raises are usually coded surprise, brow lowering,\n"
           "              eyelid tightening and lip-corner depression negative, lip-corner pulls positive)\n")
     if summary["reconnects"]:
-        w(f"  camera      {summary['reconnects']} reconnects, {summary['read_failures']} failed reads\n")
+        w(f"  camera      {summary['reconnects']} reconnects, {summary['read_failures']} failed reads, "
+          f"{summary['lost_frames']} frames lost while reconnecting (at the source's rate)\n")
     if summary["interrupted"]:
         w("  stopped     by the user (events so far are written)\n")
     out.flush()
@@ -359,7 +360,8 @@ class Screen:
         """A camera unplugged and back."""
         state, before = self.source.state, self._source_state
         if state != before and {state, before} <= {"reconnecting", "ok"}:
-            how = " (retrying with backoff)" if state == "reconnecting" else " (resumed)"
+            why = f"{self.source.outage}; " if self.source.outage else ""
+            how = f" ({why}retrying with backoff)" if state == "reconnecting" else " (resumed)"
             print(f"mex-live: {self.source.name}: {state}{how}", file=sys.stderr, flush=True)
         self._source_state = state
 

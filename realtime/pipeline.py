@@ -410,6 +410,7 @@ class Pipeline:
             "rejected": dict(sorted(self.rejected.items())),
             "reconnects": self.source.reconnects,
             "read_failures": self.source.read_failures,
+            "lost_frames": self.source.lost_frames,
         }
 
     def snapshot(self, packet: FrameFaces | None = None) -> DisplayState:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -280,3 +281,91 @@ def test_train_refuses_an_out_it_cannot_write_before_training(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert train(["loso", "--out", str(tmp_path / "afile" / "run"), "--profile", "cpu-quick"]) == 2
     assert "afile" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ live streams
+class StallingCapture:
+    """A stream that sends `good` frames and then stalls with its socket open (every later read hangs, as
+    OpenCV's does for 30 s) until released; the captures opened after it send frames again."""
+
+    opens = 0
+
+    def __init__(self, good: int = 20):
+        StallingCapture.opens += 1
+        self.first = StallingCapture.opens == 1
+        self.good, self.n = good, 0
+        self.released = threading.Event()
+
+    def isOpened(self):
+        return True
+
+    def set(self, *a):
+        return True
+
+    def get(self, prop):
+        return 50.0
+
+    def read(self):
+        self.n += 1
+        if self.first and self.n > self.good:
+            self.released.wait(30)  # hangs: only a deadline of our own gets past it
+            return False, None
+        time.sleep(0.02)
+        return True, np.zeros((24, 32, 3), np.uint8)
+
+    def release(self):
+        self.released.set()
+
+
+def test_a_stalled_stream_is_seen_within_the_deadline_and_reconnected():
+    from realtime.sources import CameraSource
+
+    StallingCapture.opens = 0
+    cam = CameraSource("http://127.0.0.1:9/stream", capture_factory=lambda i: StallingCapture(), backoff_s=0.01,
+                       read_timeout_s=0.3, flag="--video")
+    t0, seen, outages = time.monotonic(), [], set()
+    for frame in cam.frames():
+        seen.append(frame.t_capture)
+        outages.add(cam.outage)
+        if len(seen) == 40:
+            break
+    cam.close()
+    gap = max(b - a for a, b in zip(seen, seen[1:]))
+    assert cam.reconnects == 1 and 0.3 <= gap < 2.0 and time.monotonic() - t0 < 10  # not OpenCV's 30 s
+    assert cam.lost_frames >= round(0.3 * 50) - 1  # the stall's frames at the stream's 50 fps are counted
+
+
+def test_stop_returns_within_a_second_while_a_stream_hangs():
+    from realtime.sources import CameraSource
+
+    StallingCapture.opens = 0
+    cam = CameraSource("rtsp://127.0.0.1:9/stream", capture_factory=lambda i: StallingCapture(good=2),
+                       read_timeout_s=60.0, flag="--video")  # a deadline far off: only stop() can end the wait
+    frames = cam.frames()
+    next(frames), next(frames)
+    ended = threading.Event()
+
+    def drain():
+        for _ in frames:
+            pass
+        ended.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    time.sleep(0.3)  # the reader now hangs in read()
+    t0 = time.monotonic()
+    cam.stop()  # what Ctrl-C does
+    assert ended.wait(1.0) and time.monotonic() - t0 < 1.0
+
+
+@needs_tracker
+def test_a_stalled_stream_is_reported_and_its_lost_frames_counted(clip, monkeypatch, capsys):
+    from realtime import sources
+
+    StallingCapture.opens = 0
+    monkeypatch.setattr(sources, "_default_capture", lambda i: StallingCapture(good=15))
+    rc = cli.main(["--video", "http://127.0.0.1:9/stream", "--model", str(MODEL), "--display", "none",
+                   "--max-frames", "30"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "stream http://127.0.0.1:9/stream: reconnecting (no frame for 2 s; retrying with backoff)" in out.err
+    assert "ok (resumed)" in out.err and "frames lost while reconnecting" in out.out
