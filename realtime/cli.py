@@ -568,19 +568,17 @@ def report(args, pipe, summary: dict, keep) -> int:
         except OutputError as e:
             print(f"mex-live: error: {e} (the summary above is all there is)", file=sys.stderr)
             status = EXIT_RUNTIME
-    if args.events:
-        print(f"  events log  {args.events}")
-    if args.rejections:
-        print(f"  rejections  {args.rejections}")
-    if args.record:
-        print(f"  recording   {args.record}")
-    if pipe.failure is not None:
-        if isinstance(pipe.failure.error, (SourceError, OutputError)):  # bad input, a full disk: no traceback
-            print(f"mex-live: error: {pipe.failure.error}", file=sys.stderr)
+    for name, path in (("events log", args.events), ("rejections", args.rejections), ("recording", args.record)):
+        if path and Path(path).is_file():  # a recording that could not be finished was removed
+            print(f"  {name:<11s} {path}")
+    if pipe.failure is None:
+        return status
+    for failure in [pipe.failure, *pipe.later_failures]:
+        if isinstance(failure.error, (SourceError, OutputError)):  # bad input, a full disk: no traceback
+            print(f"mex-live: error: {failure.error}", file=sys.stderr)
         else:
-            print(f"mex-live: error: {pipe.failure}\n{pipe.failure.traceback}", file=sys.stderr)
-        return EXIT_RUNTIME
-    return status
+            print(f"mex-live: error: {failure}\n{failure.traceback}", file=sys.stderr)
+    return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

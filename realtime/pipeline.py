@@ -129,7 +129,8 @@ class Pipeline:
         self.frames_read = 0
         self.frames_processed = 0
         self.face_frames = 0
-        self.failure: StageFailure | None = None
+        self.failure: StageFailure | None = None  # the first stage that failed
+        self.later_failures: list[StageFailure] = []  # any after it (a recorder that could not finish...)
         self.interrupts = 0  # Ctrl-C (or SIGTERM) received by run(): the first stops, the second aborts
         self._lock = threading.Lock()
         self._newest: FrameFaces | None = None
@@ -207,8 +208,7 @@ class Pipeline:
             try:
                 closer()
             except Exception as e:  # one failing to close must not keep the others open
-                if self.failure is None:
-                    self.failure = StageFailure(name, e, traceback.format_exc())
+                self._failed(StageFailure(name, e, traceback.format_exc()))
 
     def run(self, on_tick: Callable[[Pipeline], None] | None = None, tick_s: float = 0.1) -> dict:
         """Start, wait until the source ends (or Ctrl-C), close everything, return the summary.
@@ -249,8 +249,7 @@ class Pipeline:
         except Aborted:
             pass
         except BaseException as e:  # noqa: BLE001 - a dead stage must stop the others and be reported
-            if self.failure is None:
-                self.failure = StageFailure(name, e, traceback.format_exc())
+            self._failed(StageFailure(name, e, traceback.format_exc()))
             # What came before the failure is still finished, as after Ctrl-C: the source stops, the stages
             # after this one get its end-of-stream (each stage closes its output channel on leaving) and
             # flush (the spotter's open candidates are labelled), and this stage's input is drained so the
@@ -262,6 +261,12 @@ class Pipeline:
                         pass
                 except Aborted:
                     pass
+
+    def _failed(self, failure: StageFailure) -> None:
+        if self.failure is None:
+            self.failure = failure
+        else:
+            self.later_failures.append(failure)
 
     def _capture(self) -> None:
         try:

@@ -245,3 +245,19 @@ def test_a_recording_cut_by_a_full_disk_is_removed_with_a_message(tiny_disk):
                                           r"\(the disk is full\); the unplayable file was removed"):
         rec.close()
     assert list(tiny_disk.iterdir()) == []
+
+
+def test_a_run_whose_event_log_fills_the_disk_stops_naming_it_and_the_log_stays_valid(tiny_disk):
+    from test_pipeline import images, make
+
+    from realtime.sinks import EventLog, ListSink
+    from realtime.sources import ArraySource
+
+    _fill(tiny_disk, 4096)
+    log, kept = EventLog(tiny_disk / "ev.jsonl"), ListSink()
+    s = make(ArraySource(images(3000), fps=30), event_sinks=[kept, log]).run()  # ~300 events: far past 4 KiB
+    assert f"--events {tiny_disk / 'ev.jsonl'}: cannot write: the disk is full" in s["error"]
+    assert s["frames_read"] < 3000  # the run stopped
+    lines = (tiny_disk / "ev.jsonl").read_text().splitlines(keepends=True)
+    assert lines and all(line.endswith("\n") for line in lines)
+    assert [json.loads(line)["apex_frame"] for line in lines] == [e.apex_frame for e in kept.events[:len(lines)]]
