@@ -123,16 +123,23 @@ class Outputs:
             self._taken[ident] = flag
         return path
 
-    def folder(self, flag: str, path) -> Path:
-        """Check the output folder `path` of `flag` (made if missing); returns it as a Path."""
+    def folder(self, flag: str, path, make: bool = True) -> Path:
+        """Check the output folder `path` of `flag`, made if missing (with `make=False` only checked: the
+        nearest folder that exists above it must take it); returns it as a Path."""
         path = Path(path)
         source = self._is_input(path, path.resolve(), identity(path))
         if source is not None and source.resolve() != path.resolve():  # writing next to the inputs is fine
             raise OutputError(f"{flag} {path}: is inside the input {source}; choose another folder")
         if path.exists() and not path.is_dir():
             raise OutputError(f"{flag} {path}: is a file; give a folder")
-        _make_folder(flag, path, path)
-        _probe(flag, path, path)
+        if make:
+            _make_folder(flag, path, path)
+            _probe(flag, path, path)
+            return path
+        above = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
+        if not above.is_dir():
+            raise OutputError(f"{flag} {path}: {above} is a file, not a folder")
+        _probe(flag, path, above)
         return path
 
 

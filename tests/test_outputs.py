@@ -104,6 +104,10 @@ def test_an_output_folder_is_made_and_one_under_a_file_is_refused(tmp_path):
         Outputs().folder("--out", tmp_path / "afile")
     with pytest.raises(OutputError, match="a part of the path is a file"):
         Outputs().folder("--out", tmp_path / "afile" / "results")
+    with pytest.raises(OutputError, match="afile is a file, not a folder"):
+        Outputs().folder("--out", tmp_path / "afile" / "results" / "run", make=False)
+    Outputs().folder("--out", tmp_path / "later" / "run", make=False)  # only checked: made by the run
+    assert not (tmp_path / "later").exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="acting as the user nobody needs root")

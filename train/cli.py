@@ -284,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:  # before any work: a run must not end unable to write its results
         if args.cmd in ("loso", "fit", "select", "study"):
-            Outputs([args.data]).folder("--out", args.out)
+            Outputs([args.data]).folder("--out", args.out, make=False)  # made by the run, once its flags hold
         elif args.cmd == "table" and args.out:
-            Outputs(args.runs, force=True).file("--out", args.out)
+            read = [Path(run) / name for run in args.runs for name in ("run.json", "results.json", "predictions.csv")]
+            Outputs(read, force=True).file("--out", args.out)  # a table may sit in a run's folder, not over its files
     except OutputError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")
         return 2
