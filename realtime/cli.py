@@ -100,7 +100,10 @@ def check_outputs(args) -> None:
     takes a new file: a mistyped output must not cost the user a recording, nor a finished run its summary."""
     from mex.outputs import Outputs
 
-    outputs = Outputs([None if is_stream(args.video) else args.video, args.model], force=args.force)
+    from .runtimes import DEFAULT_MODEL
+
+    model = args.model if args.model is not None else DEFAULT_MODEL  # the shipped model is an input too
+    outputs = Outputs([None if is_stream(args.video) else args.video, model], force=args.force)
     for flag, path in (("--events", args.events), ("--rejections", args.rejections), ("--record", args.record),
                        ("--summary", args.summary)):
         if path is not None:

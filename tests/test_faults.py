@@ -53,15 +53,20 @@ def _count(text: str, what: str) -> int:
 
 
 # ------------------------------------------------------------------------------------ single runs
-def test_outputs_that_cannot_be_written_are_refused_before_the_run(clip, tmp_path, capsys):
+def test_outputs_that_cannot_be_written_are_refused_before_the_run(clip, tmp_path, capsys, monkeypatch):
+    from realtime import runtimes
+
+    shipped = Path(shutil.copy(MODEL, tmp_path / "shipped.onnx"))
+    monkeypatch.setattr(runtimes, "DEFAULT_MODEL", shipped)  # the model used when --model is not given
     (tmp_path / "afile").write_text("x")
     os.link(clip, tmp_path / "link.jsonl")
     before = clip.read_bytes()
-    run = ["--video", str(clip), "--model", str(MODEL), "--display", "none"]
+    run = ["--video", str(clip), "--display", "none"]
     for extra, needle in [
         (["--summary", str(tmp_path / "afile" / "run.json")], "afile is a file, not a folder"),
         (["--events", str(tmp_path / "link.jsonl"), "--force"], "that is an input of this run"),
         (["--record", str(tmp_path / "afile" / "out.mp4")], "afile is a file, not a folder"),
+        (["--events", str(shipped), "--force"], "that is an input of this run"),
         (["--max-frames", "0"], "--max-frames 0: at least 1"),
         (["--max-frames", "-3"], "--max-frames -3: at least 1"),
     ]:
@@ -70,7 +75,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_run(clip, tmp_pat
         err = capsys.readouterr().err
         assert err.startswith("mex-live: error:") and needle in err and "Traceback" not in err, err
         assert time.monotonic() - t0 < 5  # refused at once, not after the run
-    assert clip.read_bytes() == before
+    assert clip.read_bytes() == before and shipped.read_bytes() == MODEL.read_bytes()
 
 
 def test_inputs_that_cannot_be_read_say_why(clip, tmp_path, capsys):
