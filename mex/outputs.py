@@ -59,9 +59,9 @@ def identity(path) -> tuple[int, int] | None:
 
 
 def _make_folder(flag: str, path: Path, folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{flag} {path}: {folder} is a file, not a folder")
     try:
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"{flag} {path}: {folder} is a file, not a folder")
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # a part of the path is a file
         raise OutputError(f"{flag} {path}: a part of the path is a file, not a folder") from None
@@ -104,7 +104,20 @@ class Outputs:
         """Check the output file `path` of `flag` (its folder is made if missing); returns it as a Path.
         `replaceable`: a file that belongs to another output (the report beside a model) is replaced with it,
         --force or not."""
-        path = Path(path)
+        try:
+            return self._file(flag, Path(path), replaceable)
+        except OSError as e:  # a folder on the way this user may not even look into
+            raise write_error(flag, path, e) from None
+
+    def folder(self, flag: str, path, make: bool = True) -> Path:
+        """Check the output folder `path` of `flag`, made if missing (with `make=False` only checked: the
+        nearest folder that exists above it must take it); returns it as a Path."""
+        try:
+            return self._folder(flag, Path(path), make)
+        except OSError as e:
+            raise write_error(flag, path, e) from None
+
+    def _file(self, flag: str, path: Path, replaceable: bool) -> Path:
         target, ident = path.resolve(), identity(path)
         source = self._is_input(path, target, ident)
         if source is not None:
@@ -123,10 +136,7 @@ class Outputs:
             self._taken[ident] = flag
         return path
 
-    def folder(self, flag: str, path, make: bool = True) -> Path:
-        """Check the output folder `path` of `flag`, made if missing (with `make=False` only checked: the
-        nearest folder that exists above it must take it); returns it as a Path."""
-        path = Path(path)
+    def _folder(self, flag: str, path: Path, make: bool) -> Path:
         source = self._is_input(path, path.resolve(), identity(path))
         if source is not None and source.resolve() != path.resolve():  # writing next to the inputs is fine
             raise OutputError(f"{flag} {path}: is inside the input {source}; choose another folder")

@@ -114,10 +114,14 @@ def test_an_output_folder_is_made_and_one_under_a_file_is_refused(tmp_path):
 def test_a_folder_the_user_cannot_write_is_refused_at_start(open_tmp):
     locked = open_tmp / "locked"
     locked.mkdir(mode=0o755)  # root's: nobody may enter it, not write in it
-    with as_nobody(), pytest.raises(OutputError) as e:
-        Outputs().file("--summary", locked / "run.json")
-    assert str(e.value) == f"--summary {locked / 'run.json'}: cannot write: permission denied; choose a folder you " \
-                           "can write to"
+    private = open_tmp / "private"
+    private.mkdir(mode=0o700)  # nobody may not even look inside
+    for path in (locked / "run.json", private / "run.json", private / "sub" / "run.json"):
+        with as_nobody(), pytest.raises(OutputError) as e:
+            Outputs().file("--summary", path)
+        assert str(e.value) == f"--summary {path}: cannot write: permission denied; choose a folder you can write to"
+    with as_nobody(), pytest.raises(OutputError, match="--out .*: cannot write: permission denied"):
+        Outputs().folder("--out", private / "results")
 
 
 def test_a_read_only_file_system_is_refused_at_start(tmp_path):
