@@ -97,8 +97,8 @@ def plan(args, console) -> tuple[list[Path], Path, dict]:
     return inputs, out, rows
 
 
-def run_batch(args, runtime, console, inputs: list[Path], out: Path, rows: dict) -> tuple[int, bool]:
-    """Runs the inputs not done before; returns (how many failed, whether Ctrl-C or SIGTERM stopped it)."""
+def run_batch(args, runtime, console, inputs: list[Path], out: Path, rows: dict) -> int:
+    """Runs the inputs not done before (until Ctrl-C or SIGTERM stops one); returns how many failed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .cli import make_pipeline, shortfalls
@@ -168,4 +168,4 @@ def run_batch(args, runtime, console, inputs: list[Path], out: Path, rows: dict)
     if stopped and row["status"] == "stopped":
         console.print(f"mex-live batch: stopped during {name} (recorded as stopped: a rerun runs it again)")
     console.print(f"mex-live batch: {ok} of {len(rows)} inputs ok; table {table}")
-    return failed, stopped
+    return failed

@@ -462,7 +462,7 @@ def _batch(args) -> int:
     runtime = load_runtime_for(args)
     warm_up(runtime, args.flow)
     try:
-        failed, _ = run_batch(args, runtime, console, inputs, out, rows)
+        failed = run_batch(args, runtime, console, inputs, out, rows)
     except OutputError as e:  # summary.csv could not be written mid-way (the previous table is kept)
         print(f"mex-live: error: {e}", file=sys.stderr)
         return EXIT_RUNTIME
