@@ -55,7 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "missing", None):
         print(args.missing, file=sys.stderr)
         return 2
-    return int(importlib.import_module(args.module).run(args) or 0)
+    from mex.outputs import OutputError
+
+    from .common import BadInput, results_dir
+
+    try:
+        results_dir(args.out)  # before the work: a run must not end unable to write its results
+    except OutputError as e:
+        print(f"mex-bench: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return int(importlib.import_module(args.module).run(args) or 0)
+    except BadInput as e:
+        print(f"mex-bench: error: {e}", file=sys.stderr)
+        return 2
+    except OutputError as e:
+        print(f"mex-bench: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from mex.outputs import Outputs, write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"  # committed reference results: written only when named
 SCRATCH = Path("runs") / "bench"  # where a benchmark writes when --out is not given (ignored by git)
 
@@ -53,13 +55,16 @@ def environment() -> dict:
     return env
 
 
+class BadInput(Exception):
+    """A benchmark's input (--clip, --model...) is missing or unusable; the message names the flag (exit 2)."""
+
+
 def results_dir(out: str | None) -> Path:
-    """--out, else runs/bench/<machine>: a quick run never replaces the committed reference results
-    (benchmarks/results/<machine>/, updated by naming that folder as --out)."""
-    path = Path(out) if out else SCRATCH / machine_name()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """--out, else runs/bench/<machine>, checked and made (mex.outputs: OutputError when it cannot take files):
+    a quick run never replaces the committed reference results (benchmarks/results/<machine>/, updated by
+    naming that folder as --out)."""
+    return Outputs().folder("--out", Path(out) if out else SCRATCH / machine_name())
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_text(path, json.dumps(payload, indent=2) + "\n", flag="--out")

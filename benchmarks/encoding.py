@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mex.outputs import write_text
+
 from .common import environment, results_dir, write_json
 
 CHANNELS = ("u", "v", "strain")
@@ -123,7 +125,7 @@ def run(args) -> int:
                                        "composite": str(args.composite), "model": model, "summary": summary,
                                        "clips": rows})
     md = _markdown(env, args, len(prepared), summary, model)
-    (out / "encoding.md").write_text(md)
+    write_text(out / "encoding.md", md, flag="--out")
     print(md)
     print(f"results in {out}/encoding.json (.md); {len(prepared) - len(rows)} prepared clips had no composite match")
     return 0

@@ -12,6 +12,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from mex.outputs import write_text
+
 from .common import environment, results_dir, write_json
 
 PHOTOS = (("astronaut.jpg", False), ("grace_hopper.jpg", False), ("astronaut.jpg", True), ("grace_hopper.jpg", True))
@@ -90,7 +92,7 @@ def run(args) -> int:
               "tracker": args.tracker, "seconds": args.seconds, "seed": args.seed, "rows": rows, "note": args.note}
     write_json(out / "latency-faces.json", result)
     md = _markdown(result)
-    (out / "latency-faces.md").write_text(md)
+    write_text(out / "latency-faces.md", md, flag="--out")
     print(md)
     return 0
 

@@ -29,6 +29,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from mex.outputs import write_text
+
 from benchmarks.common import environment, results_dir, write_json
 
 WAYS = {"live": "auto", "always registered": "always", "not registered": "off", "own framing": "own",
@@ -162,7 +164,7 @@ def run(args) -> int:
     write_json(out / "fidelity.json", {"benchmark": "fidelity", "environment": env, "wall_s": round(wall, 1),
                                        "clips_per_kind": args.clips, "summary": summary, "clips": rows})
     md = markdown(summary, env, wall, args)
-    (out / "fidelity.md").write_text(md)
+    write_text(out / "fidelity.md", md, flag="--out")
     console.print(md)
     console.print(f"wrote {out / 'fidelity.json'} and fidelity.md ({wall:.0f} s)")
     return 0

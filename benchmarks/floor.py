@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mex.outputs import write_text
+
 from .common import environment, results_dir, write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "megc2019-composite-flow"
@@ -205,7 +207,7 @@ def run(args) -> int:
                             "inner_uf1": [float(v) for v in out["inner"][f]]} for f, s in enumerate(out["subjects"])]}
     write_json(folder / "results.json", payload)
     markdown = floor_markdown(payload)
-    (folder / "floor.md").write_text(markdown)
+    write_text(folder / "floor.md", markdown, flag="--out")
     plot_floor(payload, folder / "floor.png")
     console.print(markdown)
     console.print(f"wrote {folder}/floor.md, floor.png, results.json, predictions.csv ({seconds:.0f} s)")

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from mex.outputs import write_text
+
 from .common import environment, results_dir, write_json
 
 TARGET_LATENCY_MS = 2.0
@@ -247,7 +249,7 @@ def run(args) -> int:
         "results": rows,
     }
     write_json(out / "flow.json", payload)
-    (out / "flow.md").write_text(_markdown(env, args, rows))
+    write_text(out / "flow.md", _markdown(env, args, rows), flag="--out")
     print(f"wrote {out / 'flow.json'} and {out / 'flow.md'}")
     parity_ok = all(r.get("epe_ratio_vs_opencv", 0) <= TARGET_EPE_RATIO and
                     r.get("feature_corr_min", 1) >= TARGET_CORRELATION for r in rows)

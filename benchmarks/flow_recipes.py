@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from mex.outputs import write_text
+
 from .common import environment, results_dir, write_json
 from .flow import interior_epe
 
@@ -117,6 +119,6 @@ def run(args) -> int:
                   f"{r['corr_u']:.3f} / {r['corr_v']:.3f} / {r['corr_strain']:.3f} | {r['corr_min_pair']:.3f} | "
                   f"{'yes' if r['faithful'] else 'no'} |")
     md += ["", "mex-live keeps the default recipe: the composite set, the model's training data, was made with it.", ""]
-    (out / "flow-recipes.md").write_text("\n".join(md))
+    write_text(out / "flow-recipes.md", "\n".join(md), flag="--out")
     console.print(f"wrote {out}/flow-recipes.json and flow-recipes.md")
     return 0

@@ -36,8 +36,9 @@ import time
 from pathlib import Path
 
 from mex.features.backends import BACKENDS as FLOW_BACKENDS
+from mex.outputs import write_text
 
-from .common import environment, results_dir, write_json
+from .common import BadInput, environment, results_dir, write_json
 
 TARGET_FPS = 200.0
 TARGET_DECODE_RATIO = 2.0
@@ -193,12 +194,27 @@ def recognizer_only(args) -> int:
                               ("confirm", "apex confirmed -> label"))),
         "", f"Target: apex confirmed -> label p95 <= {limit:g} ms ({'GPU' if on_gpu else 'CPU'} flow): "
         f"{'met' if result['target_met'] else 'NOT met'}.", ""])
-    (out / f"{stem}.md").write_text(md)
+    write_text(out / f"{stem}.md", md, flag="--out")
     print(md)
     return 0
 
 
+def check_inputs(args) -> None:
+    """--clip and --model read before anything is generated or measured (BadInput names the flag)."""
+    from realtime.cli import CliError, load_runtime_for
+    from realtime.sources import SourceError, VideoSource
+
+    try:
+        if args.clip is not None:
+            VideoSource(args.clip, flag="--clip").close()
+        if args.model is not None:
+            load_runtime_for(args)
+    except (CliError, SourceError) as e:
+        raise BadInput(str(e)) from None
+
+
 def run(args) -> int:
+    check_inputs(args)
     if args.recognizer_only:
         return recognizer_only(args)
     if args.faces:
@@ -222,7 +238,7 @@ def run(args) -> int:
              f"{result['frames']} frames: {result['pipeline_fps']:.0f} fps")
     _plot(out / f"{stem}.png", measured["summary"], measured["rss"] if memory_mode else None, title)
     md = _markdown(result)
-    (out / f"{stem}.md").write_text(md)
+    write_text(out / f"{stem}.md", md, flag="--out")
     print(md)
     print(f"results in {out}/{stem}.json (.md, .png)")
     return 0

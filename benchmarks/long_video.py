@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mex.composite import DataError
+from mex.outputs import write_text
 from train.datasets import sheet_rows
 
 FPS = {"casme2-long": 30.0, "samm-lv": 200.0}
@@ -391,7 +392,7 @@ def run(args) -> int:
     out = results_dir(args.out)
     stem = f"spotting-{args.dataset}"
     write_json(out / f"{stem}.json", payload)
-    (out / f"{stem}.md").write_text(markdown(payload, overall))
+    write_text(out / f"{stem}.md", markdown(payload, overall), flag="--out")
     console.print(f"wrote {out / (stem + '.json')} and {stem}.md ({wall:.0f} s)")
     return 0
 

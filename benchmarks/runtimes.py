@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mex.outputs import write_text
+
 from benchmarks.common import environment, results_dir, write_json
 
 TARGETS_MS = {"onnxruntime-cpu": 0.5, "torch-cuda-graph": 0.3}  # issue 4: batch-1 latency targets (p50)
@@ -196,7 +198,7 @@ def run(args) -> int:
 
     out = results_dir(args.out)
     write_json(out / "runtimes.json", payload)
-    (out / "runtimes.md").write_text(markdown(payload, args.batch))
+    write_text(out / "runtimes.md", markdown(payload, args.batch), flag="--out")
     console.print(f"results: {out / 'runtimes.json'}, {out / 'runtimes.md'}")
     return 0
 

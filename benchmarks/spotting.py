@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mex.outputs import write_text
+
 from benchmarks import long_video
 from benchmarks.common import environment, results_dir, write_json
 
@@ -237,7 +239,7 @@ def run(args) -> int:
                "only": args.only, "conditions": rows, "clips": clips, "distractors": dis_rows,
                "distractor_clips": dis_clips, "segmented": seg_rows, "segmented_clips": seg_clips}
     write_json(out / "spotting.json", payload)
-    (out / "spotting.md").write_text(markdown(rows, env, wall, seg_rows, dis_rows))
+    write_text(out / "spotting.md", markdown(rows, env, wall, seg_rows, dis_rows), flag="--out")
     console.print(f"wrote {out / 'spotting.json'} and spotting.md ({wall:.0f} s)")
     return 0
 

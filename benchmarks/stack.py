@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mex.outputs import write_text
+
 from .common import environment, results_dir, write_json
 from .floor import DEFAULT_DATA, fit_logreg, inner_cv_scores, predict_proba, score_cells
 
@@ -258,7 +260,7 @@ def run(args) -> int:
     }
     write_json(folder / "results.json", payload)
     markdown = stack_markdown(payload, name)
-    (folder / "stack.md").write_text(markdown)
+    write_text(folder / "stack.md", markdown, flag="--out")
     plot_stack(payload, folder / "stack.png", name)
     console.print(markdown)
     console.print(f"wrote {folder}/stack.md, stack.png, results.json, predictions.csv, run.json ({seconds:.0f} s)")

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mex.models import build_model, num_params
+from mex.outputs import write_text
 from train.batched import Members, autocast, optimizer
 from train.recipes import PROFILES, resolve
 
@@ -151,7 +152,7 @@ def run(args) -> int:
             f"{r['step_ms_stacked']:.1f} ms | {r['step_ms_one_model']:.1f} ms "
             f"| {_hms(r['schedule_s_stacked'])} | {_hms(r['schedule_s_one_after_another'])} | {r['speedup']:.1f}x |"
         )
-    (out / "train_speed.md").write_text("\n".join(md) + "\n")
+    write_text(out / "train_speed.md", "\n".join(md) + "\n", flag="--out")
     console.print(f"wrote {out}/train_speed.json, train_speed.md")
     return 0
 

@@ -3,8 +3,10 @@
 ONNX: exported, checked, metadata inside, parity against PyTorch on the composite images.
 engine: the ONNX above, then a TensorRT engine + JSON sidecar, parity against ONNX Runtime.
 Outputs sit next to the checkpoint by default (runs/x/best.pt -> runs/x/best.onnx, best.engine),
-each with PATH.parity.json. The calibrated temperature mex-live divides the logits by comes from
---calibration (written by mex-train calibrate); without it T = 1.
+each with PATH.parity.json; an existing model is replaced only with --force, and a model that fails
+parity is never written. Exit status: 0 written, 1 failed, 2 an output that cannot be written. The
+calibrated temperature mex-live divides the logits by comes from --calibration (written by mex-train
+calibrate); without it T = 1.
 """
 from __future__ import annotations
 
@@ -15,17 +17,19 @@ import math
 import sys
 from pathlib import Path
 
+import onnx
 from rich.console import Console
 
 from mex.artifact import artifact_metadata
 from mex.checkpoint import CheckpointError, load_checkpoint
 from mex import version_line
 from mex.composite import DataError, load_flow_folder
+from mex.outputs import OutputError, Outputs, finish, new_temporary, write_error
 
 from . import parity
 from .errors import ExportError
-from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx, graph_summary, save_onnx, torch_logits
-from .tensorrt import DEFAULT_CACHE, BatchProfile, cuda_device_name, require_tensorrt
+from .onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx, graph_summary, torch_logits
+from .tensorrt import DEFAULT_CACHE, BatchProfile, cuda_device_name, require_tensorrt, sidecar_path
 
 SUFFIX = {"onnx": ".onnx", "engine": ".engine"}
 OUT_SUFFIXES = {"onnx": (".onnx",), "engine": (".engine", ".plan")}  # what mex-live's load_runtime recognises
@@ -64,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calibration", type=calibration_file, metavar="FILE",
                    help="calibration.json of mex-train calibrate: its temperature goes into the artifact "
                         "(default: none, T = 1)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file (never the checkpoint)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help=f"parity images in the composite format (default {DEFAULT_DATA})")
     p.add_argument("--opset", type=int, default=None,
@@ -110,16 +115,34 @@ def provenance(checkpoint: Path, args: argparse.Namespace) -> dict:
             "torch": torch.__version__, "opset": args.opset}
 
 
-def export(args: argparse.Namespace, console: Console) -> bool:
-    """Write the artifact(s) and parity report(s); True when parity passed."""
+def report_path(artifact: Path) -> Path:
+    return artifact.with_name(artifact.name + ".parity.json")
+
+
+def check_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(the output, the ONNX file written on the way) checked before any work (mex.outputs): never the
+    checkpoint or the parity data under any name, an existing model only with --force (its parity report
+    and sidecar go with it)."""
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
+    onnx_path = out if args.format == "onnx" else out.with_suffix(".onnx")
+    outputs = Outputs([checkpoint, resolve_data(args.data)], force=args.force)
+    for artifact in dict.fromkeys([onnx_path, out]):
+        outputs.file("--out", artifact)
+        outputs.file("--out", report_path(artifact), replaceable=True)
+    if args.format == "engine":
+        outputs.file("--out", sidecar_path(out), replaceable=True)
+    return out, onnx_path
+
+
+def export(args: argparse.Namespace, console: Console, out: Path, onnx_path: Path) -> bool:
+    """Write the artifact(s) (checked by check_outputs) and parity report(s); True when parity passed."""
     if args.format == "engine":  # fail before the slow ONNX export, not after it
         require_tensorrt()
         cuda_device_name()
     checkpoint = Path(args.checkpoint)
     model, info = read_checkpoint(checkpoint)
     images = load_flow_folder(resolve_data(args.data))
-    out = Path(args.out) if args.out else checkpoint.with_suffix(SUFFIX[args.format])
-    onnx_path = out if args.format == "onnx" else out.with_suffix(".onnx")
     metadata = artifact_metadata(info["model"], info["config"], info.get("meta", {}), args.calibration)
     metadata["mex.export"] = json.dumps(provenance(checkpoint, args))
 
@@ -129,18 +152,26 @@ def export(args: argparse.Namespace, console: Console) -> bool:
                   f"calibration {metadata.get('mex.calibration', 'none (T = 1)')}")
     proto = export_onnx(model, metadata, opset=args.opset)
     summary = graph_summary(proto)
-    save_onnx(proto, onnx_path)
-    console.print(f"ONNX opset {summary['opset']}, {summary['nodes']} nodes "
-                  f"({summary['ops'].get('LayerNormalization', 0)} LayerNormalization), input {summary['input']}")
-    report = parity.compare(torch_logits(model, images.x), parity.onnxruntime_logits(onnx_path, images.x),
-                            reference_name="pytorch", candidate_name="onnxruntime", tolerance=parity.ONNX_TOLERANCE)
-    report.update(artifact=str(onnx_path), data=str(images.root), graph=summary)
-    parity.print_report(report, console)
-    console.print("parity report: "
-                  f"{parity.write_report(onnx_path.with_name(onnx_path.name + '.parity.json'), report)}")
+    # checked under a temporary name and put in place only when it passes: a model that does not compute
+    # what was trained (NaN weights, a broken op) never replaces one, nor is left to be loaded
+    tmp = new_temporary(onnx_path, "--out")
+    try:
+        onnx.save(proto, tmp)
+        console.print(f"ONNX opset {summary['opset']}, {summary['nodes']} nodes "
+                      f"({summary['ops'].get('LayerNormalization', 0)} LayerNormalization), input {summary['input']}")
+        report = parity.compare(torch_logits(model, images.x), parity.onnxruntime_logits(tmp, images.x),
+                                reference_name="pytorch", candidate_name="onnxruntime",
+                                tolerance=parity.ONNX_TOLERANCE)
+        report.update(artifact=str(onnx_path), data=str(images.root), graph=summary)
+        parity.print_report(report, console)
+        console.print(f"parity report: {parity.write_report(report_path(onnx_path), report)}")
+        if report["passed"]:
+            finish(tmp, onnx_path, "--out")
+    except OSError as e:
+        raise write_error("--out", onnx_path, e) from None
+    finally:
+        tmp.unlink(missing_ok=True)
     if not report["passed"]:
-        # a model that does not compute what was trained (NaN weights, a broken op) is not left to be loaded
-        onnx_path.unlink()
         return False
     if args.format == "onnx":
         return True
@@ -159,8 +190,7 @@ def export_engine(args, onnx_path: Path, engine_path: Path, metadata: dict, x, c
                             min_agreement=parity.FP16_MIN_AGREEMENT if fp16 else None)
     report.update(artifact=str(engine_path), tensorrt=build)
     parity.print_report(report, console)
-    console.print("parity report: "
-                  f"{parity.write_report(engine_path.with_name(engine_path.name + '.parity.json'), report)}")
+    console.print(f"parity report: {parity.write_report(report_path(engine_path), report)}")
     if not report["passed"]:
         engine_path.unlink(missing_ok=True)
     return report["passed"]
@@ -170,13 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
     try:
-        passed = export(args, console)
-    except (CheckpointError, DataError, ExportError) as e:
+        out, onnx_path = check_outputs(args)
+    except OutputError as e:
+        print(f"mex-export: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        passed = export(args, console, out, onnx_path)
+    except (CheckpointError, DataError, ExportError, OutputError) as e:
         print(f"mex-export: error: {e}", file=sys.stderr)
         return 1
     if not passed:
         print("mex-export: error: parity check failed (report above, and its .parity.json): the exported model was "
-              "removed, nothing to ship", file=sys.stderr)
+              "not written, nothing to ship", file=sys.stderr)
         return 1
     return 0
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from mex.artifact import INPUT_NAME, OUTPUT_NAME
 from mex.labels import INPUT_SHAPE
+from mex.outputs import temporary_path
 
 from .errors import ExportError
 
@@ -58,13 +59,11 @@ def export_onnx(model: nn.Module, metadata: dict[str, str], opset: int = DEFAULT
     return proto
 
 
-def save_onnx(proto: onnx.ModelProto, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(proto, tmp)
-    tmp.replace(path)  # atomic: mex-live never sees half a model
-    return path
+def save_onnx(proto: onnx.ModelProto, path: str | Path, flag: str = "--out") -> Path:
+    """Written whole under a temporary name, then renamed: mex-live never sees half a model."""
+    with temporary_path(path, flag) as tmp:
+        onnx.save(proto, tmp)
+    return Path(path)
 
 
 def graph_summary(proto: onnx.ModelProto) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mex.artifact import INPUT_NAME, OUTPUT_NAME
+from mex.outputs import write_text
 
 ONNX_TOLERANCE = 1e-4  # ONNX Runtime vs PyTorch, max abs logit difference
 FP32_ENGINE_TOLERANCE = 1e-3  # TensorRT fp32 (TF32 off) vs ONNX Runtime: kernel choice reorders sums
@@ -66,5 +67,4 @@ def print_report(report: dict, console=None) -> None:
 
 
 def write_report(path: Path, report: dict) -> Path:
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+    return write_text(path, json.dumps(report, indent=2) + "\n", flag="--out")

@@ -19,6 +19,7 @@ import numpy as np
 
 from mex.artifact import INPUT_NAME, OUTPUT_NAME
 from mex.labels import INPUT_SHAPE
+from mex.outputs import temporary_path, write_bytes, write_text
 
 from .errors import ExportError
 
@@ -95,9 +96,8 @@ def sidecar_path(engine_path: str | Path) -> Path:
 
 def write_sidecar(engine_path: Path, metadata: dict[str, str], build: dict) -> Path:
     """The ONNX metadata_props unchanged, plus mex.tensorrt: how and where the engine was built."""
-    path = sidecar_path(engine_path)
-    path.write_text(json.dumps({**metadata, "mex.tensorrt": json.dumps(build)}, indent=2) + "\n")
-    return path
+    return write_text(sidecar_path(engine_path), json.dumps({**metadata, "mex.tensorrt": json.dumps(build)}, indent=2)
+                      + "\n", flag="--out")
 
 
 def build_engine(onnx_path: Path, engine_path: Path, metadata: dict[str, str], precision: str = "fp32",
@@ -117,12 +117,9 @@ def build_engine(onnx_path: Path, engine_path: Path, metadata: dict[str, str], p
         log(f"building TensorRT {trt.__version__} {precision} engine for {gpu} (batch "
             f"{profile.min}/{profile.opt}/{profile.max})")
         blob = _build_serialized(trt, onnx_bytes, precision, profile, workspace_gib)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + ".tmp")
-        tmp.write_bytes(blob)
-        tmp.replace(cached)
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cached, engine_path)
+        write_bytes(cached, blob, flag="--cache")
+    with temporary_path(engine_path, "--out") as tmp:
+        shutil.copyfile(cached, tmp)
     write_sidecar(engine_path, metadata, build)
     return build
 

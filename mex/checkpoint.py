@@ -12,6 +12,7 @@ from torch import nn
 
 from .labels import CLASSES, ENCODING_VERSION
 from .models import build_model
+from .outputs import temporary_path
 
 FORMAT = "mex-checkpoint-v1"
 
@@ -21,8 +22,6 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, model_name: str, model: nn.Module, meta: dict | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "format": FORMAT,
         "model": model_name,
@@ -32,9 +31,8 @@ def save_checkpoint(path: str | Path, model_name: str, model: nn.Module, meta: d
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta or {},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)  # atomic: a killed writer never leaves half a checkpoint
+    with temporary_path(path, "--out") as tmp:  # a killed writer never leaves half a checkpoint
+        torch.save(blob, tmp)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:

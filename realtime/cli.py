@@ -12,10 +12,12 @@ Exit status: 0 finished (or stopped by Ctrl-C / q), 1 failed while running, 2 ba
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from mex import version_line
@@ -94,25 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------------- building
 def check_outputs(args) -> None:
-    """--events, --rejections, --record and --summary never write over an input or each other, and replace
-    an existing file only with --force: a mistyped output must not cost the user a recording."""
-    inputs = {Path(p).resolve() for p in (args.video, args.model) if p is not None}
-    seen = {}
+    """--events, --rejections, --record and --summary, checked before anything runs (mex.outputs.Outputs):
+    never an input (any name of it) or each other, an existing file only with --force, in a folder that
+    takes a new file: a mistyped output must not cost the user a recording, nor a finished run its summary."""
+    from mex.outputs import Outputs
+
+    from .runtimes import DEFAULT_MODEL
+
+    model = args.model if args.model is not None else DEFAULT_MODEL  # the shipped model is an input too
+    outputs = Outputs([None if is_stream(args.video) else args.video, model], force=args.force)
     for flag, path in (("--events", args.events), ("--rejections", args.rejections), ("--record", args.record),
                        ("--summary", args.summary)):
-        if path is None:
-            continue
-        target = Path(path).resolve()
-        if target in inputs or (args.video is not None and Path(args.video).is_dir()
-                                and target.is_relative_to(Path(args.video).resolve())):
-            raise CliError(f"{flag} {path}: that is an input of this run; choose another file")
-        if target in seen:
-            raise CliError(f"{flag} {path}: {seen[target]} writes there too; choose another file")
-        if target.is_dir():
-            raise CliError(f"{flag} {path}: is a folder; give a file name")
-        if target.exists() and not args.force:
-            raise CliError(f"{flag} {path}: file exists; pass --force to replace it")
-        seen[target] = flag
+        if path is not None:
+            outputs.file(flag, path)
 
 
 def load_runtime_for(args):
@@ -120,8 +116,14 @@ def load_runtime_for(args):
 
     from .runtimes import load_runtime
 
-    if args.model is not None and not Path(args.model).is_file():
-        raise CliError(f"--model {args.model}: file does not exist")
+    if args.model is not None:
+        model = Path(args.model)
+        if model.is_dir():
+            raise CliError(f"--model {args.model}: is a folder; give the exported model file (.onnx or .engine)")
+        if not model.is_file():
+            raise CliError(f"--model {args.model}: file does not exist")
+        if not os.access(model, os.R_OK):
+            raise CliError(f"--model {args.model}: permission denied (this user may not read it)")
     try:
         return load_runtime(args.model, kind=args.runtime)
     except ArtifactError as e:
@@ -210,9 +212,10 @@ def match_events(found, planted, iou_min: float = 0.5):
     return len(pairs), [(planted[j], found[i]) for i, j in pairs]
 
 
-def shortfalls(summary: dict, source, max_frames: int | None) -> list[str]:
+def shortfalls(summary: dict, source, max_frames: int | None, segmented: bool = False) -> list[str]:
     """What a run that ended normally did not do although it should have: a file that ended before its
-    container's frame count (truncated or damaged), a source in which no face was ever found."""
+    container's frame count (truncated or damaged), a source in which no face was ever found, a
+    --segmented clip too short to give its label."""
     out = []
     total, read = source.total_frames, summary["frames_read"]
     cut_short = summary["interrupted"] or summary["aborted"] or (max_frames is not None and read >= max_frames)
@@ -221,6 +224,9 @@ def shortfalls(summary: dict, source, max_frames: int | None) -> list[str]:
                    f"(truncated or damaged file?): the run covers the first {read}")
     if read and summary["face_frames"] == 0:
         out.append(f"{source.name}: no face was found in any of the {read} frames: nothing could be spotted")
+    elif segmented and summary["face_frames"] == 1:
+        out.append(f"{source.name}: --segmented: only 1 frame with a face; a label needs at least 2 (the onset "
+                   "and a later apex)")
     return out
 
 
@@ -228,14 +234,13 @@ def write_summary(path: str, summary: dict, source, warnings: list[str]) -> None
     """The run's summary as one JSON object (non-finite numbers as null), written whole or not at all."""
     import json
 
+    from mex.outputs import write_text
+
     from .sinks import json_safe
 
     payload = {"input": {"name": source.name, "width": source.width, "height": source.height, "fps": source.fps,
                           "total_frames": source.total_frames}, **summary, "warnings": warnings}
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
-    tmp.replace(target)
+    write_text(path, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n", flag="--summary")
 
 
 def print_summary(out, summary: dict, source, events) -> None:
@@ -285,7 +290,8 @@ def print_summary(out, summary: dict, source, events) -> None:
           "              the class the model finds closest; brow raises are usually coded surprise, brow lowering,\n"
           "              eyelid tightening and lip-corner depression negative, lip-corner pulls positive)\n")
     if summary["reconnects"]:
-        w(f"  camera      {summary['reconnects']} reconnects, {summary['read_failures']} failed reads\n")
+        w(f"  camera      {summary['reconnects']} reconnects, {summary['read_failures']} failed reads, "
+          f"{summary['lost_frames']} frames lost while reconnecting (at the source's rate)\n")
     if summary["interrupted"]:
         w("  stopped     by the user (events so far are written)\n")
     out.flush()
@@ -341,7 +347,7 @@ class Screen:
             self.window.close()
 
     def __call__(self, pipe) -> None:
-        if pipe.stopping and pipe.running and not self._told_stopping:
+        if pipe.interrupts and pipe.running and not self._told_stopping:
             self._told_stopping = True
             frames, candidates = pipe.backlog()
             print(f"mex-live: stopping: finishing {frames} queued frames and {candidates} candidates "
@@ -361,7 +367,8 @@ class Screen:
         """A camera unplugged and back."""
         state, before = self.source.state, self._source_state
         if state != before and {state, before} <= {"reconnecting", "ok"}:
-            how = " (retrying with backoff)" if state == "reconnecting" else " (resumed)"
+            why = f"{self.source.outage}; " if self.source.outage else ""
+            how = f" ({why}retrying with backoff)" if state == "reconnecting" else " (resumed)"
             print(f"mex-live: {self.source.name}: {state}{how}", file=sys.stderr, flush=True)
         self._source_state = state
 
@@ -373,12 +380,14 @@ def _sigterm_to_interrupt(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from mex.outputs import OutputError
+
     from .native_logs import quiet
 
     try:
         with quiet(not args.verbose):
             return _run(args)
-    except CliError as e:
+    except (CliError, OutputError) as e:
         print(f"mex-live: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
@@ -390,6 +399,14 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"mex-live: error: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        if argv is None:  # mex-live as the program: the work is done, and a Ctrl-C while the interpreter
+            # unloads its libraries (a second or two) must not turn a finished run into exit status 130
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    signal.signal(sig, signal.SIG_IGN)
+                except ValueError:  # not the main thread
+                    pass
 
 
 def check_shared_flags(args) -> None:
@@ -400,6 +417,8 @@ def check_shared_flags(args) -> None:
         raise CliError("--fps sets a camera's rate, a frame folder's, or a file's true rate; the demo has its own")
     if args.fps is not None and not 1 <= args.fps <= 1000:
         raise CliError(f"--fps {args.fps:g}: a frame rate is between 1 and 1000")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CliError(f"--max-frames {args.max_frames}: at least 1")
     if args.queue_size < 1:
         raise CliError("--queue-size must be at least 1")
     if not 1 <= args.max_faces <= 16:
@@ -428,7 +447,9 @@ def check_single_input(args) -> None:
 def _batch(args) -> int:
     from rich.console import Console
 
-    from .batch import run_batch
+    from mex.outputs import OutputError
+
+    from .batch import plan, run_batch
 
     if args.out is None:
         raise CliError("--batch needs --out DIR (events files and summary.csv)")
@@ -437,18 +458,25 @@ def _batch(args) -> int:
     if any(v is not None for v in (args.events, args.rejections, args.record, args.summary)):
         raise CliError("--batch writes one events file per input and summary.csv into --out; "
                        "--events, --rejections, --record and --summary are for a single input")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CliError(f"--out {args.out}: is a file; give a folder")
+    console = Console(stderr=False)
+    try:
+        inputs, out, rows = plan(args, console)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     runtime = load_runtime_for(args)
     warm_up(runtime, args.flow)
-    failed = run_batch(args, runtime, Console(stderr=False))
+    try:
+        failed = run_batch(args, runtime, console, inputs, out, rows)
+    except OutputError as e:  # summary.csv could not be written mid-way (the previous table is kept)
+        print(f"mex-live: error: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
     return EXIT_RUNTIME if failed else EXIT_OK
 
 
 def open_sinks(args, source, display: str):
     """(the demo's events, event sinks, frame sinks, rejection sinks) for the demo, --events, --record,
     --rejections and --display."""
-    from .sinks import EventLog, ListSink, PrintSink, SinkError, VideoRecorder
+    from .sinks import EventLog, ListSink, PrintSink, VideoRecorder
 
     keep = ListSink()  # every event, for the demo's comparison with the planted ones (a short clip)
     event_sinks, frame_sinks, rejection_sinks = [keep] if source.truth is not None else [], [], []
@@ -459,8 +487,10 @@ def open_sinks(args, source, display: str):
             rejection_sinks.append(EventLog(args.rejections, flag="--rejections"))
         if args.record:
             frame_sinks.append(VideoRecorder(args.record, source.fps))
-    except SinkError as e:
-        raise CliError(str(e)) from None
+    except BaseException:
+        for sink in [*event_sinks, *rejection_sinks]:
+            sink.close()
+        raise
     if display != "terminal":
         event_sinks.append(PrintSink(sys.stdout))
     return keep, event_sinks, frame_sinks, rejection_sinks
@@ -470,13 +500,13 @@ def _run(args) -> int:
     from .pipeline import PipelineConfig
 
     check_shared_flags(args)
-    if args.batch is not None:
-        return _batch(args)
-    check_single_input(args)
     try:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     except ValueError:  # not the main thread (tests calling main() from a thread)
         pass
+    if args.batch is not None:
+        return _batch(args)
+    check_single_input(args)
 
     t0 = time.monotonic()
     source = open_source(args)  # first: a bad file or camera index is reported at once
@@ -489,9 +519,13 @@ def _run(args) -> int:
         try:
             pipe = make_pipeline(source, runtime, args.flow, args.tracker, args.segmented, event_sinks, frame_sinks,
                                  config, rejection_sinks, max_faces=args.max_faces)
-        except (ImportError, RuntimeError, ValueError) as e:
-            raise CliError(f"--tracker {args.tracker}: cannot start the face tracker "
-                           f"({type(e).__name__}: {e})") from None
+        except BaseException as e:
+            for sink in [*event_sinks, *frame_sinks, *rejection_sinks]:
+                sink.close()  # not handed to a pipeline: no half-made files left behind
+            if isinstance(e, (ImportError, RuntimeError, ValueError)):
+                raise CliError(f"--tracker {args.tracker}: cannot start the face tracker "
+                               f"({type(e).__name__}: {e})") from None
+            raise
     except BaseException:
         source.close()  # not handed to a pipeline yet
         raise
@@ -501,33 +535,57 @@ def _run(args) -> int:
               f"ready in {time.monotonic() - t0:.1f} s", flush=True)
     with screen:
         summary = pipe.run(on_tick=screen)
-    return report(args, pipe, summary, keep)
+    with late_signals_ignored():
+        return report(args, pipe, summary, keep)
+
+
+@contextmanager
+def late_signals_ignored():
+    """The run is over and what it found is being written: a Ctrl-C (or SIGTERM) now would only cut the
+    summary short and change the exit status, so it is ignored until the block ends."""
+    held = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            held[sig] = signal.signal(sig, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
 
 
 def report(args, pipe, summary: dict, keep) -> int:
     """The summary on stdout (and --summary), warnings, the error; the exit status."""
+    from mex.outputs import OutputError
+
     from .sources import SourceError
 
     print_summary(sys.stdout, summary, pipe.source, keep.events)
-    notes = shortfalls(summary, pipe.source, args.max_frames)
+    notes = shortfalls(summary, pipe.source, args.max_frames, args.segmented)
     for note in notes:
         print(f"  warning     {note}")
         print(f"mex-live: warning: {note}", file=sys.stderr)
+    status = EXIT_OK
     if args.summary:
-        write_summary(args.summary, summary, pipe.source, notes)
-        print(f"  summary     {args.summary}")
-    if args.events:
-        print(f"  events log  {args.events}")
-    if args.rejections:
-        print(f"  rejections  {args.rejections}")
-    if args.record:
-        print(f"  recording   {args.record}")
-    if pipe.failure is not None:
-        print(f"mex-live: error: {pipe.failure}", file=sys.stderr)
-        if not isinstance(pipe.failure.error, SourceError):  # bad input needs no traceback
-            print(pipe.failure.traceback, file=sys.stderr)
-        return EXIT_RUNTIME
-    return EXIT_OK
+        try:
+            write_summary(args.summary, summary, pipe.source, notes)
+            print(f"  summary     {args.summary}")
+        except OutputError as e:
+            print(f"mex-live: error: {e} (the summary above is all there is)", file=sys.stderr)
+            status = EXIT_RUNTIME
+    for name, path in (("events log", args.events), ("rejections", args.rejections), ("recording", args.record)):
+        if path and Path(path).is_file():  # a recording that could not be finished was removed
+            print(f"  {name:<11s} {path}")
+    if pipe.failure is None:
+        return status
+    for failure in [pipe.failure, *pipe.later_failures]:
+        if isinstance(failure.error, (SourceError, OutputError)):  # bad input, a full disk: no traceback
+            print(f"mex-live: error: {failure.error}", file=sys.stderr)
+        else:
+            print(f"mex-live: error: {failure}\n{failure.traceback}", file=sys.stderr)
+    return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ last `stats_capacity` samples per stage in preallocated ring buffers (memory sta
 Lifecycle: the pipeline owns its stages once it is made: `run()` (or `close()` after `start()` /
 `join()`) closes the source, the tracker, the recognizer and the sinks. `stop()` (Ctrl-C) stops the
 source; the end-of-stream marker then drains the channels (they are short), flushes the spotter and
-the recognizer, and every event reaches the sinks. `abort()` (a second Ctrl-C, or an error in a
-stage) stops everything at once.
+the recognizer, and every event reaches the sinks. A stage that fails stops the run the same way (the
+stages after it finish what they hold, so a file that breaks mid-way still gets the candidates found
+before labelled; the failure is reported). `abort()` (a second Ctrl-C, or a tick of the caller's that
+fails) stops everything at once.
 """
 from __future__ import annotations
 
@@ -128,7 +130,9 @@ class Pipeline:
         self.frames_read = 0
         self.frames_processed = 0
         self.face_frames = 0
-        self.failure: StageFailure | None = None
+        self.failure: StageFailure | None = None  # the first stage that failed
+        self.later_failures: list[StageFailure] = []  # any after it (a recorder that could not finish...)
+        self.interrupts = 0  # Ctrl-C (or SIGTERM) received by run(): the first stops, the second aborts
         self._lock = threading.Lock()
         self._newest: FrameFaces | None = None
         self._signals: dict[int, tuple] = {}  # face id -> (signal, regions), copied when a reader wants them
@@ -143,12 +147,13 @@ class Pipeline:
     # ------------------------------------------------------------------ control
     def start(self) -> Pipeline:
         self.t_start = time.monotonic()
-        specs = [("capture", self._capture), ("tracking", self._track), ("spotting", self._spot),
-                 ("recognizer", self._recognize)]
+        # each stage with the channel it reads from
+        specs = [("capture", self._capture, None), ("tracking", self._track, self._frames),
+                 ("spotting", self._spot, self._faces), ("recognizer", self._recognize, self._candidates)]
         if self.frame_sinks:
-            specs.append(("frame-sinks", self._feed_frame_sinks))
-        for name, fn in specs:
-            t = threading.Thread(target=self._guard, args=(name, fn), name=f"mex-{name}", daemon=True)
+            specs.append(("frame-sinks", self._feed_frame_sinks, self._sink_frames))
+        for name, fn, inbox in specs:
+            t = threading.Thread(target=self._guard, args=(name, fn, inbox), name=f"mex-{name}", daemon=True)
             self._threads.append(t)
             t.start()
         return self
@@ -204,8 +209,7 @@ class Pipeline:
             try:
                 closer()
             except Exception as e:  # one failing to close must not keep the others open
-                if self.failure is None:
-                    self.failure = StageFailure(name, e, traceback.format_exc())
+                self._failed(StageFailure(name, e, traceback.format_exc()))
 
     def run(self, on_tick: Callable[[Pipeline], None] | None = None, tick_s: float = 0.1) -> dict:
         """Start, wait until the source ends (or Ctrl-C), close everything, return the summary.
@@ -215,7 +219,6 @@ class Pipeline:
         events flushed). Second: abort.
         """
         self.start()
-        interrupts = 0
         try:
             while True:
                 try:
@@ -225,8 +228,8 @@ class Pipeline:
                         self.join(tick_s)
                     break
                 except KeyboardInterrupt:
-                    interrupts += 1
-                    if interrupts == 1:
+                    self.interrupts += 1
+                    if self.interrupts == 1:
                         self.stop()
                     else:
                         self.abort()
@@ -238,18 +241,33 @@ class Pipeline:
         finally:
             self.join()
             self.close()
-        return self.summary(interrupted=interrupts > 0)
+        return self.summary(interrupted=self.interrupts > 0)
 
     # ------------------------------------------------------------------ threads
-    def _guard(self, name: str, fn: Callable[[], None]) -> None:
+    def _guard(self, name: str, fn: Callable[[], None], inbox: Channel | None) -> None:
         try:
             fn()
         except Aborted:
             pass
         except BaseException as e:  # noqa: BLE001 - a dead stage must stop the others and be reported
-            if self.failure is None:
-                self.failure = StageFailure(name, e, traceback.format_exc())
-            self.abort()
+            self._failed(StageFailure(name, e, traceback.format_exc()))
+            # What came before the failure is still finished, as after Ctrl-C: the source stops, the stages
+            # after this one get its end-of-stream (each stage closes its output channel on leaving) and
+            # flush (the spotter's open candidates are labelled), and this stage's input is drained so the
+            # stages before it are never left blocked on a full channel.
+            self.stop()
+            if inbox is not None:
+                try:
+                    while inbox.get() is not EOS:
+                        pass
+                except Aborted:
+                    pass
+
+    def _failed(self, failure: StageFailure) -> None:
+        if self.failure is None:
+            self.failure = failure
+        else:
+            self.later_failures.append(failure)
 
     def _capture(self) -> None:
         try:
@@ -400,6 +418,7 @@ class Pipeline:
             "rejected": dict(sorted(self.rejected.items())),
             "reconnects": self.source.reconnects,
             "read_failures": self.source.read_failures,
+            "lost_frames": self.source.lost_frames,
         }
 
     def snapshot(self, packet: FrameFaces | None = None) -> DisplayState:

@@ -3,20 +3,16 @@ that the recorder and the window overlay share."""
 from __future__ import annotations
 
 import json
-import os
-import threading
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from mex.labels import CLASSES
+from mex.outputs import LineFile, OutputError, finish, new_temporary
 
 from .packets import DisplayState, Event, Rejection
 from .stages import EventSink, FrameSink
-
-
-class SinkError(RuntimeError):
-    """An output cannot be written; the message names the flag and the file."""
 
 
 def json_safe(value):
@@ -32,19 +28,20 @@ def json_safe(value):
 
 class EventLog(EventSink):
     """One JSON object per line (a detected micro-expression, or with `--rejections` an interval the
-    spotter rejected and why), flushed as each is written (a killed run keeps every line it reported)
-    and fsynced at close."""
+    spotter rejected and why), written whole as each comes (a killed run keeps every line it reported;
+    a full disk leaves the log ending on its last whole line: mex.outputs.LineFile)."""
 
     def __init__(self, path: str | Path, flag: str = "--events"):
         self.path = Path(path)
-        try:
-            if self.path.parent and not self.path.parent.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "w", encoding="utf-8")
-        except OSError as e:
-            raise SinkError(f"{flag} {self.path}: cannot write ({e.strerror or e})") from None
-        self._lock = threading.Lock()
-        self.count = 0
+        self._file = LineFile(self.path, flag)
+
+    @property
+    def count(self) -> int:
+        return self._file.lines
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
 
     def on_event(self, event: Event) -> None:
         self._write(event.to_json())
@@ -53,25 +50,10 @@ class EventLog(EventSink):
         self._write(rejection.to_json())
 
     def _write(self, record: dict) -> None:
-        line = json.dumps(json_safe(record), separators=(", ", ": "), allow_nan=False)
-        with self._lock:
-            if self._f is None:
-                return
-            self._f.write(line + "\n")
-            self._f.flush()
-            self.count += 1
+        self._file.write_line(json.dumps(json_safe(record), separators=(", ", ": "), allow_nan=False))
 
     def close(self) -> None:
-        with self._lock:
-            if self._f is None:
-                return
-            self._f.flush()
-            try:
-                os.fsync(self._f.fileno())
-            except OSError:
-                pass
-            self._f.close()
-            self._f = None
+        self._file.close()
 
 
 class ListSink(EventSink):
@@ -215,38 +197,40 @@ def annotate(image: np.ndarray, state: DisplayState, show_event_s: float = 2.0) 
 
 class VideoRecorder(FrameSink):
     """Writes the annotated video (`--record out.mp4`): every frame for a file, the newest frames for
-    a camera (the frame-sink queue drops the oldest when the writer falls behind)."""
+    a camera (the frame-sink queue drops the oldest when the writer falls behind).
+
+    The video is written under a temporary name beside `path` and renamed into place once it is finished
+    and reads back. OpenCV's writer reports no write errors (a full disk gives a file without its index
+    that no player opens), so a video that does not read back is removed and `close()` says why."""
+
+    CONTAINERS = {".avi": ["MJPG", "XVID"], ".mkv": ["mp4v", "MJPG"], ".mp4": ["mp4v", "avc1"],
+                  ".mov": ["mp4v", "avc1"]}
 
     def __init__(self, path: str | Path, fps: float, flag: str = "--record"):
         self.path = Path(path)
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self.flag = flag
+        ext = self.path.suffix.lower()
+        if ext not in self.CONTAINERS:
+            raise OutputError(f"{flag} {self.path}: unknown video container {ext or '(no suffix)'}; "
+                              "use .mp4, .avi, .mkv or .mov")
         self._writer = None
         self.frames = 0
-        try:
-            if not self.path.parent.exists():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SinkError(f"{flag} {self.path}: cannot write ({e.strerror or e})") from None
-        # fail now, with the flag's name, not mid-run: a small writer proves the folder and the container
+        self._tmp = new_temporary(self.path, flag)
+        # fail now, with the flag's name, not mid-run: a small writer proves the container
         self._open(64, 64).release()
-        self.path.unlink(missing_ok=True)
 
     def _open(self, w: int, h: int):
         import cv2
 
-        ext = self.path.suffix.lower()
-        fourccs = {".avi": ["MJPG", "XVID"], ".mkv": ["mp4v", "MJPG"], ".mp4": ["mp4v", "avc1"],
-                   ".mov": ["mp4v", "avc1"]}.get(ext)
-        if fourccs is None:
-            raise SinkError(f"{self.flag} {self.path}: unknown video container {ext or '(no suffix)'}; "
-                            "use .mp4, .avi, .mkv or .mov")
-        for cc in fourccs:
-            wr = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*cc), self.fps, (w, h))
+        for cc in self.CONTAINERS[self.path.suffix.lower()]:
+            wr = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*cc), self.fps, (w, h))
             if wr.isOpened():
                 return wr
             wr.release()
-        raise SinkError(f"{self.flag} {self.path}: OpenCV cannot write this container (try .mp4 or .avi)")
+        self._tmp.unlink(missing_ok=True)
+        raise OutputError(f"{self.flag} {self.path}: this OpenCV build cannot write {self.path.suffix} video "
+                          "(try .mp4 or .avi)")
 
     def on_frame(self, state: DisplayState) -> None:
         img = state.frame.image
@@ -258,6 +242,31 @@ class VideoRecorder(FrameSink):
         self.frames += 1
 
     def close(self) -> None:
+        if self._tmp is None:
+            return
+        tmp, self._tmp = self._tmp, None
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+        if self.frames == 0:  # nothing was recorded: no file
+            tmp.unlink(missing_ok=True)
+            return
+        readable = _frames_in(tmp)
+        if readable < 1:
+            free = shutil.disk_usage(tmp.parent).free
+            tmp.unlink(missing_ok=True)
+            why = "the disk is full" if free < 1 << 20 else "the written file does not read back"
+            raise OutputError(f"{self.flag} {self.path}: the video of {self.frames} frames could not be finished "
+                              f"({why}); the unplayable file was removed")
+        finish(tmp, self.path, self.flag)
+
+
+def _frames_in(path: Path) -> int:
+    """How many frames a video file's container announces; 0 when OpenCV cannot open it."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    finally:
+        cap.release()

@@ -45,6 +45,8 @@ class Source:
         self._stop = threading.Event()
         self.reconnects = 0
         self.read_failures = 0
+        self.lost_frames = 0  # a live source: frames its rate says came while it was not delivering
+        self.outage: str | None = None  # a live source: why it is reconnecting ("no frame for 2 s")
 
     def frames(self) -> Iterator[Frame]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -87,15 +89,34 @@ class _Pacer:
             self.stop.wait(delay)
 
 
+def readable(path: Path, flag: str) -> None:
+    """SourceError, naming `flag`, unless `path` is a regular file this user may read: what OpenCV would
+    only call an unknown format."""
+    if not path.exists():
+        raise SourceError(f"{flag} {path}: file does not exist")
+    if path.is_dir():
+        raise SourceError(f"{flag} {path}: is a folder, not a video file")
+    if not path.is_file():
+        raise SourceError(f"{flag} {path}: not a regular file (a device or a pipe); a camera is --camera N or "
+                          "--video /dev/videoN")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        raise SourceError(f"{flag} {path}: permission denied (this user may not read it)") from None
+    except OSError as e:
+        raise SourceError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
+
+
 class VideoSource(Source):
     """A video file, decoded by OpenCV. As fast as possible by default; `realtime=True` paces it."""
 
     live = False
 
     def __init__(self, path: str | Path, realtime: bool = False, loop_frames: int | None = None,
-                 fps: float | None = None):
+                 fps: float | None = None, flag: str = "--video"):
         """fps: the file's true frame rate where its container states a wrong one (high-speed footage is
-        often stored at 25 or 30 fps); default the container's."""
+        often stored at 25 or 30 fps); default the container's. flag: what the user named the file with."""
         super().__init__()
         import cv2
 
@@ -103,16 +124,15 @@ class VideoSource(Source):
         self.realtime = realtime
         self.loop_frames = loop_frames  # > file length: rewind and continue (memory-flatness runs)
         self.name = f"video {self.path.name}"
-        if not self.path.is_file():
-            raise SourceError(f"--video {self.path}: file does not exist")
+        readable(self.path, flag)
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"--video {self.path}: cannot open this file as a video (unknown or damaged format)")
+            raise SourceError(f"{flag} {self.path}: cannot open this file as a video (unknown or damaged format)")
         ok, first = cap.read()
         if not ok or first is None:
             cap.release()
-            raise SourceError(f"--video {self.path}: opened but no frame could be decoded (empty or damaged file)")
+            raise SourceError(f"{flag} {self.path}: opened but no frame could be decoded (empty or damaged file)")
         stated = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps or (stated if stated and math.isfinite(stated) and 1 <= stated <= 1000 else 30.0))
         self.height, self.width = first.shape[:2]
@@ -315,21 +335,67 @@ def _default_capture(index: int | str):
             cv2.setLogLevel(old)
 
 
+class _Deadline:
+    """Calls on a capture made on a thread of their own, waited for at most a deadline: a network stream
+    that stalls with its socket open makes OpenCV's read (or open) hang for its own 30 s, and neither the
+    stall nor Ctrl-C may wait that long. A call that misses its deadline is abandoned: the thread finishes
+    it and releases what it holds (a capture is never touched by two threads at once)."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+
+    def call(self, fn, timeout_s: float, release=None):
+        """fn()'s result, or None when it did not return within `timeout_s` or the source was stopped
+        meanwhile (then `release(result)` runs on its thread once fn returns)."""
+        box, done, lock = [], threading.Event(), threading.Lock()
+        abandoned = []
+
+        def work():
+            try:
+                result = fn()
+            except Exception:  # a driver error is a failed call, not a crash
+                result = None
+            with lock:
+                if abandoned:
+                    if result is not None and release is not None:
+                        release(result)
+                    return
+                box.append(result)
+                done.set()
+
+        threading.Thread(target=work, name="mex-capture-call", daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while not done.wait(0.05):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                with lock:
+                    if not done.is_set():
+                        abandoned.append(True)
+                        return None
+                break
+        return box[0]
+
+
 class CameraSource(Source):
-    """An OpenCV camera. Never blocks the pipeline (live=True: the oldest frames are dropped when a
-    stage falls behind, and counted). A failing or unplugged camera is not fatal: `state` turns to
-    "reconnecting", the capture is reopened with exponential backoff (0.25 s doubling to 4 s), and
-    frames resume with increasing indices. A camera that cannot be opened at start is an error.
+    """An OpenCV camera or live stream. Never blocks the pipeline (live=True: the oldest frames are dropped
+    when a stage falls behind, and counted). A failing or unplugged camera, or a stream that stops sending
+    (no frame for `read_timeout_s`, a deadline of our own: OpenCV's is 30 s) is not fatal: `state` turns to
+    "reconnecting" (`outage` says why), the capture is reopened with exponential backoff (0.25 s doubling
+    to 4 s), and frames resume with increasing indices; the frames the outage cost at the source's rate are
+    counted (`lost_frames`). `stop()` returns within a fraction of a second whatever the stream does. A
+    camera that cannot be opened at start is an error.
     """
 
     live = True
 
     def __init__(self, index: int | str, width: int | None = None, height: int | None = None, fps: float | None = None,
                  capture_factory: CaptureFactory | None = None, backoff_s: float = 0.25, backoff_max_s: float = 4.0,
-                 fail_after: int = 5, open_timeout_s: float = 5.0, flag: str = "--camera"):
+                 fail_after: int = 5, open_timeout_s: float = 5.0, flag: str = "--camera",
+                 read_timeout_s: float = 2.0):
         """index: a camera number, a device path (/dev/video0) or a stream URL (rtsp://, http://): all are
         live sources that OpenCV opens the same way; `flag` names the option in messages."""
         super().__init__()
+        self.read_timeout_s = read_timeout_s
+        self._calls = _Deadline(self._stop)
         self.index = int(index) if isinstance(index, int) or str(index).isdigit() else str(index)
         self.name = f"camera {self.index}" if isinstance(self.index, int) else f"stream {self.index}"
         self.flag = flag
@@ -376,12 +442,18 @@ class CameraSource(Source):
         cap.release()
         return None
 
+
     def frames(self) -> Iterator[Frame]:
         i = 0
         t_start = time.monotonic()
+        t_last = t_start  # the last frame delivered: the outage's start
         fails = 0
         delay = self.backoff_s
         img, self._pending = self._pending, None
+
+        def release(cap):
+            cap.release()
+
         try:
             while not self._stop.is_set():
                 if self._cap is None:  # reconnecting
@@ -389,27 +461,32 @@ class CameraSource(Source):
                     if self._stop.wait(delay):
                         break
                     delay = min(delay * 2, self.backoff_max_s)
-                    self._cap = self._open()
+                    self._cap = self._calls.call(self._open, self.open_timeout_s + self.read_timeout_s, release)
                     if self._cap is None:
                         continue
                     self.reconnects += 1
-                    self.state = "ok"
                     delay = self.backoff_s
                     img = self._pending
                     self._pending = None
                 t_read = 0.0
                 if img is None:
                     t0 = time.perf_counter()
-                    try:
-                        ok, img = self._cap.read()
-                    except Exception:  # a driver error is a failed read, not a crash
-                        ok, img = False, None
+                    cap = self._cap
+                    got = self._calls.call(cap.read, self.read_timeout_s, lambda _: cap.release())
                     t_read = (time.perf_counter() - t0) * 1000.0
+                    if got is None:  # no answer within the deadline (or stopped): the stream stalled
+                        self._cap = None  # the read still holds it, and releases it when it returns
+                        if not self._stop.is_set():
+                            self.read_failures += 1
+                            self.outage = self.outage or f"no frame for {self.read_timeout_s:g} s"
+                        continue
+                    ok, img = got
                     if not ok or img is None:
                         img = None
                         fails += 1
                         self.read_failures += 1
                         if fails >= self.fail_after:
+                            self.outage = self.outage or f"{fails} reads in a row failed"
                             self._cap.release()
                             self._cap = None
                             fails = 0
@@ -417,13 +494,17 @@ class CameraSource(Source):
                             self._stop.wait(0.01)
                         continue
                 fails = 0
-                self.state = "ok"
                 t_cap = time.monotonic()
+                if self.outage is not None:  # back: what the outage cost at the source's rate
+                    self.lost_frames += max(0, round((t_cap - t_last) * self.fps) - 1)
+                    self.outage = None
+                self.state = "ok"
+                t_last = t_cap
                 yield Frame(i, t_cap, t_cap - t_start, img, {"capture": t_read})
                 img = None
                 i += 1
         finally:
-            if self._cap is not None:
+            if self._cap is not None:  # idle: a read still running was handed its release above
                 self._cap.release()
                 self._cap = None
             self.state = "closed"

@@ -24,6 +24,7 @@ class Source(Protocol):
     state: str  # "starting" | "ok" | "reconnecting" | "eof" | "closed"
     reconnects: int
     read_failures: int
+    lost_frames: int  # a live source: frames its rate says came while it was reconnecting
 
     @property
     def paced(self) -> bool:

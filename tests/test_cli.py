@@ -541,9 +541,9 @@ def test_batch_runs_every_recording_records_failures_and_resumes(work, tmp_path,
     text = capsys.readouterr().out.replace("\n", " ")  # rich wraps long lines
     with (out / "summary.csv").open(newline="") as f:
         rows = {r["input"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"day1__a.mp4", "b.mp4", "day1__broken.mp4", "EP01_01"}
-    assert rows["day1__broken.mp4"]["status"] == "error" and "broken.mp4" in rows["day1__broken.mp4"]["error"]
-    for name in ("day1__a.mp4", "b.mp4", "EP01_01"):
+    assert set(rows) == {"day1/a.mp4", "b.mp4", "day1/broken.mp4", "EP01_01"}
+    assert rows["day1/broken.mp4"]["status"] == "error" and "broken.mp4" in rows["day1/broken.mp4"]["error"]
+    for name in ("day1/a.mp4", "b.mp4", "EP01_01"):
         assert rows[name]["status"] == "ok" and rows[name]["frames_read"] == "40", rows[name]
         events = _events(out / f"{name}.events.jsonl")
         assert int(rows[name]["events"]) == len(events)

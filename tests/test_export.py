@@ -259,7 +259,7 @@ def test_a_model_that_fails_parity_is_not_left_to_be_loaded(tmp_path, capsys):
     path = tmp_path / "nan.pt"
     save_checkpoint(path, "ststnet", model)
     code, err = run_cli(["--checkpoint", str(path)], capsys)
-    assert code == 1 and "parity check failed" in err and "removed" in err
+    assert code == 1 and "parity check failed" in err and "not written" in err
     assert not (tmp_path / "nan.onnx").exists() and (tmp_path / "nan.onnx.parity.json").exists()
 
 
@@ -273,3 +273,32 @@ def test_damaged_checkpoints_are_named_without_torch_advice(tmp_path, capsys):
     for name, needle in (("noconfig.pt", "without config"), ("rand.pt", "not a readable checkpoint")):
         code, err = run_cli(["--checkpoint", str(tmp_path / name)], capsys)
         assert code == 1 and name in err and needle in err and "weights_only" not in err
+
+
+def test_outputs_are_checked_first_and_replaced_only_with_force(exported, tmp_path, capsys):
+    import os
+
+    checkpoint, onnx_path, _ = exported
+    before = onnx_path.read_bytes()
+    (tmp_path / "notes.onnx").write_text("my notes")
+    os.link(checkpoint, tmp_path / "ckpt.onnx")  # another name of the checkpoint
+    for argv, needle in [([], "file exists; pass --force"),
+                         (["--out", str(tmp_path / "notes.onnx")], "file exists; pass --force"),
+                         (["--out", str(tmp_path / "ckpt.onnx"), "--force"], "that is an input of this run"),
+                         (["--out", str(tmp_path / "notes.onnx" / "m.onnx")], "notes.onnx is a file, not a folder")]:
+        code, err = run_cli(["--checkpoint", str(checkpoint), "--data", str(DATA), *argv], capsys)
+        assert code == 2 and needle in err, (argv, err)
+    assert onnx_path.read_bytes() == before and (tmp_path / "notes.onnx").read_text() == "my notes"
+
+
+def test_a_model_that_fails_parity_never_replaces_the_one_there(tmp_path, capsys):
+    model = build_model("ststnet")
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, "ststnet", model)
+    (tmp_path / "m.onnx").write_bytes(b"the model in use")
+    code, err = run_cli(["--checkpoint", str(path), "--force"], capsys)
+    assert code == 1 and "parity check failed" in err
+    assert (tmp_path / "m.onnx").read_bytes() == b"the model in use"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.parity.json", "m.pt"]

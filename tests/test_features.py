@@ -541,3 +541,21 @@ def test_bench_flow_recipes_compares_every_recipe_with_the_default(tmp_path):
     assert rows[0]["recipe"].startswith("default") and rows[0]["corr_min_pair"] == pytest.approx(1.0)
     assert all(r["ms_per_pair"] > 0 and r["epe_truth_px"] > 0 for r in rows)
     assert any(r["crop_px"] == 64 and not r["faithful"] for r in rows)  # half-size crops change the features
+
+
+@needs_numba
+def test_numba_without_a_writable_cache_runs_uncached(monkeypatch):
+    """An install folder and a HOME the user cannot write: numba finds no cache location and refuses
+    cache=True; the loops are then compiled in the process, with a warning that says how to keep them."""
+    from numba.core import caching
+
+    from mex.features import tvl1_numba
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])  # no locator: as with nowhere to write
+    tvl1_numba._compile.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="cannot cache function.*NUMBA_CACHE_DIR"):
+            loop = tvl1_numba._compile()
+        assert type(loop._cache).__name__ == "NullCache"  # compiled in the process, nothing on disk
+    finally:
+        tvl1_numba._compile.cache_clear()

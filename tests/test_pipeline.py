@@ -267,17 +267,53 @@ def test_keyboard_interrupt_in_run_stops_cleanly(tmp_path):
     assert len(log.read_text().splitlines()) == s["events"]
 
 
-def test_a_failing_stage_aborts_everything_and_is_reported():
+def test_a_failing_stage_stops_the_run_labels_what_was_found_and_is_reported():
     class Broken(FakeTracker):
         def track(self, frame):
             if frame.index == 30:
                 raise RuntimeError("boom")
             return super().track(frame)
 
-    p = make(ArraySource(images(1000), fps=30), tracker=Broken(), queue_size=2)
+    log = ListSink()
+    p = make(ArraySource(images(1000), fps=30), tracker=Broken(), event_sinks=[log], queue_size=2)
     s = p.run()
-    assert s["aborted"] and "tracking" in s["error"] and "boom" in s["error"]
+    assert not s["aborted"] and "tracking" in s["error"] and "boom" in s["error"]
     assert p.failure.stage == "tracking" and isinstance(p.failure.error, RuntimeError) and "boom" in p.failure.traceback
+    assert s["frames_processed"] == 30 and s["frames_read"] < 100  # the source stopped soon after
+    # candidates at frames 9, 19, 29 (the last still held by the spotter, flushed): all labelled
+    assert s["candidates"] == s["events"] == len(log.events) == 3
+
+
+def test_a_source_that_fails_mid_way_still_labels_the_candidates_found_before():
+    class BreaksAt(ArraySource):
+        def frames(self):
+            for frame in super().frames():
+                if frame.index == 25:
+                    raise SourceError("--video x: frame 25 is 10x10, the first frame 64x48")
+                yield frame
+
+    log = ListSink()
+    p = make(BreaksAt(images(100), fps=30), spotter=FakeSpotter(every=20, lag=50), event_sinks=[log])
+    s = p.run()
+    assert s["frames_processed"] == 25 and "frame 25" in s["error"] and p.failure.stage == "capture"
+    assert s["candidates"] == s["events"] == len(log.events) == 1  # held by the spotter until its flush
+    assert log.events[0].apex_frame == 19
+
+
+def test_a_failing_frame_sink_does_not_lose_the_events():
+    class BrokenSink:
+        def on_frame(self, state):
+            if state.frame.index == 12:
+                raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    log = ListSink()
+    p = make(ArraySource(images(400), fps=30), event_sinks=[log], frame_sinks=[BrokenSink()], queue_size=2)
+    s = p.run()
+    assert "frame-sinks" in s["error"] and s["frames_read"] < 400 and not s["aborted"]
+    assert s["candidates"] == s["events"] == len(log.events) > 0
 
 
 def test_recognizer_builds_events_from_the_candidate():
@@ -494,7 +530,7 @@ def test_a_failing_overlay_tick_still_stops_threads_and_closes_sinks(tmp_path):
 
     with pytest.raises(OSError):
         p.run(on_tick=tick)
-    assert not p.running and sink._f is None
+    assert not p.running and sink.closed
 
 
 # -- speculative features ---------------------------------------------------------------------------

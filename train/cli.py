@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mex import version_line
+from mex.outputs import OutputError, Outputs, write_text
 
 from .datasets import add_prepare_arguments, prepare_command
 from .recipes import MODEL_FAMILIES, PRECISIONS, PROFILES
@@ -228,7 +229,7 @@ def cmd_table(args) -> int:
     out = Path(args.out) if args.out else None
     text = ablation_table([Path(d) for d in args.runs], args.title, figure=out.with_suffix(".png") if out else None)
     if out:
-        out.write_text(text)
+        write_text(out, text, flag="--out")
     print(text)
     return 0
 
@@ -312,12 +313,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (calibration.json, reliability.png)")
     p.set_defaults(func=cmd_calibrate)
     args = parser.parse_args(argv)
-    folder_out = args.cmd in ("loso", "fit", "select", "study", "calibrate")
-    if folder_out and Path(args.out).exists() and not Path(args.out).is_dir():
-        console.print(f"[red]error:[/red] --out {escape(args.out)}: is a file; give a folder for the run")
+    try:  # before any work: a run must not end unable to write its results
+        if args.cmd in ("loso", "fit", "select", "study"):
+            Outputs([args.data]).folder("--out", args.out, make=False)  # made by the run, once its flags hold
+        elif args.cmd == "calibrate":
+            Outputs([Path(run) / "predictions.csv" for run in args.run]).folder("--out", args.out)
+        elif args.cmd == "table" and args.out:
+            read = [Path(run) / name for run in args.runs for name in ("run.json", "results.json", "predictions.csv")]
+            Outputs(read, force=True).file("--out", args.out)  # a table may sit in a run's folder, not over its files
+    except OutputError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
         return 2
     try:
         return args.func(args)
+    except OutputError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        return 1
     except KeyboardInterrupt:
         console.print("interrupted: rerun the same command to continue from the last saved epoch")
         return 130

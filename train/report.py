@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mex.labels import CLASSES
+from mex.outputs import write_text
 
 from .metrics import confusion, score_rows
 from .predictions import read_predictions
@@ -71,7 +72,7 @@ def write_reports(run: Path) -> None:
     text += ["", "Scored from predictions.csv (pooled over all folds is the headline):", "", table2(results, name), ""]
     figures = ["confusion"] + [f for f in ("curve", "choices") if (run / f"{f}.csv").exists()]
     text += [line for f in figures for line in (f"![{f}]({f}.png)", "")]
-    (run / "report.md").write_text("\n".join(text))
+    write_text(run / "report.md", "\n".join(text), flag="--out")
     plot_confusions(rows, run / "confusion.png", name)
     if (run / "curve.csv").exists():
         plot_curve(run / "curve.csv", run / "curve.png", name)

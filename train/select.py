@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mex.composite import FlowSet
+from mex.outputs import write_text
 
 from .batched import resolve_precision
 from .loop import RunSetup, padded_index, predict, train_members
@@ -174,7 +175,7 @@ def run_select(data: FlowSet, candidates: list[tuple[str, Profile]], out: Path, 
         choice_for_fit=best(lambda n: inner_all[n]["uf1"]),
         versions=versions(),
     )
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n", flag="--out")
     plot_choices(results, out / "choices.png")
     return results
 

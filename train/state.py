@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from mex.outputs import OutputError, new_temporary
+
 from .batched import Members
 
 STATE = "state.pt"
@@ -69,7 +71,10 @@ class TrainState:
             st["opt"] = self.opt.state_dict()
         if self.gen.device.type == "cuda":
             st["cuda_rng"] = torch.cuda.get_rng_state()
-        tmp = path.with_suffix(".tmp")
+        try:
+            tmp = new_temporary(path, "--out")
+        except OutputError as e:
+            raise StateNotSaved(f"{e}; the run can go on once it can write there") from e
         try:
             torch.save(st, tmp)
         except (OSError, RuntimeError) as e:  # a full disk surfaces from torch's zip writer as a RuntimeError

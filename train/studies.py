@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from mex.outputs import write_text
+
 from .recipes import Profile, resolve
 
 # study -> [(configuration name, recipe overrides, model family or None, model-config overrides)]
@@ -76,5 +78,5 @@ def run_study(study: str, profile_name: str, data, out: Path, device, seeds: int
     finished = [run for *_, run in runs if (run / "results.json").exists()]
     table = out / f"{study}.md"
     title = f"{study} study around profile {profile_name!r} ({seeds} seed(s) each)"
-    table.write_text(ablation_table(finished, title, figure=table.with_suffix(".png")))
+    write_text(table, ablation_table(finished, title, figure=table.with_suffix(".png")), flag="--out")
     return table

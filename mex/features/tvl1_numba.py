@@ -19,6 +19,7 @@ numba and cv2 are imported when the first solver is built; the compiled loops ar
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 
@@ -32,9 +33,17 @@ def _compile():
     """The two loops of one inner iteration, jitted once per process (loaded from numba's cache)."""
     import numba
 
-    # error_model="numpy": IEEE division (no zero checks), so LLVM can vectorise the pixel loops;
-    # fastmath stays off so every float32 operation rounds as written.
-    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def jit(fn):
+        # error_model="numpy": IEEE division (no zero checks), so LLVM can vectorise the pixel loops;
+        # fastmath stays off so every float32 operation rounds as written.
+        try:
+            return numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+        except RuntimeError as e:  # nowhere to cache (a read-only install and an unwritable HOME): run uncached
+            warnings.warn(f"numba {e}; the flow loops are compiled in this process instead (set NUMBA_CACHE_DIR "
+                          "to a writable folder to keep them)", RuntimeWarning, stacklevel=2)
+            return numba.njit(nogil=True, error_model="numpy")(fn)
+
+    @jit
     def inner_loop(u1, u2, p11, p12, p21, p22, i1wx, i1wy, grad, rho_c, l_t, theta, taut,
                    scaled_epsilon, iterations):
         """Up to `iterations` inner iterations, stopping once sum((u - u_prev)^2) <= scaled_epsilon.
