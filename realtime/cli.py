@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--realtime", action="store_true", help="play a file (or the demo) at its own frame rate")
     src.add_argument("--segmented", action="store_true",
                      help="the --video is one pre-segmented clip (a database clip, onset to offset): onset = first "
-                          "frame, apex = the frame furthest off the onset -> last-frame path (the frame "
-                          "most unlike the onset when the clip ends at its peak), one event at the end")
+                          "frame, apex = the middle of the peak of the face's own motion (flow from the onset, "
+                          "head and drift removed), label pooled over frames around it, one event at the end")
     src.add_argument("--seed", type=int, default=0, help="demo clip seed (default 0)")
     m = p.add_argument_group("recognition")
     m.add_argument("--model", metavar="PATH",

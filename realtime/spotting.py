@@ -388,6 +388,9 @@ class Spotter:
         onset = self._onset(self.open)
         if i - quiet - onset >= self.max_len + self.still:  # moving for too long for a micro-expression:
             self.long, self.frozen = [onset, *sig[peak]], None  # followed to its end, not reported
+            held = self.pending
+            if held is not None and onset - held.offset_index <= self.pause:  # it goes on from the held one: one
+                self.long[0], self.pending = held.onset.frame.index, None  # long movement from the held one's onset
         return []
 
     def _follow_long(self, i: int) -> list[Candidate]:
@@ -471,6 +474,19 @@ class Spotter:
         chained = self.settled is not None and onset - self.settled[0] <= self.return_len
         origin = self.settled[1] if chained else before[1]
         self.settled = (offset, origin) if settled else None
+        held = self.pending
+        if reason == "return" and held is not None and onset - held.offset_index <= self.pause:
+            # the held movement going straight back: one movement out and back, which ends half way back
+            top = max(s for _, s, _ in span)
+            half = next(j for j, s, _ in span if s >= top / 2)
+            first, self.pending = held.onset.frame.index, None
+            if half - first > self.max_len:  # out and back too slowly for a micro-expression
+                self._reject("long", first, held.apex.frame.index, offset, self.names.index(f"{held.region}_l"),
+                             {"seconds": (offset - first) / self.fps})
+                return []
+            self._reject(reason, onset, apex, offset, region, detail)
+            t = faces[half].frame.t_video if half in faces else held.offset_s
+            return [replace(held, offset_index=half, offset_s=t, t_apex_confirmed=time.monotonic())]
         if reason is not None:
             self._reject(reason, onset, apex, offset, region, detail)
             return self._release()  # what was held is complete: this was something else
