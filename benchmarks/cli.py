@@ -19,6 +19,8 @@ BENCHMARKS = {
     "spotting": ("benchmarks.spotting", "onset/apex spotting on generated clips: MEGC F1, false alarms"),
     "replay": ("benchmarks.replay",
                "online spotting on real CASME II micro-expressions replayed on the shipped photos: found, apex, label"),
+    "registration": ("benchmarks.registration",
+                     "real CASME II motion replayed, still and swaying head: does registration keep the face's motion"),
     "fidelity": ("benchmarks.fidelity",
                  "live crops against ideal crops of the same generated movement: feature correlation, label agreement"),
     "latency": ("benchmarks.latency", "whole live pipeline on a generated clip: fps, per-stage latency"),

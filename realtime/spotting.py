@@ -542,8 +542,9 @@ class Spotter:
           `head_share` as much as the part that moved most (a turn or a nod in depth moves the whole
           face against the registration, nose included; an action moves one or two parts);
         - blink / gaze: an eye moved `eye_dominance` times more than brows, lip corners and jaw, its
-          upper lid (with the iris) down (a blink, full or partial, or a downward glance), sideways, or
-          up as much as its lower lid (a glance up; a lid tightener moves the lower lid alone);
+          upper lid (with the iris) down (a blink, full or partial, or a downward glance), sideways
+          and at least as much as the skin under the eye, or up 0.6 times as much as its lower lid (a
+          glance up; a lid tightener pulls the lower lid, sideways too, more than the upper);
         - speech: the jaw (lower lip and chin) dropped, `jaw_dominance` times more than the lip
           corners moved (a smile or a frown moves the corners, not the jaw); within `return_s` of
           speech, closing counts too (alone, the lower lip and chin going up is a chin raise)."""

@@ -152,3 +152,21 @@ def test_shipped_photo_table_is_what_mediapipe_finds():
         h, w = img.shape[:2]
         for i, xy in table.items():
             assert np.hypot(lm[i].x * w - xy[0], lm[i].y * h - xy[1]) < 1.0, (name, i)
+
+
+def test_bench_registration_keeps_a_still_head_unregistered(tmp_path):
+    """`mex-bench registration`: a brow raise on a still head fits far less head motion than MIN_HEAD_PX, so the
+    live path's crops are the unregistered ones (same label); every way is scored against the apex encoding."""
+    pytest.importorskip("mediapipe")
+    from realtime.framing import MIN_HEAD_PX
+
+    root = write_set(tmp_path / "set", names=(("s01_EP01", "casme2_sub01", 2), ("s02_EP01", "casme2_sub02", 0)))
+    out = tmp_path / "out"
+    assert bench_main(["registration", "--frames", str(root), "--heads", "still", "--out", str(out)]) == 0
+    payload = json.loads((out / "registration.json").read_text())
+    still = payload["summary"]["still"]
+    assert still["clips"] == 2 and still["head_motion_px"]["p90"] < MIN_HEAD_PX and still["registered_by_auto"] == 0
+    for clip in payload["clips"]:
+        assert clip["labels"]["auto"] == clip["labels"]["off"] and set(clip["labels"]) == {"auto", "always", "off"}
+    assert "| still | 2 |" in (out / "registration.md").read_text()
+    assert bench_main(["registration", "--frames", str(root), "--heads", "tilted", "--out", str(out)]) == 2
