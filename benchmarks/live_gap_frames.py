@@ -23,7 +23,6 @@ import numpy as np
 from .common import environment, results_dir, write_json
 
 FPS = 200.0  # CASME II
-COLUMNS = ("name", "subject", "label", "apex_t", "crop_h", "crop_w")
 DISTANCES = ((0, 0), (1, 10), (11, 20), (21, 40), (41, 10**6))  # |t - apex_t| bins, frames
 # the rule less one step: its apex error says what the step is worth
 VARIANTS = {"naive": "the largest mean Farneback motion", "no_drift": "without the drift step",
@@ -32,34 +31,29 @@ POOLS = ((1, 0.0), (3, 0.03), (3, 0.07), (3, 0.1), (5, 0.03), (5, 0.07), (5, 0.1
 
 
 def read_frames(root: Path) -> list[dict]:
-    """Every clip of a casme2-frames folder: the index row's fields and its npz arrays (t, x, flow
-    as u, v in units of the crop's width)."""
+    """Every clip of a casme2-frames folder (read as realtime.replay reads it): the index row's fields and
+    its npz arrays (t, x, flow as u, v in units of the crop's width)."""
+    from realtime.replay import ReplayError, clip_path, load_fields, read_index
+
     index = root / "index.csv"
     try:
-        with index.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{index}: no column {', '.join(missing)}")
-            rows = list(reader)
-    except OSError as e:
-        raise ValueError(f"{index}: cannot be read ({e.strerror or e})") from e
+        rows = read_index(root)
+    except (ReplayError, OSError) as e:
+        raise ValueError(str(e)) from e
     clips = []
     for n, r in enumerate(rows, start=2):
-        path = root / "clips" / f"{r['name']}.npz"
         try:
-            label = int(r["label"]) if r["label"].strip() else None
-            apex_t, h, w = int(r["apex_t"]), int(r["crop_h"]), int(r["crop_w"])
-            with np.load(path) as z:
-                t, x, flow = z["t"].astype(np.int64), z["x"], z["flow48"].astype(np.float32)
-        except (OSError, KeyError, ValueError) as e:
+            h, w = int(r["crop_h"]), int(r["crop_w"])
+            fields = load_fields(clip_path(root, r))
+        except (KeyError, ValueError) as e:  # ReplayError is a ValueError
             raise ValueError(f"{index} row {n} ({r['name']}): {e}") from e
-        if apex_t not in t or t[0] != 0 or len(t) < 2 or len(x) != len(t) or len(flow) != len(t):
-            raise ValueError(f"{path}: t must start at the onset (0), hold the apex_t {apex_t} of {index} row {n}, "
-                             f"and x and flow48 one row per t")
+        if r["apex_t"] not in fields.t:
+            raise ValueError(f"{index} row {n} ({r['name']}): t does not hold the apex_t {r['apex_t']}")
+        flow = fields.flow
         flow[:, 1] *= h / w  # both in units of the crop's width
-        clips.append({"name": r["name"], "subject": r["subject"], "emotion": r.get("emotion", ""), "label": label,
-                      "apex_t": apex_t, "t": t, "x": x, "flow": flow, "motion": _mean_motion(flow, w)})
+        clips.append({"name": r["name"], "subject": r["subject"], "emotion": r.get("emotion", ""), "label": r["label"],
+                      "apex_t": r["apex_t"], "t": fields.t, "x": fields.x, "flow": flow,
+                      "motion": _mean_motion(flow, w)})
     if not clips:
         raise ValueError(f"{index}: no clips")
     return clips
