@@ -33,7 +33,7 @@ Rejected intervals (each recorded with its reason, REJECTIONS; `take_rejections(
 
 Delay: a candidate (onset, apex and offset together) is emitted `quiet_s` or `still_s + pause_s`
 after its offset (a movement that ended settled is held `pause_s` in case it goes on), at most
-`max_event_s + still_s + pause_s` (0.85 s) after its onset, whatever the fps. Spotting starts
+`max_event_s + still_s + pause_s` (1.05 s) after its onset, whatever the fps. Spotting starts
 `ref_lag_s + warmup_s` (1.0 s) after a face appears.
 """
 from __future__ import annotations
@@ -95,10 +95,10 @@ class SpotterConfig:
     max_macro_s: float = 4.0  # longer movements are followed to their end up to this long (then cut)
     quiet_s: float = 0.02  # the signal stays at the floor this long (at least one frame) to end an interval
     still_lag_s: float = 0.05  # the face's change is also measured against the crop this long before ...
-    still_s: float = 0.1  # ... and an interval ends when that change has stayed under z_still this long
+    still_s: float = 0.2  # ... and an interval ends when that change has stayed under z_still this long
     settle_drop: float = 0.0  # ... having come down from its peak by this share (a pause at the apex is no end)
     z_still: float = 2.0  # median regional z of that short-lag change taken as "the face has stopped changing"
-    pause_s: float = 0.25  # a movement that ended settled is held this long: one starting by then continues it
+    pause_s: float = 0.35  # a movement that ended settled is held this long: one starting by then continues it
     return_s: float = 1.0  # an interval this soon after a reported one that takes the face back is its return
     return_share: float = 0.6  # ... when the face at its apex is this close (share of the change) to before it
     stats_s: float = 3.0  # time constant of each region's running noise level
