@@ -96,7 +96,6 @@ class SpotterConfig:
     quiet_s: float = 0.02  # the signal stays at the floor this long (at least one frame) to end an interval
     still_lag_s: float = 0.05  # the face's change is also measured against the crop this long before ...
     still_s: float = 0.2  # ... and an interval ends when that change has stayed under z_still this long
-    settle_drop: float = 0.0  # ... having come down from its peak by this share (a pause at the apex is no end)
     z_still: float = 2.0  # median regional z of that short-lag change taken as "the face has stopped changing"
     pause_s: float = 0.35  # a movement that ended settled is held this long: one starting by then continues it
     return_s: float = 1.0  # an interval this soon after a reported one that takes the face back is its return
@@ -382,8 +381,7 @@ class Spotter:
         if len(recent) == self.still and recent[0][0] > self.open:
             earlier = [s for j, s, _ in sig if j <= i - self.still]
             if (np.median([v for _, _, v in recent]) <= self.cfg.z_still
-                    and max(s for _, s, _ in recent) <= max(earlier) + self.cfg.z_still
-                    and np.median([s for _, s, _ in recent]) <= (1 - self.cfg.settle_drop) * sig[peak][1]):
+                    and max(s for _, s, _ in recent) <= max(earlier) + self.cfg.z_still):
                 return self._close(i, recent[0][0], settled=True)
         onset = self._onset(self.open)
         if i - quiet - onset >= self.max_len + self.still:  # moving for too long for a micro-expression:
