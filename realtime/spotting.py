@@ -540,9 +540,9 @@ class Spotter:
           `head_share` as much as the part that moved most (a turn or a nod in depth moves the whole
           face against the registration, nose included; an action moves one or two parts);
         - blink / gaze: an eye moved `eye_dominance` times more than brows, lip corners and jaw, its
-          upper lid (with the iris) down (a blink, full or partial, or a downward glance), sideways
-          and at least as much as the skin under the eye, or up 0.6 times as much as its lower lid (a
-          glance up; a lid tightener pulls the lower lid, sideways too, more than the upper);
+          upper lid (with the iris) down (a blink, full or partial, or a downward glance), or sideways
+          or up with the upper lid moving at least 0.6 times as much as the lower (a glance; a lid
+          tightener pulls the lower lid, sideways too, well beyond the upper);
         - speech: the jaw (lower lip and chin) dropped, `jaw_dominance` times more than the lip
           corners moved (a smile or a frown moves the corners, not the jaw); within `return_s` of
           speech, closing counts too (alone, the lower lip and chin going up is a chin raise)."""
@@ -562,10 +562,9 @@ class Spotter:
         if eyes >= c.min_part_px and eyes >= c.eye_dominance * rest:
             if ly > 0 and ly >= abs(lx):
                 return "blink", detail
-            # a glance moves the iris (in the upper-lid part), not the skin under the eye: a lid tightener
-            # (AU7) pulls the lower lid, sideways too, more than the upper
-            lid, low = mag[f"lid_{eye}"], mag[f"low_{eye}"]
-            if lid >= (low if abs(lx) > abs(ly) else 0.6 * low):
+            # a glance moves the iris (in the upper-lid part) at least about as much as what lies under it; a
+            # lid tightener (AU7) pulls the lower lid, sideways too, well beyond the upper
+            if mag[f"lid_{eye}"] >= 0.6 * mag[f"low_{eye}"]:
                 return "gaze", detail
         jaw_dx, jaw_dy = parts["jaw"]
         # the jaw dropping; while talking (speech rejected return_s before) also closing, which alone would be
