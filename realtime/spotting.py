@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass, replace
 
 import cv2
@@ -65,6 +66,7 @@ FACE_REGIONS = ("brows", "eyes", "mouth")
 FACE = np.array([k.split("_")[0] in FACE_REGIONS for k in REGIONS])
 EYES = np.array([k.startswith("eyes") for k in REGIONS])
 BROWS = np.array([k.startswith("brows") for k in REGIONS])
+BROWS_MOUTH = FACE & ~EYES  # a movement there is not a blink's
 BLINK_ROWS = (0.10, 0.44)  # brows to lower lids, as fractions of the crop's height (ClipSpotter: a blink's motion)
 # parts of the canonical crop whose motion explains an interval (see Spotter._explain)
 PARTS = {
@@ -241,7 +243,7 @@ class Spotter:
         s = float(z[k])
         self.signal.append((i, s, k))
         self.eye_gray.append(eye_gray)
-        self.others.append(float(z[FACE & ~EYES].max()))
+        self.others.append(float(z[BROWS_MOUTH].max()))
         self.motion.append(motion)
         self.history.append(s)
         if self.open is None:
@@ -377,12 +379,12 @@ class Spotter:
         # the face has stopped changing: over the last still_s (all after the crossing) the short-lag change's
         # median is under z_still (one frame's largest regional z is noisy), and the signal is not growing
         # (a slow movement changes little from frame to frame)
-        recent = [(j, s, v) for (j, s, _), v in zip(sig, list(self.change)[-len(sig):]) if j > i - self.still]
-        if len(recent) == self.still and recent[0][0] > self.open:
-            earlier = [s for j, s, _ in sig if j <= i - self.still]
-            if (np.median([v for _, _, v in recent]) <= self.cfg.z_still
-                    and max(s for _, s, _ in recent) <= max(earlier) + self.cfg.z_still):
-                return self._close(i, recent[0][0], settled=True)
+        first = len(sig) - self.still  # the still_s window: sig[first:], consecutive frames after the crossing
+        if first > 0 and sig[first][0] == i - self.still + 1:
+            change = list(islice(self.change, len(self.change) - self.still, None))
+            if (np.median(change) <= self.cfg.z_still
+                    and max(s for _, s, _ in sig[first:]) <= max(s for _, s, _ in sig[:first]) + self.cfg.z_still):
+                return self._close(i, sig[first][0], settled=True)
         onset = self._onset(self.open)
         if i - quiet - onset >= self.max_len + self.still:  # moving for too long for a micro-expression:
             self.long, self.frozen = [onset, *sig[peak]], None  # followed to its end, not reported
@@ -408,7 +410,7 @@ class Spotter:
         if not still and i - onset < self.max_macro:
             return []
         offset = max(peak, i - self.lag) if still else i
-        self._reject("long", onset, peak, offset, region, {"seconds": (offset - onset) / self.fps})
+        self._reject("long", onset, peak, offset, self._part(region), {"seconds": (offset - onset) / self.fps})
         self.open, self.long = None, None
         return []
 
@@ -479,16 +481,16 @@ class Spotter:
             half = next(j for j, s, _ in span if s >= top / 2)
             first, self.pending = held.onset.frame.index, None
             if half - first > self.max_len:  # out and back too slowly for a micro-expression
-                self._reject("long", first, held.apex.frame.index, offset, self.names.index(f"{held.region}_l"),
+                self._reject("long", first, held.apex.frame.index, offset, held.region,
                              {"seconds": (offset - first) / self.fps})
                 return []
-            self._reject(reason, onset, apex, offset, region, detail)
+            self._reject(reason, onset, apex, offset, self._part(region), detail)
             t = faces[half].frame.t_video if half in faces else held.offset_s
             return [replace(held, offset_index=half, offset_s=t, t_apex_confirmed=time.monotonic())]
         if reason is not None:
-            self._reject(reason, onset, apex, offset, region, detail)
+            self._reject(reason, onset, apex, offset, self._part(region), detail)
             return self._release()  # what was held is complete: this was something else
-        region_name = self.names[region].split("_")[0]
+        region_name = self._part(region)
         first = self.pending
         if first is not None and offset - first.onset.frame.index <= self.max_len:  # one movement, with a pause
             onset = first.onset.frame.index
@@ -593,12 +595,16 @@ class Spotter:
             out[k] = top.mean(0)
         return out
 
-    def _reject(self, reason: str, onset: int, apex: int, offset: int, region: int, detail: dict) -> None:
+    def _part(self, region: int) -> str:
+        """The face region (brows, eyes, mouth...) of a REGIONS index."""
+        return self.names[region].split("_")[0]
+
+    def _reject(self, reason: str, onset: int, apex: int, offset: int, region: str, detail: dict) -> None:
         if reason == "speech":
             self.spoke_at = offset
         t = {f.frame.index: f.frame.t_video for f in self.faces}
         when = [round(t.get(j, j / self.fps), 4) for j in (onset, apex, offset)]
-        self.rejections.append(Rejection(onset, apex, offset, *when, reason, self.names[region].split("_")[0],
+        self.rejections.append(Rejection(onset, apex, offset, *when, reason, region,
                                          {k: round(float(v), 3) for k, v in detail.items()}))
 
     def take_rejections(self) -> list[Rejection]:
@@ -626,7 +632,7 @@ class Spotter:
         last = self.signal[-1][0]
         if self.long is not None:
             onset, peak, _, region = self.long
-            self._reject("long", onset, peak, last, region, {"seconds": (last - onset) / self.fps})
+            self._reject("long", onset, peak, last, self._part(region), {"seconds": (last - onset) / self.fps})
             self.open, self.long = None, None
             return self._release()
         return self._close(last, last) + self._release()

@@ -249,15 +249,18 @@ def test_pixel_head_model_exports_with_parity(composite):
     np.testing.assert_allclose(onnxruntime_logits(proto.SerializeToString(), x), torch_logits(model, x), atol=1e-4)
 
 
-def test_a_model_that_fails_parity_is_not_left_to_be_loaded(tmp_path, capsys):
-    """NaN weights: PyTorch and ONNX Runtime both give NaN, parity fails, and no .onnx is left behind."""
-    import torch
-
+def nan_checkpoint(path):
+    """A checkpoint whose weights start with NaN: PyTorch and ONNX Runtime both give NaN, parity fails."""
     model = build_model("ststnet")
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
-    path = tmp_path / "nan.pt"
     save_checkpoint(path, "ststnet", model)
+    return path
+
+
+def test_a_model_that_fails_parity_is_not_left_to_be_loaded(tmp_path, capsys):
+    """NaN weights: parity fails, and no .onnx is left behind."""
+    path = nan_checkpoint(tmp_path / "nan.pt")
     code, err = run_cli(["--checkpoint", str(path)], capsys)
     assert code == 1 and "parity check failed" in err and "not written" in err
     assert not (tmp_path / "nan.onnx").exists() and (tmp_path / "nan.onnx.parity.json").exists()
@@ -292,11 +295,7 @@ def test_outputs_are_checked_first_and_replaced_only_with_force(exported, tmp_pa
 
 
 def test_a_model_that_fails_parity_never_replaces_the_one_there(tmp_path, capsys):
-    model = build_model("ststnet")
-    with torch.no_grad():
-        next(model.parameters()).fill_(float("nan"))
-    path = tmp_path / "m.pt"
-    save_checkpoint(path, "ststnet", model)
+    path = nan_checkpoint(tmp_path / "m.pt")
     (tmp_path / "m.onnx").write_bytes(b"the model in use")
     code, err = run_cli(["--checkpoint", str(path), "--force"], capsys)
     assert code == 1 and "parity check failed" in err
